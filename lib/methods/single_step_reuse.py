@@ -1,0 +1,286 @@
+"""p3 — Liu, Khalil, Khreishah: single-step adversarial training that reuses last epoch's perturbation.
+
+Defences (one architecture, one set of hyper-parameters, as in the paper):
+vanilla, fgsm_adv, atda (Song et al. 2019), proposed, bim10_adv, bim30_adv. Adversarially
+trained models see a clean + adversarial mixture (``clean_weight`` of the loss on clean data).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+import lib.data as D
+import lib.models as M
+from lib import attacks as A
+from lib.errors import require
+from lib.evaluate import accuracy, accuracy_per_iteration, relative_cost, robust_accuracy
+from lib.report import comparison, widen
+from lib.runtime import device, seed_everything
+from lib.train import AttackSource, Clean, StoredPerturbation, TrainConfig, TrainResult, train
+
+DEFENCES = ["vanilla", "fgsm_adv", "atda", "proposed", "bim10_adv", "bim30_adv"]
+LABELS = {
+    "vanilla": "Vanilla", "fgsm_adv": "FGSM-Adv", "atda": "ATDA", "proposed": "Proposed",
+    "bim10_adv": "BIM(10)-Adv", "bim30_adv": "BIM(30)-Adv",
+}
+PAPER_EPS = {"mnist": 0.3, "fashion_mnist": 0.2}
+# Table I of the paper (accuracy %, sec/epoch on a Tesla K20m); Vanilla is not in Table I.
+PAPER_TABLE1 = {
+    "fgsm_adv": {"mnist": (99.10, 98.65, 2.16, 2.13), "fashion_mnist": (92.09, 90.05, 6.68, 6.18), "sec": 17.12},
+    "atda": {"mnist": (97.80, 97.90, 86.6, 84.2), "fashion_mnist": (85.60, 80.3, 56.8, 49.1), "sec": 26.21},
+    "proposed": {"mnist": (99.08, 96.71, 94.21, 94.04), "fashion_mnist": (89.19, 79.85, 70.74, 66.03), "sec": 18.68},
+    "bim10_adv": {"mnist": (98.97, 96.74, 93.29, 93.24), "fashion_mnist": (88.59, 74.93, 67.45, 65.96), "sec": 56.47},
+    "bim30_adv": {"mnist": (99.06, 95.71, 93.39, 93.51), "fashion_mnist": (86.52, 76.98, 71.12, 70.75), "sec": 142.37},
+}
+COLUMNS = ("Original", "FGSM", "BIM(10)", "BIM(30)")
+DATASET_LABEL = {"mnist": "MNIST", "mnist5k": "MNIST", "fashion_mnist": "F-MNIST"}
+
+
+@dataclass
+class Config:
+    """Parameters of the p3 stage (see params.yaml; defaults = the paper's setting where it has one)."""
+
+    profile: str = "smoke"
+    datasets: dict = field(default_factory=lambda: {"mnist": 0.3, "fashion_mnist": 0.2})  # name -> L∞ eps
+    n_train: int | None = None
+    n_test: int | None = None
+    model_width: int = 64
+    model_hidden: int = 128
+    epochs: int = 40
+    batch_size: int = 64
+    lr: float = 1e-3
+    clean_weight: float = 0.5
+    step_fraction: float = 0.1  # proposed: step = eps * step_fraction per epoch
+    reset_every: int = 20  # proposed: stored perturbations reset every this many epochs
+    atda_lambda_uda: float = 1 / 3
+    atda_lambda_sda: float = 1 / 3
+    atda_margin: float = 1.0
+    atda_center_momentum: float = 0.9
+    bim_iterations: list = field(default_factory=lambda: list(range(1, 31)))
+    pgd_steps: int = 50
+    pgd_restarts: int = 1
+    defences: list = field(default_factory=lambda: list(DEFENCES))
+    seed: int = 0
+    max_batches: int | None = None  # cap batches per epoch (tests only)
+
+    def validate(self) -> Config:
+        for name, eps in self.datasets.items():
+            D.check_name(name)
+            require(isinstance(eps, (int, float)) and 0 <= eps <= 1, f"eps for {name} must be in [0, 1], got {eps}")
+        for d in self.defences:
+            require(d in DEFENCES, f"unknown defence '{d}'; known: {', '.join(DEFENCES)}")
+        require(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        require(0 < self.step_fraction <= 1, f"step_fraction must be in (0, 1], got {self.step_fraction}")
+        require(self.reset_every >= 1, f"reset_every must be >= 1, got {self.reset_every}")
+        require(all(int(n) >= 1 for n in self.bim_iterations), "bim_iterations must be positive integers")
+        require(self.n_train is None or self.n_train > 0, "n_train must be positive")
+        require(self.n_test is None or self.n_test > 0, "n_test must be positive")
+        return self
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, clean_weight=self.clean_weight, seed=self.seed)
+
+
+class ATDASource(AttackSource):
+    """ATDA (Song et al. 2019): FGSM adversarial training plus domain adaptation on the logits.
+
+    Unsupervised: CORAL (covariance) + mean alignment between clean and adversarial logits, both
+    L1 and divided by the class count. Supervised: a margin loss pulling each logit vector (clean
+    and adversarial) to its class centre and away from the nearest other centre (L1 distances);
+    centres are a running mean of clean logits. Weights and margin are parameters (our choice
+    where the papers leave them open).
+    """
+
+    def __init__(self, eps: float, num_classes: int, lambda_uda: float, lambda_sda: float, margin: float, momentum: float):
+        super().__init__(A.fgsm, eps=eps)
+        self.lambda_uda, self.lambda_sda, self.margin, self.momentum = lambda_uda, lambda_sda, margin, momentum
+        self.centers: torch.Tensor | None = None
+        self.k = num_classes
+
+    def _update_centers(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        onehot = F.one_hot(y, self.k).float()
+        counts = onehot.sum(0)
+        means = (onehot.T @ logits.detach()) / counts.clamp(min=1)[:, None]
+        if self.centers is None:
+            self.centers = means
+        present = (counts > 0)[:, None]
+        self.centers = torch.where(present, self.momentum * self.centers + (1 - self.momentum) * means, self.centers)
+        return self.centers
+
+    def extra_loss(self, logits_clean, logits_adv, y):
+        def cov(z):
+            zc = z - z.mean(0, keepdim=True)
+            return zc.T @ zc / max(len(z) - 1, 1)
+
+        uda = ((cov(logits_clean) - cov(logits_adv)).abs().sum() + (logits_clean.mean(0) - logits_adv.mean(0)).abs().sum()) / self.k
+        centers = self._update_centers(logits_clean, y)
+        z = torch.cat([logits_clean, logits_adv])
+        yy = torch.cat([y, y])
+        dist = torch.cdist(z, centers, p=1)  # [2N, k]
+        own = dist.gather(1, yy[:, None]).squeeze(1)
+        other = dist.scatter(1, yy[:, None], float("inf")).amin(1)
+        sda = (own - other + self.margin).clamp(min=0).mean()
+        return self.lambda_uda * uda + self.lambda_sda * sda
+
+
+def make_source(defence: str, eps: float, num_examples: int, shape: tuple, num_classes: int, cfg: Config) -> Clean:
+    """The perturbation source that defines ``defence``."""
+    if defence == "vanilla":
+        return Clean()
+    if defence == "fgsm_adv":
+        return AttackSource(A.fgsm, eps=eps)
+    if defence == "bim10_adv":
+        return AttackSource(A.bim, eps=eps, steps=10)
+    if defence == "bim30_adv":
+        return AttackSource(A.bim, eps=eps, steps=30)
+    if defence == "atda":
+        return ATDASource(eps, num_classes, cfg.atda_lambda_uda, cfg.atda_lambda_sda, cfg.atda_margin, cfg.atda_center_momentum)
+    if defence == "proposed":
+        return StoredPerturbation(num_examples, shape, eps, eps * cfg.step_fraction, cfg.reset_every)
+    raise ValueError(defence)
+
+
+def load_data(name: str, cfg: Config, data_dir) -> tuple[D.Dataset, D.Split, D.Split]:
+    """The dataset and the (sub)sampled train and test splits the run uses."""
+    ds = D.load(name, data_dir)
+    return ds, D.subset(ds.train, cfg.n_train, cfg.seed), D.subset(ds.test, cfg.n_test, cfg.seed + 1)
+
+
+def train_defences(ds: D.Dataset, train_split: D.Split, eps: float, cfg: Config, desc: str = "") -> dict[str, TrainResult]:
+    """Train every configured defence from the same initial weights; returns name -> TrainResult."""
+    out = {}
+    for defence in cfg.defences:
+        seed_everything(cfg.seed)
+        model = M.build("mnist_cnn", ds.shape, ds.num_classes, seed=cfg.seed, width=cfg.model_width, hidden=cfg.model_hidden).to(device())
+        source = make_source(defence, eps, len(train_split), ds.shape, ds.num_classes, cfg)
+        loader = D.loader(train_split, cfg.batch_size, shuffle=True, seed=cfg.seed, with_index=True)
+        out[defence] = train(model, loader, cfg.train_config(), source, max_batches=cfg.max_batches, desc=f"{desc} {defence}")
+    return out
+
+
+def evaluate_defences(models: dict[str, TrainResult], test: D.Split, eps: float, cfg: Config) -> dict:
+    """Per defence: clean/FGSM/BIM(10)/BIM(30)/PGD accuracy, the BIM-N curve, the BIM(10) iterates, cost."""
+    x, y = D.tensors(test)
+    clean_sec = models["vanilla"].sec_per_epoch if "vanilla" in models else float("nan")
+    res = {}
+    for name, tr in models.items():
+        m = tr.final
+        t0 = time.perf_counter()
+        curve = {int(n): robust_accuracy(m, x, y, A.bim, eps=eps, steps=int(n)) for n in cfg.bim_iterations}
+        for n in (10, 30):
+            if n not in curve:
+                curve[n] = robust_accuracy(m, x, y, A.bim, eps=eps, steps=n)
+        res[name] = {
+            "original": accuracy(m, x, y),
+            "fgsm": robust_accuracy(m, x, y, A.fgsm, eps=eps),
+            "bim10": curve[10],
+            "bim30": curve[30],
+            "pgd": robust_accuracy(m, x, y, A.pgd, eps=eps, steps=cfg.pgd_steps, step_size=2.5 * eps / cfg.pgd_steps, restarts=cfg.pgd_restarts),
+            "bim_curve": {n: curve[n] for n in sorted(curve)},
+            "bim10_iterates": accuracy_per_iteration(m, x, y, eps, 10, eps / 10),
+            "sec_per_epoch": tr.sec_per_epoch,
+            "cost_vs_vanilla": relative_cost(tr.sec_per_epoch, clean_sec),
+            "eval_seconds": time.perf_counter() - t0,
+        }
+    return res
+
+
+def paper_key(dataset: str) -> str:
+    """The paper's dataset a (possibly reduced) dataset stands for."""
+    return "mnist" if dataset.startswith("mnist") else dataset
+
+
+def table1(results: dict[str, dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table I, long and wide: per defence, accuracy % per dataset and attack, and sec/epoch."""
+    rows = []
+    for dataset, per_def in results.items():
+        pk, label = paper_key(dataset), DATASET_LABEL.get(dataset, dataset)
+        for defence, r in per_def.items():
+            paper = PAPER_TABLE1.get(defence, {}).get(pk, (None,) * 4)
+            ours = [100 * r[k] for k in ("original", "fgsm", "bim10", "bim30")]
+            for col, p, o in zip(COLUMNS, paper, ours):
+                rows.append({"defence": LABELS[defence], "metric": f"{label} {col}", "paper": p, "ours": o})
+    first = next(iter(results.values()))
+    for defence, r in first.items():
+        rows.append({"defence": LABELS[defence], "metric": "sec/epoch", "paper": PAPER_TABLE1.get(defence, {}).get("sec"), "ours": r["sec_per_epoch"]})
+        rel_paper = PAPER_TABLE1.get(defence, {}).get("sec")
+        rows.append({"defence": LABELS[defence], "metric": "sec/epoch rel. FGSM-Adv", "paper": rel_paper / PAPER_TABLE1["fgsm_adv"]["sec"] if rel_paper else None,
+                     "ours": r["sec_per_epoch"] / first["fgsm_adv"]["sec_per_epoch"] if "fgsm_adv" in first else None})
+        rows.append({"defence": LABELS[defence], "metric": "sec/epoch rel. Vanilla", "paper": None, "ours": r["cost_vs_vanilla"]})
+    long = comparison(rows, ["defence"])
+    return long, widen(long, ["defence"])
+
+
+def pgd_table(results: dict[str, dict], gap_points: float = 5.0) -> pd.DataFrame:
+    """BIM vs PGD accuracy (the paper has no PGD); flags BIM overstating PGD by > ``gap_points``."""
+    rows = []
+    for dataset, per_def in results.items():
+        for defence, r in per_def.items():
+            worst_bim = min(r["bim10"], r["bim30"])
+            gap = 100 * (worst_bim - r["pgd"])
+            rows.append({"dataset": DATASET_LABEL.get(dataset, dataset), "defence": LABELS[defence], "BIM(10) %": 100 * r["bim10"],
+                         "BIM(30) %": 100 * r["bim30"], "PGD %": 100 * r["pgd"], "BIM - PGD (points)": gap,
+                         "gradient masking suspected": bool(gap > gap_points)})
+    return pd.DataFrame(rows)
+
+
+def _curves(results: dict[str, dict], key: str, xlabel: str, title: str) -> plt.Figure:
+    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 3.8), squeeze=False)
+    for ax, (dataset, per_def) in zip(axes[0], results.items()):
+        for defence, r in per_def.items():
+            series = r[key]
+            xs = list(series) if isinstance(series, dict) else list(range(1, len(series) + 1))
+            ys = list(series.values()) if isinstance(series, dict) else series
+            ax.plot(xs, [100 * v for v in ys], marker="o", ms=3, label=LABELS[defence])
+        ax.set(xlabel=xlabel, ylabel="test accuracy (%)", title=f"{DATASET_LABEL.get(dataset, dataset)}", ylim=(-2, 102))
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
+def figure1(results: dict[str, dict], subtitle: str) -> plt.Figure:
+    """Fig. 1: accuracy vs BIM iteration count N at per-step eps/N."""
+    return _curves(results, "bim_curve", "BIM iterations N (per-step eps/N)", f"Fig. 1 — accuracy on BIM(N) examples ({subtitle})")
+
+
+def figure2(results: dict[str, dict], subtitle: str) -> plt.Figure:
+    """Fig. 2: accuracy after each iteration of BIM(10) (step eps/10)."""
+    return _curves(results, "bim10_iterates", "BIM(10) iteration i", f"Fig. 2 — accuracy on intermediate BIM(10) examples ({subtitle})")
+
+
+def claims(results: dict[str, dict]) -> str:
+    """Markdown: which of the paper's claims held in this run, in numbers."""
+    lines = []
+    for dataset, r in results.items():
+        label = DATASET_LABEL.get(dataset, dataset)
+        if {"proposed", "atda"} <= r.keys():
+            for n in ("bim10", "bim30"):
+                gain = 100 * (r["proposed"][n] - r["atda"][n])
+                paper = {("mnist", "bim10"): 7.61, ("mnist", "bim30"): 9.83, ("fashion_mnist", "bim10"): 13.94, ("fashion_mnist", "bim30"): 16.93}[(paper_key(dataset), n)]
+                verdict = "held" if gain > 0 else "did NOT hold"
+                lines.append(f"- {label}, {n.upper()}: Proposed − ATDA = {gain:+.2f} points (paper {paper:+.2f}) — claim that Proposed beats ATDA **{verdict}**.")
+        if {"proposed", "bim10_adv"} <= r.keys():
+            gap = 100 * (r["proposed"]["bim10"] - r["bim10_adv"]["bim10"])
+            verdict = "held" if gap >= -5 else "did NOT hold"
+            lines.append(f"- {label}: Proposed vs BIM(10)-Adv on BIM(10) = {gap:+.2f} points — 'same level as Iter-Adv' (within 5 points) **{verdict}**.")
+        masked = [LABELS[d] for d, v in r.items() if 100 * (min(v["bim10"], v["bim30"]) - v["pgd"]) > 5]
+        lines.append(f"- {label}: BIM overstates PGD-50 accuracy by more than 5 points for: {', '.join(masked) or 'no defence'}.")
+    first = next(iter(results.values()))
+    if {"proposed", "atda", "fgsm_adv"} <= first.keys():
+        saving = 100 * (1 - first["proposed"]["sec_per_epoch"] / first["atda"]["sec_per_epoch"])
+        over = 100 * (first["proposed"]["sec_per_epoch"] / first["fgsm_adv"]["sec_per_epoch"] - 1)
+        lines.append(f"- Cost: Proposed takes {saving:.1f}% less time per epoch than ATDA (paper 28.75%) — **{'held' if saving > 0 else 'did NOT hold'}**.")
+        lines.append(f"- Cost: Proposed costs {over:+.1f}% vs FGSM-Adv per epoch (paper +9.1%) — 'within ~10%' **{'held' if over <= 10 else 'did NOT hold'}**.")
+    return "\n".join(lines)
+
+
+def summary_metrics(results: dict[str, dict]) -> dict:
+    """The headline numbers for metrics.json (accuracies as fractions, seconds on this machine)."""
+    keep = ("original", "fgsm", "bim10", "bim30", "pgd", "sec_per_epoch", "cost_vs_vanilla")
+    return {ds: {d: {k: r[k] for k in keep} for d, r in per.items()} for ds, per in results.items()}

@@ -1,0 +1,37 @@
+"""What every paper notebook does around its method: validate, seed, style, write, describe."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from lib.params import check_profile
+from lib.report import ResultsWriter, set_style
+from lib.runtime import device_name, metadata, seed_everything
+
+
+class StageRun:
+    """One execution of a stage's notebook: results writer, seed, figure style, metadata."""
+
+    def __init__(self, stage: str, profile: str, results_dir: str | Path, seed: int = 0):
+        check_profile(profile)
+        self.stage, self.profile, self.seed = stage, profile, seed
+        self.started = time.time()
+        seed_everything(seed)
+        set_style()
+        self.out = ResultsWriter(results_dir)
+        print(f"{stage}: profile '{profile}' on {device_name()}; writing to {results_dir}")
+
+    def meta(self, dataset: str, samples: dict) -> dict:
+        """The metadata block (profile, dataset, samples, seed, device, torch, commit, wall time)."""
+        return metadata(self.profile, dataset, samples, self.seed, self.started)
+
+    def subtitle(self, dataset: str) -> str:
+        """A figure subtitle naming the profile and whether the run is reduced."""
+        tag = "paper setting" if self.profile == "paper" else "REDUCED"
+        return f"{dataset}; profile {self.profile}, {tag}"
+
+    def write_claims(self, text: str) -> str:
+        """Store the claims verdict as ``claims.md`` and return it for display."""
+        (Path(self.out.root) / "claims.md").write_text(text + "\n")
+        return text

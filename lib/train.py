@@ -1,0 +1,250 @@
+"""One training loop with a pluggable perturbation source.
+
+Sources: :class:`Clean` (none), :class:`AttackSource` (an attack from :mod:`lib.attacks`),
+:class:`StoredPerturbation` (per-example perturbation carried across epochs) and
+:class:`GeneratorSource` (a generator network trained against the classifier, concurrently).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from lib.attacks import threat
+from lib.attacks.common import eval_mode, loss_grad
+from lib.errors import ConfigError, require
+from lib.runtime import device as default_device
+from lib.runtime import progress, seed_everything, synchronize
+
+
+class Clean:
+    """No perturbation: plain training."""
+
+    joint = False
+
+    def start_epoch(self, epoch: int) -> None:
+        """Called before each epoch (0-based)."""
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def extra_loss(self, logits_clean, logits_adv, y) -> torch.Tensor | None:
+        """Additional loss term (e.g. ATDA's domain adaptation); None for plain CE."""
+        return None
+
+    def step(self) -> None:
+        """Called after the classifier's backward pass (joint sources update themselves here)."""
+
+
+class AttackSource(Clean):
+    """Adversarial examples from ``attack(model, x, y, **params)`` each batch."""
+
+    def __init__(self, attack: Callable, **params):
+        self.attack, self.params = attack, params
+
+    def __call__(self, model, x, y, idx):
+        return self.attack(model, x, y, **self.params)
+
+
+class StoredPerturbation(Clean):
+    """Per-example perturbations carried across epochs: one signed step per example per epoch.
+
+    Each epoch an example's stored delta takes one step of ``step_size`` along the sign of the
+    loss gradient at ``x + delta`` and is projected to the L∞ ``eps``-ball and [0, 1]; every
+    ``reset_every`` epochs all deltas return to zero (Liu, Khalil, Khreishah).
+    """
+
+    def __init__(self, num_examples: int, example_shape: tuple, eps: float, step_size: float, reset_every: int, norm: str = "linf"):
+        require(eps >= 0 and step_size >= 0, "eps and step_size must be >= 0")
+        require(reset_every >= 1, f"reset_every must be >= 1, got {reset_every}")
+        self.delta = torch.zeros(num_examples, *example_shape)
+        self.eps, self.step_size, self.reset_every = eps, step_size, reset_every
+        self.ball = threat(norm)
+
+    def start_epoch(self, epoch: int) -> None:
+        if epoch % self.reset_every == 0:
+            self.delta.zero_()
+
+    def __call__(self, model, x, y, idx):
+        start = x + self.delta[idx].to(x.device)
+        with eval_mode(model):
+            x_adv = self.ball.project(self.ball.step(start, loss_grad(model, start, y), self.step_size), x, self.eps)
+        self.delta[idx] = (x_adv - x).detach().to(self.delta.device)
+        return x_adv.detach()
+
+
+class GeneratorSource(Clean):
+    """A generator producing adversarial inputs, updated by gradient ASCENT on the classifier's loss.
+
+    ``make_adv(model, x, y) -> x_adv`` must be differentiable w.r.t. the generator's parameters.
+    The classifier's backward pass fills the generator's gradients too; :meth:`step` then takes
+    an ascent step (``maximize=True`` optimizer): both players move concurrently, every batch.
+    """
+
+    joint = True
+
+    def __init__(self, make_adv: Callable, optimizer: torch.optim.Optimizer):
+        require(any(g.get("maximize") for g in optimizer.param_groups), "generator optimizer must be built with maximize=True")
+        self.make_adv, self.optimizer = make_adv, optimizer
+
+    def __call__(self, model, x, y, idx):
+        self.optimizer.zero_grad(set_to_none=True)
+        return self.make_adv(model, x, y)
+
+    def step(self) -> None:
+        self.optimizer.step()
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one training run."""
+
+    epochs: int = 1
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adam"  # adam | sgd
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    clean_weight: float = 0.0  # loss = w * CE(clean) + (1 - w) * CE(adv); 1.0 when no perturbation
+    ema_decay: float | None = None
+    seed: int = 0
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def validate(self) -> None:
+        require(self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}")
+        require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        require(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        require(self.optimizer in ("adam", "sgd"), f"unknown optimizer '{self.optimizer}'; choose adam or sgd")
+        require(0.0 <= self.clean_weight <= 1.0, f"clean_weight must be in [0, 1], got {self.clean_weight}")
+        require(self.ema_decay is None or 0 < self.ema_decay < 1, f"ema_decay must be in (0, 1), got {self.ema_decay}")
+
+
+@dataclass
+class TrainResult:
+    """The trained model (EMA copy when requested) and per-epoch history."""
+
+    model: nn.Module
+    history: list[dict] = field(default_factory=list)
+    ema: nn.Module | None = None
+
+    @property
+    def final(self) -> nn.Module:
+        """The model to evaluate: the EMA weights when kept, else the raw weights."""
+        return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def sec_per_epoch(self) -> float:
+        """Mean wall time of one epoch (seconds, this machine)."""
+        secs = [h["seconds"] for h in self.history]
+        return sum(secs) / len(secs) if secs else float("nan")
+
+
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam or SGD (momentum) as configured."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def train(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    cfg: TrainConfig,
+    source: Clean | None = None,
+    on_epoch_end: Callable[[int, nn.Module], dict] | None = None,
+    max_batches: int | None = None,
+    desc: str = "train",
+) -> TrainResult:
+    """Train ``model`` on ``loader`` (yielding ``x, y, idx``) with inputs from ``source``.
+
+    ``on_epoch_end(epoch, model)`` may return extra numbers to store in the history (it runs
+    outside the timed part). ``max_batches`` caps the batches per epoch (timing runs, smoke tests).
+    """
+    cfg.validate()
+    source = source or Clean()
+    seed_everything(cfg.seed)
+    dev = next(model.parameters()).device
+    opt = make_optimizer(model.parameters(), cfg)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) if cfg.ema_decay else None
+    result = TrainResult(model, ema=ema)
+    for epoch in progress(range(cfg.epochs), desc=desc):
+        model.train()
+        source.start_epoch(epoch)
+        synchronize()
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=dev)
+        correct = torch.zeros((), device=dev)
+        seen = 0
+        for b, (x, y, idx) in enumerate(loader):
+            if max_batches is not None and b >= max_batches:
+                break
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            if cfg.augment is not None:
+                x = cfg.augment(x)
+            x_adv = source(model, x, y, idx)
+            model.train()
+            if x_adv is None:
+                logits_clean, logits_adv = model(x), None
+                loss = F.cross_entropy(logits_clean, y)
+            else:
+                w = cfg.clean_weight
+                logits_adv = model(x_adv if source.joint else x_adv.detach())
+                logits_clean = model(x) if w > 0 or type(source).extra_loss is not Clean.extra_loss else None
+                loss = (1 - w) * F.cross_entropy(logits_adv, y)
+                if w > 0:
+                    loss = loss + w * F.cross_entropy(logits_clean, y)
+                extra = source.extra_loss(logits_clean, logits_adv, y)
+                if extra is not None:
+                    loss = loss + extra
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            source.step()
+            if ema is not None:
+                ema.update_parameters(model)
+            with torch.no_grad():
+                shown = logits_adv if logits_adv is not None else logits_clean
+                loss_sum += loss.detach() * len(y)
+                correct += (shown.argmax(1) == y).sum()
+                seen += len(y)
+        synchronize()
+        record = {
+            "epoch": epoch + 1,
+            "seconds": time.perf_counter() - t0,
+            "train_loss": float(loss_sum) / max(seen, 1),
+            "train_acc": float(correct) / max(seen, 1),
+        }
+        if on_epoch_end is not None:
+            record.update(on_epoch_end(epoch, result.final))
+        result.history.append(record)
+    model.eval()
+    return result
+
+
+def save_checkpoint(model: nn.Module, path: Path | str) -> Path:
+    """Write ``model``'s state dict atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(model: nn.Module, path: Path | str, map_location: str | torch.device | None = None) -> nn.Module:
+    """Load a state dict saved by :func:`save_checkpoint` (``weights_only=True``); clear error if corrupt."""
+    path = Path(path)
+    require(path.exists(), f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location or default_device(), weights_only=True)
+        model.load_state_dict(state)
+    except Exception as err:
+        raise ConfigError(f"checkpoint {path} is corrupt or does not fit the model: {err}") from None
+    return model
