@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lib.errors import ConfigError, require
-from lib.runtime import REPO_ROOT
+from lib.runtime import REPO_ROOT, repo_path
 
 DATA_DIR = REPO_ROOT / "data"
 RAW_DIR = DATA_DIR / "raw"
@@ -256,7 +256,7 @@ def _prepared_path(name: str, prepared_dir: Path) -> Path:
 def load(name: str, prepared_dir: Path | str | None = PREPARED_DIR) -> Dataset:
     """Load a dataset: from ``prepared_dir`` when the data stage wrote it there, else from its source."""
     check_name(name)
-    path = _prepared_path(name, Path(prepared_dir)) if prepared_dir is not None else None
+    path = _prepared_path(name, repo_path(prepared_dir)) if prepared_dir is not None else None
     if path is not None and path.exists():
         try:
             blob = torch.load(path, weights_only=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lib.params import check_profile
 from lib.report import ResultsWriter, set_style
-from lib.runtime import device_name, metadata, seed_everything
+from lib.runtime import device_name, metadata, repo_path, seed_everything
 
 
 class StageRun:
@@ -19,7 +19,7 @@ class StageRun:
         self.started = time.time()
         seed_everything(seed)
         set_style()
-        self.out = ResultsWriter(results_dir)
+        self.out = ResultsWriter(repo_path(results_dir))
         print(f"{stage}: profile '{profile}' on {device_name()}; writing to {results_dir}")
 
     def meta(self, dataset: str, samples: dict) -> dict:

@@ -91,3 +91,9 @@ def synchronize() -> None:
     """Wait for queued GPU work so wall-clock timings are honest."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+def repo_path(path: str | Path) -> Path:
+    """``path`` itself if absolute, else relative to the repository root (not the notebook's folder)."""
+    path = Path(path)
+    return path if path.is_absolute() else REPO_ROOT / path

@@ -78,9 +78,7 @@ def pgd(
     fooled = torch.zeros(len(y), dtype=torch.bool, device=x.device)
     for _ in range(restarts):
         start = ball.random_init(x, eps) if random_start else x
-        x_adv = start
-        for x_adv in iterates(model, x, y, eps, steps, step_size, norm, start):
-            pass
+        *_, x_adv = iterates(model, x, y, eps, steps, step_size, norm, start)
         with torch.no_grad():
             now_fooled = model(x_adv).argmax(1) != y
         take = (~fooled).view(-1, *([1] * (x.dim() - 1)))

@@ -6,7 +6,6 @@ import torch
 import torch.nn as nn
 
 from lib.attacks.common import attack, check_inputs
-from lib.attacks.threat import per_sample_norm
 from lib.errors import require
 
 

@@ -1,0 +1,101 @@
+"""The DVC + papermill harness: stripped notebooks, params consistency, bad input, atomic results."""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lib.errors import ConfigError
+from lib.params import PROFILES, load_stage_params
+from lib.pipeline import run_stage
+from lib.runtime import REPO_ROOT
+
+NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
+DVC = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+PARAMS = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+
+
+def _parameters_cell(path: Path) -> dict:
+    nb = json.loads(path.read_text())
+    cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(cells) == 1, f"{path.name} needs exactly one cell tagged 'parameters'"
+    tree = ast.parse("".join(cells[0]["source"]))
+    return {t.id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign) for t in node.targets}
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_stored_stripped(path):
+    nb = json.loads(path.read_text())
+    dirty = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))]
+    assert not dirty, f"{path.name}: cells {dirty} carry outputs; strip them (executed copies belong in results/)"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_defaults_are_smoke_and_match_params_yaml(path):
+    stage = path.stem
+    defaults = _parameters_cell(path)
+    assert defaults["profile"] == "smoke"
+    assert {"results_dir", "data_dir", "seed"} <= defaults.keys()
+    for profile in PROFILES:
+        injected = load_stage_params(stage, profile)
+        unknown = set(injected) - set(defaults)
+        assert not unknown, f"params.yaml {stage}.{profile} sets {unknown}, which the notebook does not declare"
+    smoke = load_stage_params(stage, "smoke")
+    assert {k: v for k, v in defaults.items() if k in smoke} == smoke, "notebook defaults must equal the smoke profile"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_dvc_stage_lists_only_its_own_params_and_its_outputs(path):
+    stage = DVC[path.stem]
+    assert sorted(stage["params"]) == sorted(["profile", path.stem])
+    assert f"notebooks/{path.name}" in stage["deps"]
+    assert stage["cmd"] == f"python -m lib.pipeline {path.stem}"
+
+
+def test_unknown_profile_and_stage_fail_early_and_leave_results_untouched(tmp_path):
+    with pytest.raises(ConfigError, match="unknown profile 'huge'"):
+        run_stage(NOTEBOOKS[0].stem, "huge", results_root=tmp_path)
+    with pytest.raises(ConfigError, match="unknown stage"):
+        run_stage("p9_nothing", "smoke", results_root=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_parameter_stops_the_notebook_and_leaves_previous_results(tmp_path, monkeypatch):
+    stage = "p3_single_step_reuse"
+    old = tmp_path / stage
+    old.mkdir()
+    (old / "metrics.json").write_text("{}")
+    params = tmp_path / "params.yaml"
+    bad = dict(PARAMS)
+    bad[stage] = {**PARAMS[stage], "smoke": {**PARAMS[stage]["smoke"], "datasets": {"mnist5k": -0.3}}}
+    params.write_text(yaml.safe_dump(bad))
+    monkeypatch.setattr("lib.pipeline.load_stage_params", lambda s, p: load_stage_params(s, p, params))
+    with pytest.raises(ConfigError, match="eps for mnist5k must be in"):
+        run_stage(stage, "smoke", results_root=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", stage]
+    assert [p.name for p in old.iterdir()] == ["metrics.json"]
+
+
+def test_command_line_reports_one_clear_error_and_nonzero_exit():
+    out = subprocess.run([sys.executable, "-m", "lib.pipeline", "p3_single_step_reuse", "--profile", "nope"],
+                         capture_output=True, text=True, cwd=REPO_ROOT)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == ["error: unknown profile 'nope'; choose one of smoke, cpu, paper"]
+
+
+def test_lib_and_tests_are_ruff_clean():
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent))
+    assert ruff, "ruff is part of the dev extra"
+    out = subprocess.run([ruff, "check", "lib", "tests"], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr

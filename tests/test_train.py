@@ -1,0 +1,90 @@
+"""Training loop: determinism, perturbation sources, EMA, checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lib.attacks as A
+import lib.data as D
+import lib.models as M
+from lib.errors import ConfigError
+from lib.train import (
+    AttackSource,
+    GeneratorSource,
+    StoredPerturbation,
+    TrainConfig,
+    load_checkpoint,
+    save_checkpoint,
+    train,
+)
+
+
+def _run(mnist, source=None, **cfg):
+    model = M.build("mnist_cnn", mnist.shape, 10, width=8, hidden=32)
+    loader = D.loader(D.subset(mnist.train, 512, 0), 64, True, with_index=True)
+    return train(model, loader, TrainConfig(epochs=2, **cfg), source)
+
+
+def test_same_run_twice_gives_identical_metrics_and_weights(mnist):
+    a, b = _run(mnist), _run(mnist)
+    assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
+    assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters()))
+
+
+def test_adversarial_training_with_attack_source_and_ema(mnist):
+    res = _run(mnist, AttackSource(A.fgsm, eps=0.1), clean_weight=0.5, ema_decay=0.9)
+    assert len(res.history) == 2 and res.ema is not None and res.final is res.ema.module
+    assert res.sec_per_epoch > 0
+
+
+def test_stored_perturbation_steps_once_per_epoch_and_resets():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    src = StoredPerturbation(4, (1, 4, 4), eps=0.3, step_size=0.1, reset_every=2)
+    x, y, idx = torch.full((4, 1, 4, 4), 0.5), torch.tensor([0, 1, 2, 0]), torch.arange(4)
+    src.start_epoch(0)
+    first = src(model, x, y, idx)
+    assert torch.allclose((first - x).abs(), torch.full_like(x, 0.1))
+    src.start_epoch(1)
+    second = src(model, x, y, idx)
+    assert (second - x).abs().max() <= 0.2 + 1e-6 and (second - x).abs().max() > 0.1
+    for _ in range(5):
+        src(model, x, y, idx)
+    assert (src.delta.abs() <= 0.3 + 1e-6).all()
+    src.start_epoch(2)
+    assert src.delta.abs().sum() == 0
+
+
+def test_generator_source_ascends_the_classifier_loss(mnist):
+    torch.manual_seed(0)
+    gen = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3, padding=1))
+    opt = torch.optim.SGD(gen.parameters(), lr=0.5, maximize=True)
+    make = lambda model, x, y: (x + 0.2 * torch.tanh(gen(x))).clamp(0, 1)  # noqa: E731
+    model = M.build("mnist_cnn", mnist.shape, 10, width=8, hidden=32)
+    x, y = D.tensors(D.subset(mnist.train, 64, 0))
+    lossf = torch.nn.functional.cross_entropy
+    before = lossf(model(make(model, x, y)), y).item()
+    src = GeneratorSource(make, opt)
+    x_adv = src(model, x, y, None)
+    lossf(model(x_adv), y).backward()
+    src.step()
+    with torch.no_grad():
+        assert lossf(model(make(model, x, y)), y).item() > before
+    with pytest.raises(ConfigError):
+        GeneratorSource(make, torch.optim.SGD(gen.parameters(), lr=0.1))
+
+
+def test_checkpoint_round_trip_and_corrupt_file(tmp_path, mnist):
+    model = M.build("mnist_cnn", mnist.shape, 10, width=8, hidden=32)
+    path = save_checkpoint(model, tmp_path / "m.pt")
+    other = load_checkpoint(M.build("mnist_cnn", mnist.shape, 10, seed=1, width=8, hidden=32), path, "cpu")
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), other.parameters()))
+    path.write_bytes(b"garbage")
+    with pytest.raises(ConfigError, match="corrupt"):
+        load_checkpoint(model, path, "cpu")
+
+
+@pytest.mark.parametrize("bad", [dict(epochs=-1), dict(lr=0), dict(optimizer="rmsprop"), dict(clean_weight=2.0)])
+def test_bad_training_config_is_rejected_before_training(bad):
+    with pytest.raises(ConfigError):
+        TrainConfig(**bad).validate()
