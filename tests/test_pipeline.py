@@ -61,6 +61,10 @@ def test_dvc_stage_lists_only_its_own_params_and_its_outputs(path):
     assert sorted(stage["params"]) == sorted(["profile", path.stem])
     assert f"notebooks/{path.name}" in stage["deps"]
     assert stage["cmd"] == f"python -m lib.pipeline {path.stem}"
+    outs = [o for key in ("outs", "metrics", "plots") for o in stage.get(key, [])]
+    for out in outs:  # DVC deletes non-persistent outputs before a run; results must survive a failure
+        (name, flags), = out.items()
+        assert flags == {"cache": False, "persist": True}, name
 
 
 def test_unknown_profile_and_stage_fail_early_and_leave_results_untouched(tmp_path):
