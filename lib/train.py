@@ -20,12 +20,17 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from lib.attacks import threat
 from lib.attacks.common import eval_mode, loss_grad
 from lib.errors import ConfigError, require
+from lib.evaluate import accuracy
 from lib.runtime import device as default_device
 from lib.runtime import progress, seed_everything, synchronize
 
 
 class Clean:
-    """No perturbation: plain training."""
+    """No perturbation: plain training.
+
+    A source's ``__call__`` returns adversarial inputs aligned with the batch, or a pair
+    ``(x_adv, y_adv)`` when it makes a different number of examples (e.g. several per input).
+    """
 
     joint = False
 
@@ -146,6 +151,11 @@ class TrainResult:
         return sum(secs) / len(secs) if secs else float("nan")
 
 
+def _split_labels(out, y: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """A source returns x_adv, or (x_adv, y_adv) when it makes several examples per input."""
+    return out if isinstance(out, tuple) else (out, y)
+
+
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     """Adam or SGD (momentum) as configured."""
     if cfg.optimizer == "sgd":
@@ -165,7 +175,7 @@ def train(
     """Train ``model`` on ``loader`` (yielding ``x, y, idx``) with inputs from ``source``.
 
     ``on_epoch_end(epoch, model)`` may return extra numbers to store in the history (it runs
-    outside the timed part). ``max_batches`` caps the batches per epoch (timing runs, smoke tests).
+    outside the timed part); a true ``"stop"`` entry ends training (see :class:`EarlyStopping`). ``max_batches`` caps the batches per epoch (timing runs, smoke tests).
     """
     cfg.validate()
     source = source or Clean()
@@ -188,7 +198,7 @@ def train(
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             if cfg.augment is not None:
                 x = cfg.augment(x)
-            x_adv = source(model, x, y, idx)
+            x_adv, y_adv = _split_labels(source(model, x, y, idx), y)
             model.train()
             if x_adv is None:
                 logits_clean, logits_adv = model(x), None
@@ -197,7 +207,7 @@ def train(
                 w = cfg.clean_weight
                 logits_adv = model(x_adv if source.joint else x_adv.detach())
                 logits_clean = model(x) if w > 0 or type(source).extra_loss is not Clean.extra_loss else None
-                loss = (1 - w) * F.cross_entropy(logits_adv, y)
+                loss = (1 - w) * F.cross_entropy(logits_adv, y_adv)
                 if w > 0:
                     loss = loss + w * F.cross_entropy(logits_clean, y)
                 extra = source.extra_loss(logits_clean, logits_adv, y)
@@ -210,9 +220,9 @@ def train(
             if ema is not None:
                 ema.update_parameters(model)
             with torch.no_grad():
-                shown = logits_adv if logits_adv is not None else logits_clean
+                shown, shown_y = (logits_adv, y_adv) if logits_adv is not None else (logits_clean, y)
                 loss_sum += loss.detach() * len(y)
-                correct += (shown.argmax(1) == y).sum()
+                correct += (shown.argmax(1) == shown_y).sum() * len(y) / len(shown_y)
                 seen += len(y)
         synchronize()
         record = {
@@ -223,9 +233,37 @@ def train(
         }
         if on_epoch_end is not None:
             record.update(on_epoch_end(epoch, result.final))
+        stop = record.pop("stop", False)
         result.history.append(record)
+        if stop:
+            break
     model.eval()
     return result
+
+
+class EarlyStopping:
+    """``on_epoch_end`` hook: validation accuracy each epoch; stop after ``patience`` epochs without
+    improvement. :meth:`restore` then loads the best weights seen."""
+
+    def __init__(self, x_val: torch.Tensor, y_val: torch.Tensor, patience: int):
+        require(patience >= 1, f"patience must be >= 1, got {patience}")
+        self.x_val, self.y_val, self.patience = x_val, y_val, patience
+        self.best, self.best_epoch, self.state, self.waited = -1.0, 0, None, 0
+
+    def __call__(self, epoch: int, model: nn.Module) -> dict:
+        acc = accuracy(model, self.x_val, self.y_val)
+        if acc > self.best:
+            self.best, self.best_epoch, self.waited = acc, epoch + 1, 0
+            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            self.waited += 1
+        return {"val_acc": acc, "stop": self.waited >= self.patience}
+
+    def restore(self, model: nn.Module) -> nn.Module:
+        """Load the best weights seen (no-op before the first epoch)."""
+        if self.state is not None:
+            model.load_state_dict(self.state)
+        return model
 
 
 def save_checkpoint(model: nn.Module, path: Path | str) -> Path:

@@ -41,3 +41,15 @@ def linear_model():
     """A linear classifier on 1x4x4 inputs, whose input gradient is known in closed form."""
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+
+
+@pytest.fixture
+def synthetic():
+    """Factory: a random dataset of a real dataset's name and shape (for paper-profile code paths)."""
+
+    def make(name: str, shape: tuple[int, int, int], n: int, classes: int = 10, seed: int = 0) -> D.Dataset:
+        g = torch.Generator().manual_seed(seed)
+        split = D.Split(torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8), torch.arange(n) % classes)
+        return D.Dataset(name, split, split, classes, f"synthetic, {name} shape")
+
+    return make

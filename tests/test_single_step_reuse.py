@@ -11,12 +11,6 @@ from lib.methods import single_step_reuse as p3
 from lib.params import load_stage_params
 
 
-def _synthetic(n: int, seed: int = 0) -> D.Dataset:
-    g = torch.Generator().manual_seed(seed)
-    split = D.Split(torch.randint(0, 256, (n, 1, 28, 28), generator=g, dtype=torch.uint8), torch.arange(n) % 10)
-    return D.Dataset("mnist", split, split, 10, "synthetic, MNIST shape")
-
-
 def _config(profile: str, **override) -> p3.Config:
     params = load_stage_params("p3_single_step_reuse", profile)
     params.pop("profile")
@@ -30,9 +24,9 @@ def test_paper_profile_is_the_papers_setting():
     assert cfg.step_fraction == 0.1 and cfg.reset_every == 20 and cfg.bim_iterations == list(range(1, 31))
 
 
-def test_paper_profile_code_path_one_batch_on_real_shaped_data():
+def test_paper_profile_code_path_one_batch_on_real_shaped_data(synthetic):
     cfg = _config("paper", epochs=1, max_batches=1, bim_iterations=[1, 30], pgd_steps=2)
-    ds = _synthetic(cfg.batch_size)
+    ds = synthetic("mnist", (1, 28, 28), cfg.batch_size)
     models = p3.train_defences(ds, ds.train, 0.3, cfg)
     assert list(models) == p3.DEFENCES
     res = {"mnist": p3.evaluate_defences(models, D.subset(ds.test, 4, 0), 0.3, cfg)}

@@ -11,12 +11,13 @@ import torch
 import torch.nn as nn
 
 from lib.errors import require
-from lib.models.convnets import ConvPoolCNN, MnistCNN
+from lib.models.convnets import ConvPoolCNN, MnistCNN, TanhCNN
 from lib.models.resnets import resnet20, torchvision_resnet
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "mnist_cnn": MnistCNN,
     "convpool_cnn": ConvPoolCNN,
+    "tanh_cnn": TanhCNN,
     "resnet20": resnet20,
     "resnet18": lambda in_shape, num_classes, **kw: torchvision_resnet("resnet18", in_shape, num_classes, **kw),
     "resnet50": lambda in_shape, num_classes, **kw: torchvision_resnet("resnet50", in_shape, num_classes, **kw),

@@ -1,4 +1,4 @@
-"""Small plain CNNs: the ATDA/MNIST model and the PGN paper's ConvPool-CNN."""
+"""Small plain CNNs: the ATDA/MNIST model, the Torch7 MNIST demo net (p5) and the PGN ConvPool-CNN."""
 
 from __future__ import annotations
 
@@ -59,3 +59,30 @@ class ConvPoolCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+class TanhCNN(nn.Module):
+    """Conv(32,5x5)-tanh-MaxPool(3)-Conv(64,5x5)-tanh-MaxPool(2)-FC200-tanh-FC, inputs padded to 32x32.
+
+    The Torch7 MNIST demo network that Xia & Liu's code (fxia22/advGAN) trains as D. The input is
+    standardised inside the model (``mean``, ``std``: the reference normalises globally), so the
+    model, like every attack here, takes images in [0, 1].
+    """
+
+    def __init__(self, in_shape: tuple[int, int, int], num_classes: int, size: int = 32, mean: float = 0.0, std: float = 1.0):
+        super().__init__()
+        require(size >= max(in_shape[1:]), f"TanhCNN pads inputs to {size}, smaller than {in_shape[1:]}")
+        require(std > 0, f"std must be positive, got {std}")
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("std", torch.tensor(float(std)))
+        h, w = in_shape[1:]
+        self.pad = nn.ZeroPad2d(((size - w) // 2, size - w - (size - w) // 2, (size - h) // 2, size - h - (size - h) // 2))
+        self.features = nn.Sequential(
+            nn.Conv2d(in_shape[0], 32, 5), nn.Tanh(), nn.MaxPool2d(3, 3, padding=1),
+            nn.Conv2d(32, 64, 5), nn.Tanh(), nn.MaxPool2d(2), nn.Flatten(),
+        )
+        flat = _flat_size(self.features, (in_shape[0], size, size))
+        self.classifier = nn.Sequential(nn.Linear(flat, 200), nn.Tanh(), nn.Linear(200, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(self.pad((x - self.mean) / self.std)))

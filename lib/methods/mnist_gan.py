@@ -1,0 +1,425 @@
+"""p5 — Xia & Liu: adversarial perturbations from a generator network, and D trained against it.
+
+Three phases (the paper's poster and its reference code, fxia22/advGAN):
+
+1. train the classifier D on clean MNIST;
+2. freeze D and train a generator G (image -> perturbation, L∞-bounded by an *intensity*) to
+   maximise D's cross-entropy, once per intensity;
+3. train D and a fresh G alternately, batch by batch: G takes an ascent step against the current
+   D, then D takes a descent step on clean images plus G's images with their true labels.
+
+Intensities are in the reference code's units by default: it standardises images globally
+(mean/std) before G adds its output, so an intensity is a multiple of the training pixels' std
+(``intensity_units="normalized"``); ``"pixel"`` reads them as [0, 1] pixel units instead.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import lib.data as D
+import lib.models as M
+from lib import attacks as A
+from lib.attacks import eval_mode
+from lib.errors import require
+from lib.evaluate import accuracy, adversarial_examples, predict, robust_accuracy
+from lib.report import comparison, widen
+from lib.runtime import device, progress, seed_everything
+from lib.train import Clean, TrainConfig, TrainResult, train
+
+# Table 1 of the paper: intensity -> (accuracy under one FGSM step, accuracy under G), D trained 70 epochs.
+PAPER_TABLE1 = {0.1: (0.96, 0.97), 0.3: (0.76, 0.55), 0.5: (0.37, 0.15), 0.7: (0.06, 0.05)}
+PAPER_CLEAN_ACCURACY = 0.984
+HEADLINE_INTENSITY = 0.3  # "98.4% -> 55.1% after G; 76.5% after one fast-gradient step" = the 0.3 row
+PAPER_HEADLINE = {"after G": 0.551, "after FGSM": 0.765}
+UNITS = ("normalized", "pixel")
+
+
+@dataclass
+class Config:
+    """Parameters of the p5 stage (see params.yaml; defaults = the paper / reference code)."""
+
+    profile: str = "smoke"
+    dataset: str = "mnist"
+    n_train: int | None = None
+    n_test: int | None = None
+    intensities: list = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7])
+    intensity_units: str = "normalized"
+    d_epochs: int = 70
+    d_batch_size: int = 10  # reference train-on-mnist.lua: SGD lr 0.05, batch 10
+    d_lr: float = 0.05
+    g_epochs: int = 200
+    g_optimizer: str = "sgd"  # sgd | adam (reference: plain SGD)
+    g_lr: float = 0.01  # reference: SGD lr 0.01, batch 100, for G and for D in phase 3
+    g_width: int = 8  # DCGAN-style ngf of the reference G
+    batch_size: int = 100
+    alternating_intensities: list = field(default_factory=lambda: [0.3])
+    alt_epochs: int = 100
+    alt_lr: float = 0.01  # D's SGD lr in phase 3 (G keeps g_optimizer / g_lr)
+    clean_weight: float = 0.5  # phase-3 D loss: w * CE(clean) + (1 - w) * CE(G's images)
+    pgd_steps: int = 40
+    n_examples: int = 8
+    seed: int = 0
+    max_batches: int | None = None  # cap batches per epoch (tests only)
+
+    def validate(self) -> Config:
+        D.check_name(self.dataset)
+        require(self.g_optimizer in ("sgd", "adam"), f"g_optimizer must be sgd or adam, got '{self.g_optimizer}'")
+        require(self.intensity_units in UNITS, f"intensity_units must be one of {UNITS}, got '{self.intensity_units}'")
+        require(len(self.intensities) > 0, "intensities must not be empty")
+        for i in [*self.intensities, *self.alternating_intensities]:
+            require(isinstance(i, (int, float)) and 0 < i <= 1, f"intensities must be in (0, 1], got {i}")
+        require(set(self.alternating_intensities) <= set(self.intensities), "alternating_intensities must be among intensities")
+        for name in ("d_epochs", "g_epochs", "alt_epochs", "d_batch_size", "batch_size", "pgd_steps", "g_width", "n_examples"):
+            require(int(getattr(self, name)) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("d_lr", "g_lr", "alt_lr"):
+            require(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
+        require(0 <= self.clean_weight < 1, f"clean_weight must be in [0, 1), got {self.clean_weight}")
+        require(self.n_train is None or self.n_train > 0, "n_train must be positive")
+        require(self.n_test is None or self.n_test > 0, "n_test must be positive")
+        return self
+
+
+class PerturbationGenerator(nn.Module):
+    """G: encoder-decoder (4 stride-2 convs down, 4 transposed convs up) -> ``eps * tanh``.
+
+    The reference G (DCGAN blocks, ``width`` = ngf = 8, BatchNorm, LeakyReLU down / ReLU up, no
+    biases, N(0, 0.02) init). Inputs are zero-padded to ``size`` (32 for MNIST) and the output is
+    cropped back, so ``|G(x)|_∞ <= eps`` by construction; :meth:`perturb` adds it and clips to [0, 1].
+    (The reference clamps tanh at the intensity; we scale it, so every intensity spans tanh's range.)
+    """
+
+    def __init__(self, in_shape: tuple[int, int, int], eps: float, width: int = 8, size: int = 32):
+        super().__init__()
+        c, h, w = in_shape
+        require(size % 16 == 0 and size >= max(h, w), f"size must be a multiple of 16 and >= {max(h, w)}, got {size}")
+        self.eps, self.in_shape, self.size = float(eps), in_shape, size
+        down, up = [c, width, 2 * width, 4 * width, 8 * width], [8 * width, 4 * width, 2 * width, width]
+        layers: list[nn.Module] = []
+        for i in range(4):
+            layers.append(nn.Conv2d(down[i], down[i + 1], 4, 2, 1, bias=False))
+            layers += ([nn.BatchNorm2d(down[i + 1])] if i else []) + [nn.LeakyReLU(0.2)]
+        for i in range(3):
+            layers += [nn.ConvTranspose2d(up[i], up[i + 1], 4, 2, 1, bias=False), nn.BatchNorm2d(up[i + 1]), nn.ReLU()]
+        layers += [nn.ConvTranspose2d(width, c, 4, 2, 1, bias=False), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.normal_(m.weight, 1.0, 0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The perturbation, ``|delta|_∞ <= eps``."""
+        h, w = x.shape[-2:]
+        top, left = (self.size - h) // 2, (self.size - w) // 2
+        out = self.net(F.pad(x, (left, self.size - w - left, top, self.size - h - top)))
+        return self.eps * out[..., top : top + h, left : left + w]
+
+    def perturb(self, x: torch.Tensor) -> torch.Tensor:
+        """G's adversarial image: ``clip(x + G(x), 0, 1)``."""
+        return (x + self(x)).clamp(0.0, 1.0)
+
+
+def build_generator(in_shape: tuple, eps: float, cfg: Config, seed: int) -> PerturbationGenerator:
+    """A fresh G whose initial weights depend only on ``seed``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return PerturbationGenerator(in_shape, eps, cfg.g_width).to(device())
+
+
+def generator_optimizer(G: nn.Module, name: str, lr: float) -> torch.optim.Optimizer:
+    """Plain SGD or Adam that ASCENDS the loss (the reference flips D's gradient)."""
+    if name == "adam":
+        return torch.optim.Adam(G.parameters(), lr=lr, maximize=True)
+    return torch.optim.SGD(G.parameters(), lr=lr, maximize=True)
+
+
+def generator_step(G: PerturbationGenerator, classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer) -> torch.Tensor:
+    """One ascent step of G on CE(D(x + G(x)), y) with D's weights held fixed; returns the loss."""
+    with eval_mode(classifier):
+        loss = F.cross_entropy(classifier(G.perturb(x)), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+    opt.step()
+    return loss.detach()
+
+
+def generator_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: PerturbationGenerator) -> torch.Tensor:
+    """G used as an attack (one forward pass; ``model`` and ``y`` unused), in the attack signature."""
+    with eval_mode(generator), torch.no_grad():
+        return generator.perturb(x)
+
+
+class AlternatingGenerator(Clean):
+    """Phase 3's source: each batch G ascends once against the current D, then D trains on G's images."""
+
+    def __init__(self, G: PerturbationGenerator, opt: torch.optim.Optimizer):
+        self.G, self.opt = G, opt
+
+    def __call__(self, model, x, y, idx):
+        self.G.train()
+        generator_step(self.G, model, x, y, self.opt)
+        with torch.no_grad():
+            return self.G.perturb(x)
+
+
+def pixel_std(split: D.Split) -> float:
+    """Global std of the training pixels in [0, 1] (the reference standardises with it)."""
+    return float(D.as_float(split.x).std())
+
+
+def pixel_eps(intensity: float, std: float, units: str) -> float:
+    """An intensity in [0, 1] pixel units."""
+    return intensity * std if units == "normalized" else intensity
+
+
+def load_data(cfg: Config, data_dir) -> tuple[D.Dataset, D.Split, D.Split]:
+    """The dataset and the (sub)sampled train and test splits the run uses."""
+    ds = D.load(cfg.dataset, data_dir)
+    return ds, D.subset(ds.train, cfg.n_train, cfg.seed), D.subset(ds.test, cfg.n_test, cfg.seed + 1)
+
+
+def train_classifier(ds: D.Dataset, train_split: D.Split, std: float, cfg: Config) -> TrainResult:
+    """Phase 1: D on clean data (reference: SGD without momentum, lr 0.05, batch 10)."""
+    mean = float(D.as_float(train_split.x).mean())
+    model = M.build("tanh_cnn", ds.shape, ds.num_classes, seed=cfg.seed, mean=mean, std=std).to(device())
+    tc = TrainConfig(epochs=cfg.d_epochs, batch_size=cfg.d_batch_size, lr=cfg.d_lr, optimizer="sgd", momentum=0.0, seed=cfg.seed)
+    loader = D.loader(train_split, cfg.d_batch_size, shuffle=True, seed=cfg.seed, with_index=True)
+    return train(model, loader, tc, max_batches=cfg.max_batches, desc="phase 1: D on clean data")
+
+
+def train_frozen(classifier: nn.Module, train_split: D.Split, test: tuple, eps: float, cfg: Config, desc: str = "") -> tuple[PerturbationGenerator, list[float]]:
+    """Phase 2: G against the frozen D; returns G and D's test accuracy on G's images per epoch (epoch 0 = init)."""
+    x_test, y_test = test
+    G = build_generator(tuple(train_split.x.shape[1:]), eps, cfg, cfg.seed)
+    opt = generator_optimizer(G, cfg.g_optimizer, cfg.g_lr)
+    loader = D.loader(train_split, cfg.batch_size, shuffle=True, seed=cfg.seed)
+    dev = device()
+    curve = [robust_accuracy(classifier, x_test, y_test, generator_attack, generator=G)]
+    for _ in progress(range(cfg.g_epochs), desc=desc or f"phase 2: G at eps {eps:.3f}"):
+        G.train()
+        for b, (x, y) in enumerate(loader):
+            if cfg.max_batches is not None and b >= cfg.max_batches:
+                break
+            generator_step(G, classifier, x.to(dev), y.to(dev), opt)
+        curve.append(robust_accuracy(classifier, x_test, y_test, generator_attack, generator=G))
+    return G.eval(), curve
+
+
+def train_alternating(classifier: nn.Module, train_split: D.Split, test: tuple, eps: float, cfg: Config) -> tuple[TrainResult, PerturbationGenerator]:
+    """Phase 3: a copy of the clean D and a fresh G trained alternately, batch by batch.
+
+    The history holds, per epoch, D's test accuracy on G's images and on clean images.
+    """
+    x_test, y_test = test
+    d = copy.deepcopy(classifier)
+    G = build_generator(tuple(train_split.x.shape[1:]), eps, cfg, cfg.seed + 1)
+    source = AlternatingGenerator(G, generator_optimizer(G, cfg.g_optimizer, cfg.g_lr))
+
+    def record(epoch: int, model: nn.Module) -> dict:
+        return {"acc_on_G": robust_accuracy(model, x_test, y_test, generator_attack, generator=G), "acc_clean": accuracy(model, x_test, y_test)}
+
+    start = {"epoch": 0, **record(-1, d)}
+    tc = TrainConfig(epochs=cfg.alt_epochs, batch_size=cfg.batch_size, lr=cfg.alt_lr, optimizer="sgd", momentum=0.0, clean_weight=cfg.clean_weight, seed=cfg.seed)
+    loader = D.loader(train_split, cfg.batch_size, shuffle=True, seed=cfg.seed, with_index=True)
+    result = train(d, loader, tc, source, on_epoch_end=record, max_batches=cfg.max_batches, desc=f"phase 3: D and G alternately, eps {eps:.3f}")
+    result.history.insert(0, start)
+    return result, G.eval()
+
+
+def evaluate_attacks(model: nn.Module, test: tuple, eps: float, cfg: Config, generators: dict[str, PerturbationGenerator]) -> dict:
+    """Accuracy of ``model`` under one FGSM step, PGD-L∞ (random start) and each named generator."""
+    x, y = test
+    out = {
+        "FGSM": robust_accuracy(model, x, y, A.fgsm, eps=eps),
+        f"PGD-{cfg.pgd_steps}": robust_accuracy(model, x, y, A.pgd, eps=eps, steps=cfg.pgd_steps, random_start=True),
+    }
+    for name, G in generators.items():
+        out[name] = robust_accuracy(model, x, y, generator_attack, generator=G)
+    return out
+
+
+def table1(frozen: dict[float, dict], clean_accuracy: float, std: float, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table 1: D's accuracy under one FGSM step vs under G per intensity (fractions), paper vs ours."""
+    rows = [{"intensity": "none (clean D)", "metric": m, "paper": PAPER_CLEAN_ACCURACY, "ours": clean_accuracy} for m in ("FastGrad (FGSM)", "GAN (G)")]
+    for i, r in frozen.items():
+        paper = PAPER_TABLE1.get(i, (None, None))
+        key = f"{i:g} (pixel eps {pixel_eps(i, std, cfg.intensity_units):.3f})"
+        rows += [
+            {"intensity": key, "metric": "FastGrad (FGSM)", "paper": paper[0], "ours": r["fgsm"]},
+            {"intensity": key, "metric": "GAN (G)", "paper": paper[1], "ours": r["gan"]},
+        ]
+        if cfg.intensity_units == "normalized":
+            rows.append({"intensity": key, "metric": "FGSM at pixel eps = intensity", "paper": None, "ours": r["fgsm_pixel_units"]})
+    long = comparison(rows, ["intensity"])
+    return long, widen(long, ["intensity"])
+
+
+def headline(frozen: dict[float, dict], clean_accuracy: float) -> pd.DataFrame:
+    """The abstract's pair at intensity 0.3: D's accuracy after G and after one FGSM step (%)."""
+    r = frozen.get(HEADLINE_INTENSITY)
+    rows = [{"metric": "D clean", "paper": 100 * PAPER_CLEAN_ACCURACY, "ours": 100 * clean_accuracy}]
+    if r is not None:
+        rows += [{"metric": "D after G (intensity 0.3)", "paper": 100 * PAPER_HEADLINE["after G"], "ours": 100 * r["gan"]},
+                 {"metric": "D after one FGSM step (intensity 0.3)", "paper": 100 * PAPER_HEADLINE["after FGSM"], "ours": 100 * r["fgsm"]}]
+    return comparison(rows, [])
+
+
+def robustness_table(robust: dict[str, dict[float, dict]], clean: dict[str, float]) -> pd.DataFrame:
+    """Per classifier and intensity: clean accuracy and accuracy under every attack (%; not in the paper)."""
+    rows = []
+    for model_name, per_i in robust.items():
+        for i, attacks in per_i.items():
+            rows.append({"classifier": model_name, "intensity": i, "clean %": 100 * clean[model_name], **{f"{k} %": 100 * v for k, v in attacks.items()}})
+    return pd.DataFrame(rows)
+
+
+def convergence_epoch(curve: list[float], tolerance: float = 0.01) -> int:
+    """First epoch whose accuracy is within ``tolerance`` of the curve's final value."""
+    final = curve[-1]
+    return next(e for e, v in enumerate(curve) if v <= final + tolerance)
+
+
+def figure1a(curves: dict[float, list[float]], subtitle: str) -> plt.Figure:
+    """Fig. 1a: D's test accuracy on G's images while G trains against the frozen D, per intensity."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, c in curves.items():
+        ax.plot(range(len(c)), [100 * v for v in c], marker="o", ms=2.5, label=f"intensity {i:g}")
+    ax.set(xlabel="G epoch (D frozen)", ylabel="D's accuracy on G's images (%)", ylim=(-2, 102), title=f"Fig. 1a — G vs frozen D ({subtitle})")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def figure1b(histories: dict[float, list[dict]], subtitle: str) -> plt.Figure:
+    """Fig. 1b: D's test accuracy on G's images and on clean images while D and G train alternately."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, h in histories.items():
+        epochs = [r["epoch"] for r in h]
+        line = ax.plot(epochs, [100 * r["acc_on_G"] for r in h], marker="o", ms=2.5, label=f"on G's images, intensity {i:g}")[0]
+        ax.plot(epochs, [100 * r["acc_clean"] for r in h], ls="--", color=line.get_color(), label=f"on clean images, intensity {i:g}")
+    ax.set(xlabel="alternating epoch", ylabel="D's test accuracy (%)", ylim=(-2, 102), title=f"Fig. 1b — D and G alternately ({subtitle})")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _image_grid(rows: dict[str, torch.Tensor], labels: dict[str, torch.Tensor] | None, title: str, signed: bool = False) -> plt.Figure:
+    n = next(iter(rows.values())).shape[0]
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.25 * n, 1.45 * len(rows)), squeeze=False)
+    for r, (name, imgs) in enumerate(rows.items()):
+        lim = float(imgs.abs().max()) or 1.0
+        for c in range(n):
+            ax = axes[r][c]
+            img = imgs[c].permute(1, 2, 0).squeeze(-1).numpy()
+            ax.imshow(img, cmap="RdBu_r" if signed else "gray", vmin=-lim if signed else 0, vmax=lim if signed else 1)
+            ax.set_xticks([]), ax.set_yticks([])
+            if labels is not None:
+                ax.set_title(f"pred {int(labels[name][c])}", fontsize=7)
+            if c == 0:
+                ax.set_ylabel(name, fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def figure2(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, G: PerturbationGenerator, eps: float, intensity: float, subtitle: str) -> plt.Figure:
+    """Fig. 2: originals, G's images and one-step FGSM images at the same intensity, with D's predictions."""
+    rows = {"original": x, f"G ({intensity:g})": adversarial_examples(classifier, x, y, generator_attack, generator=G),
+            f"FGSM ({intensity:g})": adversarial_examples(classifier, x, y, A.fgsm, eps=eps)}
+    preds = {k: predict(classifier, v) for k, v in rows.items()}
+    return _image_grid(rows, preds, f"Fig. 2 — original / G / FGSM; D's predictions above each ({subtitle})")
+
+
+def figure5_6(x: torch.Tensor, frozen_G: PerturbationGenerator, alternating_G: PerturbationGenerator, intensity: float, subtitle: str) -> plt.Figure:
+    """Figs. 5/6: G's perturbations when D is frozen vs when D and G train alternately."""
+    with torch.no_grad():
+        rows = {"original": x * 2 - 1}
+        for name, G in ((f"G, D frozen ({intensity:g})", frozen_G), (f"G, alternating ({intensity:g})", alternating_G)):
+            rows[name] = (generator_attack(None, x.to(device()), None, generator=G) - x.to(device())).cpu()
+    return _image_grid(rows, None, f"Figs. 5/6 — perturbation patterns, red + / blue − (row 1: image, rescaled) ({subtitle})", signed=True)
+
+
+def claims(r: dict, cfg: Config) -> str:
+    """Markdown: which of the paper's claims held in this run (``r`` from :func:`run`), in numbers."""
+    frozen, curves, alternating, robust, clean_accuracy = r["frozen"], r["curves"], r["alternating"], r["robust"], r["clean_accuracy"]
+    lines = [f"- D's clean test accuracy: {100 * clean_accuracy:.2f}% (paper 98.4% after 70 epochs)."]
+    if HEADLINE_INTENSITY in frozen:
+        r = frozen[HEADLINE_INTENSITY]
+        ok = r["gan"] < r["fgsm"]
+        lines.append(f"- Headline (intensity 0.3): D falls to {100 * r['gan']:.1f}% under G vs {100 * r['fgsm']:.1f}% under one FGSM step "
+                     f"(paper 55.1% vs 76.5%) — 'G beats one fast-gradient step' **{'held' if ok else 'did NOT hold'}**.")
+    wins = [i for i, r in frozen.items() if r["gan"] < r["fgsm"]]
+    lines.append(f"- G is stronger than one FGSM step at intensities {', '.join(f'{i:g}' for i in wins) or 'none'} of "
+                 f"{', '.join(f'{i:g}' for i in frozen)} (paper: 0.3, 0.5, 0.7 of the four).")
+    conv = {i: convergence_epoch(c) for i, c in curves.items() if c[0] - c[-1] > 0.01}
+    stalled = ", ".join(f"{i:g}" for i in curves if i not in conv)
+    monotone = len(conv) >= 2 and all(a >= b for a, b in zip(list(conv.values()), list(conv.values())[1:]))
+    epochs = ", ".join(f"{i:g}: {e}" for i, e in conv.items()) or "n/a"
+    note = f" (G gained under 1 point at intensity {stalled})" if stalled else ""
+    lines.append(f"- Epochs until G's curve is within 1 point of its final value: {epochs}{note} — "
+                 f"'larger intensity converges in fewer epochs' **{'held' if monotone else 'did NOT hold'}** (Fig. 1a).")
+    for i, h in alternating.items():
+        on_g = [r["acc_on_G"] for r in h[1:]]
+        near = min(on_g) >= h[-1]["acc_clean"] - 0.05
+        lines.append(f"- Alternating training at intensity {i:g}: D's accuracy on G's images stays in {100 * min(on_g):.1f}–{100 * max(on_g):.1f}% "
+                     f"(clean {100 * h[-1]['acc_clean']:.1f}% at the end) — 'D stays near its clean accuracy on G's examples' "
+                     f"**{'held' if near else 'did NOT hold'}** (Fig. 1b).")
+        alt, base = robust[f"alternating D ({i:g})"][i], robust["clean D"][i]
+        pgd = f"PGD-{cfg.pgd_steps}"
+        gain_f, gain_p = 100 * (alt["FGSM"] - base["FGSM"]), 100 * (alt[pgd] - base[pgd])
+        lines.append(f"- Not measured in the paper: at intensity {i:g}, the alternately trained D gains {gain_f:+.1f} points under FGSM and "
+                     f"{gain_p:+.1f} under {pgd} over the clean D ({100 * alt[pgd]:.1f}% vs {100 * base[pgd]:.1f}%) — robustness to a gradient "
+                     f"attack it never trained on **{'held' if gain_p > 5 else 'did NOT hold'}** (threshold: +5 points under PGD).")
+    return "\n".join(lines)
+
+
+def summary_metrics(r: dict, cfg: Config) -> dict:
+    """The headline numbers for metrics.json (accuracies as fractions; ``r`` from :func:`run`)."""
+    return {
+        "clean_accuracy": r["clean_accuracy"],
+        "pixel_std": r["std"],
+        "pixel_eps": {f"{i:g}": pixel_eps(i, r["std"], cfg.intensity_units) for i in cfg.intensities},
+        "table1": {f"{i:g}": dict(v) for i, v in r["frozen"].items()},
+        "alternating_final": {f"{i:g}": {k: h[-1][k] for k in ("acc_on_G", "acc_clean")} for i, h in r["alternating"].items()},
+        "robustness": {m: {f"{i:g}": a for i, a in per.items()} for m, per in r["robust"].items()},
+    }
+
+
+def run(ds: D.Dataset, train_split: D.Split, test_split: D.Split, cfg: Config) -> dict:
+    """All three phases and every evaluation; returns the results the notebook reports."""
+    seed_everything(cfg.seed)
+    test = D.tensors(test_split)
+    std = pixel_std(train_split)
+    d_clean = train_classifier(ds, train_split, std, cfg).final
+    clean_accuracy = accuracy(d_clean, *test)
+    frozen, curves, generators = {}, {}, {}
+    for i in cfg.intensities:
+        eps = pixel_eps(i, std, cfg.intensity_units)
+        G, curves[i] = train_frozen(d_clean, train_split, test, eps, cfg, desc=f"phase 2: G at intensity {i:g}")
+        generators[i] = G
+        frozen[i] = {"gan": curves[i][-1], "fgsm": robust_accuracy(d_clean, *test, A.fgsm, eps=eps),
+                     "fgsm_pixel_units": robust_accuracy(d_clean, *test, A.fgsm, eps=i)}
+    alternating, alt_generators, models = {}, {}, {"clean D": d_clean}
+    for i in cfg.alternating_intensities:
+        tr, alt_generators[i] = train_alternating(d_clean, train_split, test, pixel_eps(i, std, cfg.intensity_units), cfg)
+        alternating[i] = tr.history
+        models[f"alternating D ({i:g})"] = tr.final
+    robust = {}
+    for name, model in models.items():
+        robust[name] = {}
+        for i in cfg.intensities:
+            gens = {"G trained vs clean D": generators[i]}
+            if i in alt_generators:
+                gens["G from alternating phase"] = alt_generators[i]
+            robust[name][i] = evaluate_attacks(model, test, pixel_eps(i, std, cfg.intensity_units), cfg, gens)
+    return {"std": std, "clean_accuracy": clean_accuracy, "frozen": frozen, "curves": curves, "generators": generators,
+            "alternating": alternating, "alt_generators": alt_generators, "models": models, "robust": robust,
+            "clean": {n: accuracy(m, *test) for n, m in models.items()}}
+

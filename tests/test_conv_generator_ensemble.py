@@ -1,0 +1,105 @@
+"""p1: the generators' box, their ascent step, both batch assignments, and the paper profile's code path."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lib.data as D
+import lib.models as M
+from lib.errors import ConfigError
+from lib.methods import conv_generator_ensemble as p1
+from lib.params import load_stage_params
+from lib.train import TrainConfig, train
+
+
+def _config(profile: str, **override) -> p1.Config:
+    params = load_stage_params("p1_conv_generator_ensemble", profile)
+    params.pop("profile")
+    return p1.Config(profile=profile, **{**params, **override}).validate()
+
+
+@pytest.mark.parametrize("assignment", p1.ASSIGNMENTS)
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+def test_samples_stay_within_s_of_x_and_inside_the_pixel_range(assignment, shape):
+    ens = p1.GeneratorEnsemble(shape[0], k=5, s=0.1, depth=3, width=4, assignment=assignment)
+    with torch.no_grad():
+        for p in ens.parameters():  # large weights: phi(x) far outside the box, which must still hold
+            p.mul_(30)
+    x = torch.rand(13, *shape)  # 13 is not a multiple of k: split must pad and still align
+    x_adv, index = ens(x)
+    n = 13 * (5 if assignment == "all" else 1)
+    assert x_adv.shape == (n, *shape) and index.shape == (n,)
+    src = x[index]
+    assert (x_adv - src).abs().max() <= 0.1 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    assert (x_adv - src).abs().max() > 0.09  # the box is actually reached
+
+
+def test_split_uses_each_generator_and_keeps_samples_aligned():
+    ens = p1.GeneratorEnsemble(1, k=4, s=0.5, depth=2, width=4)
+    x = torch.rand(8, 1, 6, 6)
+    every = ens.all_samples(x)  # [K, N, ...]
+    torch.manual_seed(0)
+    x_adv, _ = ens(x, "split")
+    # each sample is exactly one generator's version of ITS OWN input, and all K generators are used
+    match = (every - x_adv[None]).flatten(2).abs().amax(2) < 1e-6  # [K, N]
+    assert (match.sum(0) >= 1).all()
+    assert set(match.float().argmax(0).tolist()) == set(range(4))
+
+
+def test_generators_ascend_the_loss_with_the_classifier_fixed():
+    torch.manual_seed(0)
+    model = M.build("resnet20", (1, 28, 28), 10, seed=0).eval()
+    ens = p1.GeneratorEnsemble(1, k=4, s=0.2, depth=2, width=4)
+    x, y = torch.rand(16, 1, 28, 28), torch.arange(16) % 10
+
+    def loss():
+        with torch.no_grad():
+            out, idx = ens(x, "all")
+            return F.cross_entropy(model(out), y[idx])
+
+    before, weights = loss(), copy.deepcopy(model.state_dict())
+    src = p1.EnsembleSource(ens, lr=0.05, momentum=0.0)
+    for _ in range(3):
+        x_adv, y_adv = src(model, x, y, None)
+        F.cross_entropy(model(x_adv), y_adv).backward()
+        src.step()
+        model.zero_grad(set_to_none=True)
+    assert loss() > before
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
+
+
+def test_all_assignment_trains_through_the_shared_loop():
+    model = M.build("resnet20", (1, 28, 28), 10, seed=0)
+    split = D.Split(torch.randint(0, 256, (16, 1, 28, 28), dtype=torch.uint8), torch.arange(16) % 10)
+    src = p1.EnsembleSource(p1.GeneratorEnsemble(1, k=3, s=0.2, assignment="all"), 0.01, 0.0)
+    res = train(model, D.loader(split, 8, True, with_index=True), TrainConfig(epochs=1, optimizer="sgd"), src)
+    assert 0 <= res.history[0]["train_acc"] <= 1
+
+
+def test_paper_profile_is_the_papers_setting():
+    cfg = _config("paper")
+    assert (cfg.dataset, cfg.model, cfg.k, cfg.s, cfg.lr, cfg.epochs, cfg.flip) == ("cifar10", "resnet20", 32, 0.2, 0.005, 8, True)
+    assert (cfg.minmax_eps, cfg.minmax_steps, cfg.minmax_step_size) == (0.05, 40, 0.005)
+    assert max(cfg.eval_eps) == 0.5
+
+
+def test_paper_profile_code_path_one_batch_on_cifar_shaped_data(synthetic):
+    cfg = _config("paper", base_epochs=1, epochs=1, max_batches=1, minmax_steps=2, eval_steps=2, eval_eps=[0.0, 0.5],
+                  timing_batches=1, timing_k=32, timing_minmax_steps=2, n_examples=2)
+    ds = synthetic("cifar10", (3, 32, 32), 64)
+    r = p1.run(ds, ds.train, D.subset(ds.test, 8, 0), cfg)
+    assert r["ensemble"].k == 32 and set(r["results"]) == set(p1.MODELS)
+    t1 = p1.table1(r["per_batch"], r["trained"], r["batches_per_epoch"], cfg)
+    assert {"paper", "ours", "delta"} <= set(t1.columns) and (t1["metric"] == "ratio").sum() == 1
+    assert "Cost" in p1.claims(r["results"], r["per_batch"], cfg)
+    p1.figure2(r["ensemble"], D.examples(ds.test, 2, 0)[0], 3, "test")
+
+
+@pytest.mark.parametrize("bad", [dict(s=-0.1), dict(assignment="some"), dict(k=0), dict(dataset="svhn"), dict(eval_eps=[-1.0])])
+def test_bad_config_is_rejected(bad):
+    with pytest.raises(ConfigError):
+        p1.Config(**bad).validate()

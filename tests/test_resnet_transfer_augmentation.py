@@ -1,0 +1,84 @@
+"""p4: the 70/10/20 split, undersampling, augmentation range, early stopping, and the paper profile's code path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lib.data as D
+import lib.models as M
+from lib.augment import Conventional
+from lib.errors import ConfigError
+from lib.methods import resnet_transfer_augmentation as p4
+from lib.params import load_stage_params
+from lib.train import EarlyStopping, TrainConfig, train
+
+
+def _config(profile: str, **override) -> p4.Config:
+    params = load_stage_params("p4_resnet_transfer_augmentation", profile)
+    params.pop("profile")
+    return p4.Config(profile=profile, **{**params, **override}).validate()
+
+
+def test_split_is_70_10_20_stratified_and_disjoint():
+    ids, y = torch.arange(1500).view(-1, 1, 1, 1), torch.arange(1500) % 10  # each "image" is its own id
+    tagged = D.Dataset("mnist", D.Split(ids[:1000], y[:1000]), D.Split(ids[1000:], y[1000:]), 10, "ids")
+    train, val, test = D.train_val_test(tagged, (0.7, 0.1, 0.2), seed=0)
+    assert (len(train), len(val), len(test)) == (1050, 150, 300)
+    sets = [set(s.x.flatten().tolist()) for s in (train, val, test)]
+    assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2]) and len(set.union(*sets)) == 1500
+    assert torch.bincount(test.y).tolist() == [30] * 10
+
+
+def test_undersampling_equalises_class_counts():
+    y = torch.tensor([0] * 50 + [1] * 20 + [2] * 35)
+    x = torch.arange(len(y)).float()
+    xb, yb = D.undersample(x, y, seed=0)
+    assert torch.bincount(yb).tolist() == [20, 20, 20]
+    assert torch.equal(y[xb.long()], yb)  # images stay with their labels
+
+
+def test_augmentation_keeps_images_in_range_and_changes_them():
+    torch.manual_seed(0)
+    x = torch.rand(16, 3, 32, 32)
+    out = Conventional(degrees=30, flip=True, scale=(0.8, 1.2), shift=0.1, brightness=0.3, noise_std=0.1)(x)
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1 and not torch.allclose(out, x)
+    assert torch.equal(Conventional(0, False, (1.0, 1.0), 0, 0, 0)(x), x)  # everything off = identity
+
+
+def test_early_stopping_stops_and_restores_the_best_weights(synthetic):
+    ds = synthetic("mnist", (1, 28, 28), 64)
+    model = M.build("resnet18", ds.shape, 10, small_input_stem=False)
+    x, y = D.tensors(ds.test)
+    stopper = EarlyStopping(x, torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(1)), patience=1)
+    res = train(model, D.loader(ds.train, 32, True, with_index=True), TrainConfig(epochs=20, lr=1e-3), on_epoch_end=stopper)
+    assert len(res.history) < 20 and "val_acc" in res.history[0] and "stop" not in res.history[-1]
+    stopper.restore(model)
+    assert p4.accuracy(model, x, stopper.y_val) == pytest.approx(stopper.best)
+
+
+def test_paper_profile_is_the_papers_setting():
+    cfg = _config("paper")
+    assert cfg.datasets == ["mnist", "cifar10", "cats_vs_dogs"] and cfg.fractions == [0.7, 0.1, 0.2]
+    assert cfg.archs == ["resnet18", "resnet50", "resnet101"] and cfg.eps == [0.01, 0.02, 0.03] and cfg.limit is None
+
+
+@pytest.mark.parametrize("name,shape,classes,n", [("mnist", (1, 28, 28), 10, 30), ("cifar10", (3, 32, 32), 10, 30), ("cats_vs_dogs", (3, 64, 64), 2, 10)])
+def test_paper_profile_code_path_one_batch_per_architecture(synthetic, monkeypatch, name, shape, classes, n):
+    cfg = _config("paper", datasets=[name], max_epochs=1, max_batches=1, pgd_steps=1, batch_size=16, eps=[0.03])
+    ds = synthetic(name, shape, n, classes)  # pooled train + test = 2n, split 70/10/20
+    monkeypatch.setattr(p4.D, "load", lambda n, data_dir=None: ds)
+    r = p4.run_dataset(name, cfg, None)
+    assert set(r) >= set(p4.VARIANTS) and all(set(r[v]) == set(p4.ARCHS) for v in p4.VARIANTS)
+    results = {name: r}
+    assert len(p4.table1(results, cfg)) == 3 * 2 * 3  # this dataset + the two not run, per model, before/after
+    assert {"paper", "ours", "delta"} <= set(p4.gains(results, cfg).columns)
+    assert "FGSM 0.03 %" in p4.attack_table(results, "proposed", cfg).columns
+    assert "ResNet18" in p4.claims(results, cfg)
+
+
+@pytest.mark.parametrize("bad", [dict(eps=[-0.01]), dict(archs=["vgg16"]), dict(source_arch="resnet34"), dict(datasets=["svhn"]),
+                                 dict(fractions=[0.8, 0.1, 0.2]), dict(scale_min=0.0)])
+def test_bad_config_is_rejected(bad):
+    with pytest.raises(ConfigError):
+        p4.Config(**bad).validate()
