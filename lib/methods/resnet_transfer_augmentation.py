@@ -236,6 +236,13 @@ def claims(results: dict, cfg: Config) -> str:
     lines = []
     for dataset, r in results.items():
         pk, label = STANDS_FOR[dataset], LABEL[dataset]
+        clean = {a: 100 * r["before"][a]["clean"] for a in cfg.archs}
+        short = {a: _paper_accuracy(dataset, "before", a) - c for a, c in clean.items() if _paper_accuracy(dataset, "before", a) is not None}
+        if short and max(short.values()) > 10:
+            lines.append(f"- {label}: caveat — clean accuracy before retraining is {min(clean.values()):.1f}–{max(clean.values()):.1f}% "
+                         f"(up to {max(short.values()):.1f} points below the paper's): these models are under-trained in this profile "
+                         f"(best epochs {', '.join(str(r['before'][a]['best_epoch']) for a in cfg.archs)} of at most {cfg.max_epochs}), "
+                         "so the gains below say little about the paper's setting.")
         g_fgsm = _mean_attack(r, "proposed", "fgsm", cfg) - _mean_attack(r, "before", "fgsm", cfg)
         g_pgd = _mean_attack(r, "proposed", "pgd", cfg) - _mean_attack(r, "before", "pgd", cfg)
         g_aug = _mean_attack(r, "augmentation only", "fgsm", cfg) - _mean_attack(r, "before", "fgsm", cfg)
