@@ -76,8 +76,9 @@ def test_generator_ascends_loss_minus_penalty_with_the_classifier_fixed():
     x, y = torch.rand(16, 1, 28, 28), torch.arange(16) % 10
 
     def objective():
+        grad = pgn.gradient_image(model, x, y)  # needs autograd itself, so outside no_grad
         with torch.no_grad():
-            x_adv = pgn.tanh_space(x, g(pgn.gradient_image(model, x, y), x, y))
+            x_adv = pgn.tanh_space(x, g(grad, x, y))
             return F.cross_entropy(model(x_adv), y) - 0.1 * (x_adv - x).flatten(1).pow(2).sum(1).mean()
 
     before = objective()

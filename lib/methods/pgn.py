@@ -82,7 +82,7 @@ def gradient_image(model: nn.Module, x: torch.Tensor, y: torch.Tensor, reduction
     """
     require(reduction in ("mean", "sum"), f"reduction must be mean or sum, got '{reduction}'")
     x = x.detach().requires_grad_(True)
-    with eval_mode(model):
+    with torch.enable_grad(), eval_mode(model):
         p = F.softmax(model(x), 1).gather(1, y[:, None]).squeeze(1)
         (grad,) = torch.autograd.grad(p.mean() if reduction == "mean" else p.sum(), x)
     return grad.detach()
