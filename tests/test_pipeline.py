@@ -75,17 +75,30 @@ def test_unknown_profile_and_stage_fail_early_and_leave_results_untouched(tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
-def test_bad_parameter_stops_the_notebook_and_leaves_previous_results(tmp_path, monkeypatch):
-    stage = "p3_single_step_reuse"
+BAD_PARAMETERS = {  # stage -> (a wrong smoke parameter, the message it must produce)
+    "p1_conv_generator_ensemble": ({"s": -0.2}, "s must be in"),
+    "p3_single_step_reuse": ({"datasets": {"mnist5k": -0.3}}, "eps for mnist5k must be in"),
+    "p4_resnet_transfer_augmentation": ({"eps": [-0.01]}, "eps must be non-empty and >= 0"),
+    "p5_mnist_gan": ({"intensities": [-0.1]}, "intensities must be in"),
+}
+
+
+def test_every_stage_has_a_bad_parameter_case():
+    assert set(BAD_PARAMETERS) == {p.stem for p in NOTEBOOKS}
+
+
+@pytest.mark.parametrize("stage", sorted(BAD_PARAMETERS))
+def test_bad_parameter_stops_the_notebook_and_leaves_previous_results(tmp_path, monkeypatch, stage):
+    wrong, message = BAD_PARAMETERS[stage]
     old = tmp_path / stage
     old.mkdir()
     (old / "metrics.json").write_text("{}")
     params = tmp_path / "params.yaml"
     bad = dict(PARAMS)
-    bad[stage] = {**PARAMS[stage], "smoke": {**PARAMS[stage]["smoke"], "datasets": {"mnist5k": -0.3}}}
+    bad[stage] = {**PARAMS[stage], "smoke": {**PARAMS[stage]["smoke"], **wrong}}
     params.write_text(yaml.safe_dump(bad))
     monkeypatch.setattr("lib.pipeline.load_stage_params", lambda s, p: load_stage_params(s, p, params))
-    with pytest.raises(ConfigError, match="eps for mnist5k must be in"):
+    with pytest.raises(ConfigError, match=message):
         run_stage(stage, "smoke", results_root=tmp_path)
     assert {p.name for p in tmp_path.iterdir()} == {"params.yaml", stage}
     assert [p.name for p in old.iterdir()] == ["metrics.json"]
