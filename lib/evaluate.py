@@ -64,26 +64,57 @@ def transfer_accuracy(
     return accuracy(target, adversarial_examples(source, x, y, attack, batch_size, **params), y, batch_size)
 
 
-def rho(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Callable, batch_size: int = 500, **params) -> dict:
-    """Minimal-perturbation statistics over SUCCESSFUL adversarial examples only.
+def minimal_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Callable, batch_size: int = 500, **params) -> torch.Tensor:
+    """Per-example L2 norm of a minimal-perturbation attack's result (on the CPU).
 
-    Considers the examples ``model`` classifies correctly; returns success rate, mean and median
-    L2 norm of the successful perturbations, and their count (nan norms if none succeed).
+    0 where ``model`` already misclassifies x, the perturbation's norm where the attack succeeds,
+    inf where it fails. Accuracy under an L2 budget r is then ``(norms > r).mean()``.
     """
+    norms = torch.zeros(len(y))
     keep = predict(model, x, batch_size) == y.cpu()
-    x, y = x[keep], y[keep]
-    if len(y) == 0:
-        return {"success_rate": float("nan"), "mean_l2": float("nan"), "median_l2": float("nan"), "n_success": 0, "n": 0}
-    x_adv = adversarial_examples(model, x, y, attack, batch_size, **params)
-    success = predict(model, x_adv, batch_size) != y.cpu()
-    norms = l2_distance(x_adv, x.cpu())[success]
+    if keep.any():
+        x_adv = adversarial_examples(model, x[keep], y[keep], attack, batch_size, **params)
+        success = predict(model, x_adv, batch_size) != y[keep].cpu()
+        norms[keep] = torch.where(success, l2_distance(x_adv, x[keep].cpu()), torch.full_like(success, float("inf"), dtype=torch.float))
+    return norms
+
+
+def rho_stats(norms: torch.Tensor) -> dict:
+    """rho (Carlini & Wagner; PGN Eq. 6) from :func:`minimal_norms`: over the SUCCESSFUL examples only.
+
+    Considers the examples classified correctly (norm > 0); returns the success rate, the mean and
+    median L2 norm of the successful perturbations and their count (nan norms if none succeed).
+    """
+    attacked = norms[norms > 0]
+    ok = attacked[torch.isfinite(attacked)]
     return {
-        "success_rate": float(success.float().mean()),
-        "mean_l2": float(norms.mean()) if len(norms) else float("nan"),
-        "median_l2": float(norms.median()) if len(norms) else float("nan"),
-        "n_success": int(success.sum()),
-        "n": int(len(y)),
+        "success_rate": float(len(ok) / len(attacked)) if len(attacked) else float("nan"),
+        "mean_l2": float(ok.mean()) if len(ok) else float("nan"),
+        "median_l2": float(ok.median()) if len(ok) else float("nan"),
+        "n_success": int(len(ok)),
+        "n": int(len(attacked)),
     }
+
+
+def rho(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Callable, batch_size: int = 500, **params) -> dict:
+    """Minimal-perturbation statistics of ``attack`` on ``model`` (see :func:`rho_stats`)."""
+    return rho_stats(minimal_norms(model, x, y, attack, batch_size, **params))
+
+
+def accuracy_vs_norm(norms: torch.Tensor, radii: list[float]) -> list[float]:
+    """Accuracy under a minimal-perturbation attack allowed an L2 budget r, for each r in ``radii``."""
+    return [float((norms > r).float().mean()) for r in radii]
+
+
+def mean_perturbation(x_adv: torch.Tensor, x: torch.Tensor) -> float:
+    """Mean L2 norm of the perturbations x_adv - x over all examples (an attack's "average distortion")."""
+    return float(l2_distance(x_adv.cpu(), x.cpu()).mean())
+
+
+def closest_benign(benign: dict, target: float) -> tuple:
+    """Benign-accuracy matching: the key of ``benign`` (key -> clean accuracy) closest to ``target``, and its gap."""
+    key = min(benign, key=lambda k: abs(benign[k] - target))
+    return key, benign[key] - target
 
 
 def accuracy_per_iteration(

@@ -33,6 +33,7 @@ class Clean:
     """
 
     joint = False
+    needs_clean_logits = False  # True when extra_loss uses the clean logits (then they are computed)
 
     def start_epoch(self, epoch: int) -> None:
         """Called before each epoch (0-based)."""
@@ -206,7 +207,7 @@ def train(
             else:
                 w = cfg.clean_weight
                 logits_adv = model(x_adv if source.joint else x_adv.detach())
-                logits_clean = model(x) if w > 0 or type(source).extra_loss is not Clean.extra_loss else None
+                logits_clean = model(x) if w > 0 or source.needs_clean_logits else None
                 loss = (1 - w) * F.cross_entropy(logits_adv, y_adv)
                 if w > 0:
                     loss = loss + w * F.cross_entropy(logits_clean, y)

@@ -97,6 +97,8 @@ class ATDASource(AttackSource):
     where the papers leave them open).
     """
 
+    needs_clean_logits = True
+
     def __init__(self, eps: float, num_classes: int, lambda_uda: float, lambda_sda: float, margin: float, momentum: float):
         super().__init__(A.fgsm, eps=eps)
         self.lambda_uda, self.lambda_sda, self.margin, self.momentum = lambda_uda, lambda_sda, margin, momentum

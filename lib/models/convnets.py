@@ -64,9 +64,9 @@ class ConvPoolCNN(nn.Module):
 class TanhCNN(nn.Module):
     """Conv(32,5x5)-tanh-MaxPool(3)-Conv(64,5x5)-tanh-MaxPool(2)-FC200-tanh-FC, inputs padded to 32x32.
 
-    The Torch7 MNIST demo network that Xia & Liu's code (fxia22/advGAN) trains as D. The input is
-    standardised inside the model (``mean``, ``std``: the reference normalises globally), so the
-    model, like every attack here, takes images in [0, 1].
+    The Torch7 MNIST demo network that Xia & Liu's code (fxia22/advGAN) trains as D. As there, the
+    raw image is padded with black to 32x32 first and then standardised globally (``mean``,
+    ``std``) inside the model, so the model, like every attack here, takes images in [0, 1].
     """
 
     def __init__(self, in_shape: tuple[int, int, int], num_classes: int, size: int = 32, mean: float = 0.0, std: float = 1.0):
@@ -85,4 +85,4 @@ class TanhCNN(nn.Module):
         self.classifier = nn.Sequential(nn.Linear(flat, 200), nn.Tanh(), nn.Linear(200, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(self.pad((x - self.mean) / self.std)))
+        return self.classifier(self.features((self.pad(x) - self.mean) / self.std))
