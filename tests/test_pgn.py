@@ -1,4 +1,4 @@
-"""p2 groundwork: the PGN generator's shapes, the tanh-space image, the gradient input, the minimax step."""
+"""p2: the PGN generator's shapes, the tanh-space image, the gradient input, the minimax step, the stage's code paths."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import lib.data as D
 import lib.models as M
 from lib.errors import ConfigError
 from lib.methods import pgn
+from lib.params import load_stage_params
 from lib.train import TrainConfig, train
 
 
@@ -88,3 +89,60 @@ def test_generator_ascends_loss_minus_penalty_with_the_classifier_fixed():
         src.step()
         model.zero_grad(set_to_none=True)
     assert objective() > before
+
+
+def _config(profile: str, **override) -> pgn.Config:
+    params = load_stage_params("p2_pgn", profile)
+    params.pop("profile")
+    return pgn.Config(profile=profile, **{**params, **override}).validate()
+
+
+def test_attacker_ascends_against_a_fixed_classifier_and_leaves_it_unchanged(synthetic):
+    ds = synthetic("mnist", (1, 28, 28), 64)
+    model = M.build("convpool_cnn", ds.shape, 10, width=0.125).eval()
+    frozen = [p.clone() for p in model.parameters()]
+    x, y = D.tensors(ds.test)
+
+    def loss(g):
+        return F.cross_entropy(model(pgn.pgn_attack(model, x, y, g)), y)
+
+    g = pgn.PGNGenerator(ds.shape, 10, width=8, dense=16)
+    before = loss(g)
+    pgn.train_attacker(g, model, D.loader(ds.train, 16, True), c_l=0.0, lr=1e-3, epochs=3)
+    assert loss(g) > before
+    assert all(torch.equal(a, b) for a, b in zip(frozen, model.parameters())) and all(p.grad is None for p in model.parameters())
+
+
+def test_paper_profile_is_the_papers_setting():
+    cfg = _config("paper")
+    assert cfg.datasets == ["cifar100", "cifar10"] and (cfg.width, cfg.gen_width, cfg.gen_dense) == (1.0, 128, 1024)
+    assert (cfg.lr, cfg.batch_size, cfg.ema_decay, cfg.epochs, cfg.clean_weight) == (5e-4, 128, 0.998, 200, 0.0)
+    assert (cfg.fgm_eps, cfg.mim_eps, cfg.mim_steps, cfg.df_steps, cfg.cw_steps, cfg.pgd_train_steps) == (0.5, 0.5, 100, 100, 100, 10)
+    assert cfg.main_c_l in cfg.c_l and cfg.generator_lr == cfg.lr and 0.02 in cfg.at_eps and 0.1 in cfg.at_eps and cfg.fig3_eps == 0.5
+
+
+def test_paper_profile_code_path_one_batch_on_cifar_shaped_data(synthetic, monkeypatch):
+    ds = synthetic("cifar10", (3, 32, 32), 40)
+    monkeypatch.setattr(D, "load", lambda name, prepared_dir=None: ds)
+    cfg = _config("paper", datasets=["cifar10"], epochs=1, max_batches=1, batch_size=16, n_rho=4, at_eps=[0.5], pgd_eps=[0.5], c_l=[0.016], main_c_l=0.016, capacity=[0.5],
+                  mim_steps=2, df_steps=2, cw_steps=2, cw_binary_steps=1, track_n=4, attack_c_l=[0.01], attack_epochs=1,
+                  attack_eps=[0.5], attack_pgd_steps=2, n_examples=2)
+    r = pgn.run_dataset("cifar10", cfg, None)
+    assert set(r["matched"]) == set(pgn.DEFENCES) and len(r["ablation"]) == 4 and len(r["capacity"]) == 2
+    assert r["sweep"][("PGN", 0.016)].source.generator.in_shape == (3, 32, 32)
+    table = pgn.results_table(r)
+    assert len(table) == 16 and table["benign acc paper"].iloc[0] == pgn.PAPER["cifar10"]["Baseline"]["benign"]
+    assert table["benign acc delta"].notna().all()  # same dataset as the paper: deltas are shown
+    stand_in = pgn.results_table({**r, "name": "fashion_mnist"})
+    assert stand_in["benign acc delta"].isna().all() and stand_in["cost vs Baseline delta"].notna().all()
+    assert pgn.table_name("cifar10") == "table3_cifar10" and pgn.table_name("fashion_mnist") == "table3_fashion_mnist_standin"
+    for figure in (pgn.figure2, pgn.figure3, pgn.figure4, pgn.figure5, pgn.figure8, pgn.example_grid):
+        figure(r, cfg, "test")
+    assert "Cost per epoch" in pgn.claims(r, cfg) and "matched" in pgn.summary_metrics(r)
+
+
+@pytest.mark.parametrize("bad", [dict(main_c_l=3.0), dict(track_eps=0.3), dict(at_eps=[-0.5]), dict(pgd_eps=[1.0]), dict(datasets=["svhn"]),
+                                 dict(grad_reduction="max"), dict(ema_decay=1.5), dict(c_l=[-1.0])])
+def test_bad_config_is_rejected(bad):
+    with pytest.raises(ConfigError):
+        pgn.Config(**{"datasets": ["fashion_mnist"], **bad}).validate()

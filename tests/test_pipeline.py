@@ -77,6 +77,8 @@ def test_unknown_profile_and_stage_fail_early_and_leave_results_untouched(tmp_pa
 
 BAD_PARAMETERS = {  # stage -> (a wrong smoke parameter, the message it must produce)
     "p1_conv_generator_ensemble": ({"s": -0.2}, "s must be in"),
+    "compare": ({"eps_linf": -0.1}, "eps_linf must be > 0"),
+    "p2_pgn": ({"at_eps": [-0.5, 1.0]}, "at_eps, pgd_eps and attack_eps must be > 0"),
     "p3_single_step_reuse": ({"datasets": {"mnist5k": -0.3}}, "eps for mnist5k must be in"),
     "p4_resnet_transfer_augmentation": ({"eps": [-0.01]}, "eps must be non-empty and >= 0"),
     "p5_mnist_gan": ({"intensities": [-0.1]}, "intensities must be in"),

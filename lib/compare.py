@@ -1,0 +1,322 @@
+"""compare — the five papers' defences and three references under ONE threat model, at one cost scale.
+
+Every defence trains the same architecture on the same data for the same epochs; each has one
+strength knob (eps, box size s, or c_L) swept so that its benign accuracy comes closest to a common
+target. All are then attacked alike: PGD-L∞ and PGD-L2 with random restarts (and a run with twice
+the steps to show convergence), C&W-L2 rho, a black-box transfer attack from an independently
+trained network, and foolbox's PGD on a subset as an independent cross-check. Gradient-masking
+sanity checks are reported as pass/fail. The sources are the paper modules' own classes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+import torch.nn as nn
+
+import lib.data as D
+import lib.models as M
+from lib import attacks as A
+from lib.crosscheck import foolbox_attack
+from lib.errors import require
+from lib.evaluate import (
+    accuracy,
+    adversarial_examples,
+    closest_benign,
+    minimal_norms,
+    relative_cost,
+    rho_stats,
+)
+from lib.methods import conv_generator_ensemble as p1
+from lib.methods import mnist_gan as p5
+from lib.methods import pgn as p2
+from lib.methods import resnet_transfer_augmentation as p4
+from lib.runtime import device, seed_everything
+from lib.train import AttackSource, Clean, StoredPerturbation, TrainConfig, TrainResult, train
+
+# defence -> (label, paper, what its strength knob is)
+DEFENCES = {
+    "clean": ("Clean training", "reference", None),
+    "fgsm_at": ("FGSM-AT", "reference (Goodfellow et al.)", "eps (L∞)"),
+    "pgd_at": ("PGD-AT, 10 steps", "reference (Madry et al.)", "eps (L∞)"),
+    "p1_generator_ensemble": ("p1 conv-generator ensemble", "Jung", "box s (L∞)"),
+    "p2_pgn": ("p2 PGN", "PGN (ICLR-2020 submission)", "c_L (L2 penalty)"),
+    "p3_single_step_reuse": ("p3 single-step reuse", "Liu, Khalil, Khreishah", "eps (L∞)"),
+    "p4_transfer_augmentation": ("p4 transfer augmentation", "Ali, Raza, Gan", "eps (L∞) of the FGSM set"),
+    "p5_alternating_gan": ("p5 alternating GAN", "Xia & Liu", "eps (L∞ bound of G)"),
+}
+
+
+@dataclass
+class Config:
+    """Parameters of the compare stage (see params.yaml)."""
+
+    profile: str = "smoke"
+    dataset: str = "cifar10"
+    n_train: int | None = None
+    n_test: int | None = 1000
+    n_rho: int = 500  # C&W
+    n_foolbox: int = 200  # foolbox cross-check subset
+    model: str = "resnet20"
+    model_options: dict = field(default_factory=dict)
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    strengths: dict = field(default_factory=lambda: {
+        "clean": [None], "fgsm_at": [4 / 255, 8 / 255], "pgd_at": [4 / 255, 8 / 255], "p1_generator_ensemble": [0.03, 0.06],
+        "p2_pgn": [0.005, 0.016], "p3_single_step_reuse": [4 / 255, 8 / 255], "p4_transfer_augmentation": [0.01, 0.03],
+        "p5_alternating_gan": [4 / 255, 8 / 255]})
+    clean_weight: dict = field(default_factory=lambda: {"fgsm_at": 0.5, "p3_single_step_reuse": 0.5, "p5_alternating_gan": 0.5})
+    target_benign: float | None = None  # None: the clean model's accuracy minus target_drop
+    target_drop: float = 0.05
+    eps_linf: float = 8 / 255
+    eps_l2: float = 0.5
+    pgd_steps: int = 20
+    pgd_restarts: int = 2
+    eps_grid: list = field(default_factory=lambda: [0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255, 32 / 255, 64 / 255])
+    near_zero: float = 0.05  # accuracy at the largest grid eps must be below this
+    cw_steps: int = 100
+    cw_binary_steps: int = 5
+    cw_initial_const: float = 0.1
+    k: int = 8  # p1: generators
+    gen_width: int = 16  # p1 and p2 generators' width
+    gen_dense: int = 256  # p2 generator's dense layer
+    gen_lr: float = 0.005  # p1 generators (SGD, momentum 0.9, the paper's lr)
+    p5_width: int = 8
+    step_fraction: float = 0.1  # p3
+    reset_every: int = 20  # p3
+    seed: int = 0
+    max_batches: int | None = None  # tests only
+
+    def validate(self) -> Config:
+        D.check_name(self.dataset)
+        require(self.model in M.BUILDERS, f"unknown model '{self.model}'; known: {', '.join(sorted(M.BUILDERS))}")
+        unknown = set(self.strengths) - set(DEFENCES)
+        require(not unknown, f"unknown defences {sorted(unknown)}; known: {', '.join(DEFENCES)}")
+        require("clean" in self.strengths, "the clean model is needed (the cost unit and the black-box reference)")
+        for d, values in self.strengths.items():
+            require(len(values) >= 1, f"strengths of {d} must not be empty")
+            require(all(v is None or v >= 0 for v in values), f"strengths of {d} must be >= 0, got {values}")
+        for name in ("epochs", "batch_size", "pgd_steps", "pgd_restarts", "cw_steps", "cw_binary_steps", "n_rho", "n_foolbox", "k", "gen_width", "gen_dense", "p5_width"):
+            require(int(getattr(self, name)) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "eps_linf", "eps_l2", "gen_lr", "cw_initial_const"):
+            require(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
+        require(all(e >= 0 for e in self.eps_grid) and len(self.eps_grid) >= 2, "eps_grid needs two or more values >= 0")
+        require(self.target_benign is None or 0 < self.target_benign <= 1, "target_benign must be in (0, 1] or null")
+        require(all(0 <= w < 1 for w in self.clean_weight.values()), "clean_weight values must be in [0, 1)")
+        require(self.n_test is None or self.n_test > 0, "n_test must be positive")
+        return self
+
+    @property
+    def cw(self) -> dict:
+        return {"steps": self.cw_steps, "binary_steps": self.cw_binary_steps, "initial_const": self.cw_initial_const}
+
+
+def build_model(ds: D.Dataset, cfg: Config, seed: int) -> nn.Module:
+    """The common architecture."""
+    return M.build(cfg.model, ds.shape, ds.num_classes, seed=seed, **cfg.model_options).to(device())
+
+
+def make_source(defence: str, value, ds: D.Dataset, train_split: D.Split, cfg: Config) -> Clean:
+    """The training source of ``defence`` at strength ``value``, built from its paper module's classes."""
+    shape, k = ds.shape, ds.num_classes
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed + 7)
+        if defence == "fgsm_at":
+            return AttackSource(A.fgsm, eps=value)
+        if defence == "pgd_at":
+            return AttackSource(A.pgd, eps=value, steps=10, norm="linf")
+        if defence == "p1_generator_ensemble":
+            ensemble = p1.GeneratorEnsemble(shape[0], cfg.k, value, 3, cfg.gen_width, "split").to(device())
+            return p1.EnsembleSource(ensemble, cfg.gen_lr, 0.9)
+        if defence == "p2_pgn":
+            return p2.PGNSource(p2.PGNGenerator(shape, k, cfg.gen_width, cfg.gen_dense).to(device()), c_l=value, lr=cfg.lr)
+        if defence == "p3_single_step_reuse":
+            return StoredPerturbation(len(train_split), shape, value, value * cfg.step_fraction, cfg.reset_every)
+        if defence == "p5_alternating_gan":
+            g = p5.PerturbationGenerator(shape, value, cfg.p5_width).to(device())
+            return p5.AlternatingGenerator(g, p5.generator_optimizer(g, "adam", cfg.lr))
+    return Clean()
+
+
+@dataclass
+class Trained:
+    defence: str
+    value: float | None
+    result: TrainResult
+    benign: float
+
+    @property
+    def model(self) -> nn.Module:
+        return self.result.final
+
+    @property
+    def setting(self) -> str:
+        knob = DEFENCES[self.defence][2]
+        return "—" if self.value is None else f"{knob.split(' ')[0]} {self.value:.4g}"
+
+
+def fit(defence: str, value, ds: D.Dataset, train_split: D.Split, test: tuple, cfg: Config, source_model: nn.Module | None = None,
+        seed: int | None = None) -> Trained:
+    """Train one defence at one strength on the common architecture, data and epoch budget."""
+    seed = cfg.seed if seed is None else seed
+    split = train_split
+    if defence == "p4_transfer_augmentation":
+        split = p4.adversarial_training_set(source_model, train_split, p4.Config(eps=[value], source_arch="the clean model", seed=cfg.seed))
+    model = build_model(ds, cfg, seed)
+    tc = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, clean_weight=cfg.clean_weight.get(defence, 0.0), seed=seed)
+    loader = D.loader(split, cfg.batch_size, shuffle=True, seed=seed, with_index=True)
+    result = train(model, loader, tc, make_source(defence, value, ds, split, cfg), max_batches=cfg.max_batches,
+                   desc=f"{DEFENCES[defence][0]} {'' if value is None else f'{value:.4g}'}")
+    return Trained(defence, value, result, accuracy(result.final, *test))
+
+
+def pgd(model: nn.Module, x, y, norm: str, eps: float, steps: int, restarts: int) -> torch.Tensor:
+    """Our PGD (random start, step 2.5·eps/steps, restarts keep the first success)."""
+    return adversarial_examples(model, x, y, A.pgd, eps=eps, steps=steps, norm=norm, restarts=restarts)
+
+
+def evaluate(t: Trained, surrogate: nn.Module, transfer: torch.Tensor, test: tuple, cfg: Config) -> dict:
+    """Every attack of the common threat model on one trained defence, and the sanity checks."""
+    x, y = test
+    model = t.model
+    s, r = cfg.pgd_steps, cfg.pgd_restarts
+    linf = accuracy(model, pgd(model, x, y, "linf", cfg.eps_linf, s, r), y)
+    linf_2x = accuracy(model, pgd(model, x, y, "linf", cfg.eps_linf, 2 * s, r), y)
+    l2 = accuracy(model, pgd(model, x, y, "l2", cfg.eps_l2, s, r), y)
+    curve = [t.benign if e == 0 else accuracy(model, pgd(model, x, y, "linf", e, s, 1), y) for e in cfg.eps_grid]
+    xf, yf = x[: cfg.n_foolbox], y[: cfg.n_foolbox]
+    step = 2.5 * cfg.eps_linf / s
+    ours_subset = accuracy(model, pgd(model, xf, yf, "linf", cfg.eps_linf, s, 1), yf)
+    fb = accuracy(model, foolbox_attack(model, xf.to(device()), yf.to(device()), "pgd_linf", eps=cfg.eps_linf, steps=s, step_size=step).cpu(), yf)
+    cw = rho_stats(minimal_norms(model, x[: cfg.n_rho], y[: cfg.n_rho], A.cw_l2, **cfg.cw))
+    black_box = accuracy(model, transfer, y)
+    monotone = all(b <= a + 0.01 for a, b in zip(curve, curve[1:]))
+    return {
+        "clean": t.benign, "pgd_linf": linf, "pgd_linf_2x_steps": linf_2x, "pgd_l2": l2, "rho_cw": cw["mean_l2"], "cw_success": cw["success_rate"],
+        "black_box_linf": black_box, "foolbox_pgd_linf_subset": fb, "ours_pgd_linf_subset": ours_subset,
+        "eps_curve": dict(zip(cfg.eps_grid, curve)),
+        "check_monotone_to_zero": monotone and curve[-1] < cfg.near_zero,
+        "check_black_box_not_below_white_box": black_box >= linf - 0.01,
+        "check_more_steps_never_raise": linf_2x <= linf + 0.005,  # random starts differ: half a point of slack
+        "check_steps_converged": abs(linf_2x - linf) < 0.01,
+        "check_foolbox_not_stronger": ours_subset <= fb + 0.01,
+    }
+
+
+def run(cfg: Config, data_dir) -> dict:
+    """Train every defence (its strength sweep), pick the strength nearest the benign target, evaluate all alike."""
+    seed_everything(cfg.seed)
+    ds = D.load(cfg.dataset, data_dir)
+    train_split = D.subset(ds.train, cfg.n_train, cfg.seed)
+    test = D.tensors(D.subset(ds.test, cfg.n_test, cfg.seed + 1))
+    clean = fit("clean", None, ds, train_split, test, cfg)
+    target = cfg.target_benign if cfg.target_benign is not None else clean.benign - cfg.target_drop
+    swept: dict[str, dict] = {"clean": {None: clean}}
+    for defence, values in cfg.strengths.items():
+        if defence != "clean":
+            swept[defence] = {v: fit(defence, v, ds, train_split, test, cfg, source_model=clean.model) for v in values}
+    chosen = {d: runs[closest_benign({v: t.benign for v, t in runs.items()}, target)[0]] for d, runs in swept.items()}
+    surrogate = fit("clean", None, ds, train_split, test, cfg, seed=cfg.seed + 100).model
+    transfer = pgd(surrogate, *test, "linf", cfg.eps_linf, cfg.pgd_steps, cfg.pgd_restarts)
+    results = {d: evaluate(t, surrogate, transfer, test, cfg) for d, t in chosen.items()}
+    return {"chosen": chosen, "swept": swept, "results": results, "target": target, "dataset": ds, "n_train": len(train_split),
+            "n_test": len(test[1]), "surrogate_accuracy": accuracy(surrogate, *test)}
+
+
+CHECKS = {
+    "check_monotone_to_zero": "acc falls with eps, ~0 at the largest",
+    "check_black_box_not_below_white_box": "black-box >= white-box",
+    "check_more_steps_never_raise": "2x steps never raise acc (0.5 pt slack)",
+    "check_steps_converged": "2x steps change < 1 pt",
+    "check_foolbox_not_stronger": "foolbox PGD not stronger",
+}
+
+
+def leaderboard(r: dict, cfg: Config) -> pd.DataFrame:
+    """One row per defence: clean / robust accuracy, rho_cw, cost relative to clean training, the sanity checks."""
+    clean_sec = r["chosen"]["clean"].result.sec_per_epoch
+    rows = []
+    for d, t in r["chosen"].items():
+        res = r["results"][d]
+        rows.append({
+            "defence": DEFENCES[d][0], "paper": DEFENCES[d][1], "setting": t.setting,
+            "benign gap to target (pt)": 100 * (t.benign - r["target"]) if d != "clean" else float("nan"),
+            "clean acc": res["clean"], f"PGD-L∞ {cfg.eps_linf:.4g}": res["pgd_linf"], "PGD-L∞ 2x steps": res["pgd_linf_2x_steps"],
+            f"PGD-L2 {cfg.eps_l2:g}": res["pgd_l2"], "rho_cw": res["rho_cw"], "black-box PGD-L∞": res["black_box_linf"],
+            f"ours PGD-L∞ (first {cfg.n_foolbox})": res["ours_pgd_linf_subset"], f"foolbox PGD-L∞ (first {cfg.n_foolbox})": res["foolbox_pgd_linf_subset"],
+            "cost (x clean epoch)": relative_cost(t.result.sec_per_epoch, clean_sec),
+            **{label: "pass" if res[key] else "FAIL" for key, label in CHECKS.items()},
+        })
+    return pd.DataFrame(rows).sort_values(f"PGD-L∞ {cfg.eps_linf:.4g}", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def sweep_table(r: dict) -> pd.DataFrame:
+    """Every trained strength: benign accuracy and whether it was picked."""
+    return pd.DataFrame([{"defence": DEFENCES[d][0], "knob": DEFENCES[d][2] or "—", "value": t.value, "benign acc": t.benign,
+                          "gap to target (pt)": 100 * (t.benign - r["target"]), "sec/epoch": t.result.sec_per_epoch,
+                          "picked": t is r["chosen"][d]} for d, runs in r["swept"].items() for t in runs.values()])
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points not dominated (no other point is at most as costly AND at least as robust, one strictly)."""
+    front = []
+    for i, (c, a) in enumerate(points):
+        dominated = any((c2 <= c and a2 >= a) and (c2 < c or a2 > a) for j, (c2, a2) in enumerate(points) if j != i)
+        if not dominated and not (math.isnan(c) or math.isnan(a)):
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def pareto_figure(board: pd.DataFrame, cfg: Config, subtitle: str) -> plt.Figure:
+    """Robust accuracy (PGD-L∞) vs training cost, one point per defence, the Pareto front drawn."""
+    robust = f"PGD-L∞ {cfg.eps_linf:.4g}"
+    pts = list(zip(board["cost (x clean epoch)"], 100 * board[robust]))
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    for (c, a), name in zip(pts, board["defence"]):
+        ax.scatter(c, a, s=40)
+        ax.annotate(name, (c, a), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    front = pareto_front(pts)
+    ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], color="0.3", ls="--", lw=1, label="Pareto front")
+    ax.set_xscale("log")
+    ax.set(xlabel="training cost (sec/epoch relative to clean training, same run; log)", ylabel=f"accuracy under PGD-L∞ eps {cfg.eps_linf:.4g} (%)",
+           title=f"compare — robustness vs cost ({subtitle})")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def eps_curves_figure(r: dict, cfg: Config, subtitle: str) -> plt.Figure:
+    """Accuracy vs PGD-L∞ eps per defence (the monotonicity sanity check)."""
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    for d, res in r["results"].items():
+        ax.plot(list(res["eps_curve"]), [100 * a for a in res["eps_curve"].values()], marker="o", ms=3, label=DEFENCES[d][0])
+    ax.set(xlabel="PGD-L∞ eps", ylabel="accuracy (%)", ylim=(-2, 102), title=f"compare — accuracy vs eps ({subtitle})")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def summary_metrics(r: dict) -> dict:
+    return {"target_benign": r["target"], "surrogate_accuracy": r["surrogate_accuracy"],
+            "defences": {d: {"setting": r["chosen"][d].setting, "sec_per_epoch": r["chosen"][d].result.sec_per_epoch,
+                             **{k: v for k, v in res.items() if k != "eps_curve"}, "eps_curve": {f"{e:.4g}": a for e, a in res["eps_curve"].items()}}
+                         for d, res in r["results"].items()}}
+
+
+def findings(board: pd.DataFrame, cfg: Config) -> str:
+    """Markdown: what the common evaluation says, in numbers."""
+    robust = f"PGD-L∞ {cfg.eps_linf:.4g}"
+    top = board.iloc[0]
+    pts = list(zip(board["cost (x clean epoch)"], 100 * board[robust]))
+    front = [board["defence"][i] for i in pareto_front(pts)]
+    fails = {row["defence"]: [label for label in CHECKS.values() if row[label] == "FAIL"] for _, row in board.iterrows()}
+    lines = [f"- Most robust under PGD-L∞ eps {cfg.eps_linf:.4g}: {top['defence']} ({100 * top[robust]:.1f}%, clean {100 * top['clean acc']:.1f}%, "
+             f"cost {top['cost (x clean epoch)']:.2f}x clean).",
+             f"- Pareto front (robust accuracy vs cost): {', '.join(front)}."]
+    lines += [f"- Sanity checks failed by {d}: {', '.join(f)}." for d, f in fails.items() if f]
+    if not any(fails.values()):
+        lines.append("- Every defence passed every sanity check.")
+    return "\n".join(lines)
