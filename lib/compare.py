@@ -180,8 +180,8 @@ def pgd(model: nn.Module, x, y, norm: str, eps: float, steps: int, restarts: int
     return adversarial_examples(model, x, y, A.pgd, eps=eps, steps=steps, norm=norm, restarts=restarts)
 
 
-def evaluate(t: Trained, surrogate: nn.Module, transfer: torch.Tensor, test: tuple, cfg: Config) -> dict:
-    """Every attack of the common threat model on one trained defence, and the sanity checks."""
+def evaluate(t: Trained, transfer: torch.Tensor, test: tuple, cfg: Config) -> dict:
+    """Every attack of the common threat model on one trained defence (``transfer``: the black-box examples), and the sanity checks."""
     x, y = test
     model = t.model
     s, r = cfg.pgd_steps, cfg.pgd_restarts
@@ -223,9 +223,14 @@ def run(cfg: Config, data_dir) -> dict:
     chosen = {d: runs[closest_benign({v: t.benign for v, t in runs.items()}, target)[0]] for d, runs in swept.items()}
     surrogate = fit("clean", None, ds, train_split, test, cfg, seed=cfg.seed + 100).model
     transfer = pgd(surrogate, *test, "linf", cfg.eps_linf, cfg.pgd_steps, cfg.pgd_restarts)
-    results = {d: evaluate(t, surrogate, transfer, test, cfg) for d, t in chosen.items()}
+    results = {d: evaluate(t, transfer, test, cfg) for d, t in chosen.items()}
     return {"chosen": chosen, "swept": swept, "results": results, "target": target, "dataset": ds, "n_train": len(train_split),
             "n_test": len(test[1]), "surrogate_accuracy": accuracy(surrogate, *test)}
+
+
+def _points(fraction_gap: float) -> float:
+    """A gap between two accuracies in percentage points, rounded so float noise does not print as -1.19e-06."""
+    return round(100 * fraction_gap, 2)
 
 
 CHECKS = {
@@ -245,7 +250,7 @@ def leaderboard(r: dict, cfg: Config) -> pd.DataFrame:
         res = r["results"][d]
         rows.append({
             "defence": DEFENCES[d][0], "paper": DEFENCES[d][1], "setting": t.setting,
-            "benign gap to target (pt)": 100 * (t.benign - r["target"]) if d != "clean" else float("nan"),
+            "benign gap to target (pt)": _points(t.benign - r["target"]) if d != "clean" else float("nan"),
             "clean acc": res["clean"], f"PGD-L∞ {cfg.eps_linf:.4g}": res["pgd_linf"], "PGD-L∞ 2x steps": res["pgd_linf_2x_steps"],
             f"PGD-L2 {cfg.eps_l2:g}": res["pgd_l2"], "rho_cw": res["rho_cw"], "black-box PGD-L∞": res["black_box_linf"],
             f"ours PGD-L∞ (first {cfg.n_foolbox})": res["ours_pgd_linf_subset"], f"foolbox PGD-L∞ (first {cfg.n_foolbox})": res["foolbox_pgd_linf_subset"],
@@ -258,7 +263,7 @@ def leaderboard(r: dict, cfg: Config) -> pd.DataFrame:
 def sweep_table(r: dict) -> pd.DataFrame:
     """Every trained strength: benign accuracy and whether it was picked."""
     return pd.DataFrame([{"defence": DEFENCES[d][0], "knob": DEFENCES[d][2] or "—", "value": t.value, "benign acc": t.benign,
-                          "gap to target (pt)": 100 * (t.benign - r["target"]), "sec/epoch": t.result.sec_per_epoch,
+                          "gap to target (pt)": _points(t.benign - r["target"]), "sec/epoch": t.result.sec_per_epoch,
                           "picked": t is r["chosen"][d]} for d, runs in r["swept"].items() for t in runs.values()])
 
 

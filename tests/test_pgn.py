@@ -62,6 +62,15 @@ def test_minimax_step_trains_the_classifier_and_the_generator_ascends(synthetic)
     assert src.penalty is not None and src.penalty >= 0
 
 
+@pytest.mark.parametrize(("drops", "held"), [
+    ({"no label": 0.01, "no image": 0.02, "no gradient": 0.30}, True),   # the largest drop, and a real one
+    ({"no label": -0.24, "no image": -0.15, "no gradient": 0.013}, False),  # largest, but 2% of rho: noise (the old rule passed it)
+    ({"no label": 0.40, "no image": 0.02, "no gradient": 0.30}, False),  # another input matters more
+])
+def test_ablation_verdict_needs_the_largest_and_a_meaningful_drop(drops, held):
+    assert pgn.gradient_matters_most(0.533, drops, min_drop=0.05) is held
+
+
 @pytest.mark.parametrize("bad", [dict(use=("colour",)), dict(in_shape=(1, 30, 30))])
 def test_bad_generator_arguments_are_rejected(bad):
     kw = {"in_shape": (1, 28, 28), "num_classes": 10, **bad}
@@ -142,7 +151,8 @@ def test_paper_profile_code_path_one_batch_on_cifar_shaped_data(synthetic, monke
 
 
 @pytest.mark.parametrize("bad", [dict(main_c_l=3.0), dict(track_eps=0.3), dict(at_eps=[-0.5]), dict(pgd_eps=[1.0]), dict(datasets=["svhn"]),
-                                 dict(grad_reduction="max"), dict(ema_decay=1.5), dict(c_l=[-1.0])])
+                                 dict(grad_reduction="max"), dict(ema_decay=1.5), dict(c_l=[-1.0]),
+                                 dict(ablation_min_drop=1.0)])
 def test_bad_config_is_rejected(bad):
     with pytest.raises(ConfigError):
         pgn.Config(**{"datasets": ["fashion_mnist"], **bad}).validate()
