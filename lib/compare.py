@@ -109,6 +109,8 @@ class Config:
         require(self.target_benign is None or 0 < self.target_benign <= 1, "target_benign must be in (0, 1] or null")
         require(all(0 <= w < 1 for w in self.clean_weight.values()), "clean_weight values must be in [0, 1)")
         require(self.n_test is None or self.n_test > 0, "n_test must be positive")
+        require(self.n_test is None or max(self.n_rho, self.n_foolbox) <= self.n_test,
+                f"n_rho {self.n_rho} and n_foolbox {self.n_foolbox} must not exceed n_test {self.n_test}")
         return self
 
     @property
@@ -212,8 +214,9 @@ def run(cfg: Config, data_dir) -> dict:
     """Train every defence (its strength sweep), pick the strength nearest the benign target, evaluate all alike."""
     seed_everything(cfg.seed)
     ds = D.load(cfg.dataset, data_dir)
-    train_split = D.subset(ds.train, cfg.n_train, cfg.seed)
-    test = D.tensors(D.subset(ds.test, cfg.n_test, cfg.seed + 1))
+    train_split = D.subset(ds.train, cfg.n_train, cfg.seed, f"{ds.name} train")
+    test = D.tensors(D.subset(ds.test, cfg.n_test, cfg.seed + 1, f"{ds.name} test"))
+    require(max(cfg.n_rho, cfg.n_foolbox) <= len(test[1]), f"n_rho {cfg.n_rho} and n_foolbox {cfg.n_foolbox} must not exceed the {len(test[1])} test images")
     clean = fit("clean", None, ds, train_split, test, cfg)
     target = cfg.target_benign if cfg.target_benign is not None else clean.benign - cfg.target_drop
     swept: dict[str, dict] = {"clean": {None: clean}}

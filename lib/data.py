@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lib.errors import ConfigError, require
-from lib.runtime import REPO_ROOT, repo_path
+from lib.runtime import REPO_ROOT, repo_path, repo_relative
 
 DATA_DIR = REPO_ROOT / "data"
 RAW_DIR = DATA_DIR / "raw"
@@ -171,6 +171,7 @@ def train_val_test(ds: Dataset, fractions: tuple[float, float, float], seed: int
     require(len(fractions) == 3 and all(f > 0 for f in fractions) and abs(sum(fractions) - 1) < 1e-6,
             f"fractions must be three positive numbers summing to 1, got {fractions}")
     x, y = torch.cat([ds.train.x, ds.test.x]), torch.cat([ds.train.y, ds.test.y])
+    require(limit is None or limit <= len(y), f"limit {limit} asks for more examples than {ds.name} has ({len(y)}; null means all)")
     if limit is not None and limit < len(y):
         _, keep = stratified_split(y, limit / len(y), seed)
         x, y = x[keep], y[keep]
@@ -285,18 +286,27 @@ def load(name: str, prepared_dir: Path | str | None = PREPARED_DIR) -> Dataset:
     check_name(name)
     path = _prepared_path(name, repo_path(prepared_dir)) if prepared_dir is not None else None
     if path is not None and path.exists():
-        try:
-            blob = torch.load(path, weights_only=True)
-            return Dataset(
-                name,
-                Split(blob["train_x"], blob["train_y"]),
-                Split(blob["test_x"], blob["test_y"]),
-                int(blob["num_classes"]),
-                str(blob["source"]),
-            )
-        except Exception as err:
-            raise ConfigError(f"prepared dataset file {path} is corrupt ({err}); delete it and re-run the data stage") from None
+        return _read_prepared(name, path)
     return LOADERS[name]()
+
+
+def _read_prepared(name: str, path: Path) -> Dataset:
+    """A prepared file, checked: readable, the expected fields, uint8 images matching their labels."""
+    corrupt = ConfigError(f"prepared dataset file {repo_relative(path)} is corrupt or truncated; rebuild it with `dvc repro -f data`")
+    try:
+        blob = torch.load(path, weights_only=True)
+    except Exception:  # torch raises pickle, zip and runtime errors of many kinds for a damaged file
+        raise corrupt from None
+    fields = ("train_x", "train_y", "test_x", "test_y", "num_classes", "source")
+    if not isinstance(blob, dict) or not all(k in blob for k in fields):
+        raise corrupt
+    for part in ("train", "test"):
+        x, y = blob[f"{part}_x"], blob[f"{part}_y"]
+        if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.dtype == torch.uint8
+                and x.dim() == 4 and y.dim() == 1 and len(x) == len(y) > 0):
+            raise corrupt
+    return Dataset(name, Split(blob["train_x"], blob["train_y"]), Split(blob["test_x"], blob["test_y"]),
+                   int(blob["num_classes"]), str(blob["source"]))
 
 
 def save_prepared(ds: Dataset, prepared_dir: Path | str) -> Path:
@@ -313,11 +323,14 @@ def save_prepared(ds: Dataset, prepared_dir: Path | str) -> Path:
     return path
 
 
-def subset(split: Split, n: int | None, seed: int) -> Split:
-    """The first ``n`` examples of a seeded permutation (stratification-free, deterministic)."""
-    if n is None or n >= len(split):
+def subset(split: Split, n: int | None, seed: int, what: str = "the split") -> Split:
+    """The first ``n`` examples of a seeded permutation (``None``: all); more than there are is an error."""
+    if n is None:
         return split
-    require(n > 0, f"subset size must be positive, got {n}")
+    require(isinstance(n, int) and not isinstance(n, bool) and n > 0, f"the size asked of {what} must be a positive integer or null, got {n!r}")
+    require(n <= len(split), f"{n} examples asked of {what}, which has {len(split)} (null means all)")
+    if n == len(split):
+        return split
     idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n].sort().values
     return Split(split.x[idx], split.y[idx])
 
@@ -366,13 +379,14 @@ def prepare(names: list[str], prepared_dir: Path | str = PREPARED_DIR) -> list[P
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m lib.data``: the DVC data stage (prepares what the profile needs)."""
-    from lib.params import load_stage_params
+    from lib.params import PARAMS_FILE, Declared, check_parameters
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--out", default=str(PREPARED_DIR))
+    ap.add_argument("--params", default=str(PARAMS_FILE), help="parameters file (default: params.yaml)")
     args = ap.parse_args(argv)
     try:
-        params = load_stage_params("data")
+        params = check_parameters("data", None, {"datasets": Declared("list[str]", [])}, "the data stage", args.params)
         out = Path(args.out)
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)

@@ -3,19 +3,33 @@
 A stage's effective parameters are its ``common`` block overlaid with the active profile's
 block. The ``profile`` key at the top selects smoke | cpu | paper; ``dvc exp run -S
 profile=paper`` switches every stage at once.
+
+The contract: a stage's effective parameters must equal, key for key, the parameters its
+notebook declares in its ``parameters`` cell (``name: type = smoke default``), with values of
+the declared types. :func:`check_parameters` enforces it before any kernel starts, so a
+mistyped key, a missing key or a wrong type is one :class:`ConfigError`, never a silent run on
+the notebook's smoke default.
 """
 
 from __future__ import annotations
 
+import ast
+import difflib
+import hashlib
+import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from lib.errors import ConfigError, require
-from lib.runtime import REPO_ROOT
+from lib.runtime import REPO_ROOT, repo_relative
 
 PROFILES = ("smoke", "cpu", "paper")
 PARAMS_FILE = REPO_ROOT / "params.yaml"
+INJECTED = ("profile", "results_dir", "data_dir")  # set by the pipeline, not by params.yaml
+_BASES = {"int", "float", "str", "bool", "list", "dict", "None"}
 
 
 def check_profile(profile: str) -> str:
@@ -28,19 +42,146 @@ def read_params(path: Path | str = PARAMS_FILE) -> dict:
     """The whole params.yaml as a dict."""
     try:
         with open(path) as f:
-            return yaml.safe_load(f) or {}
+            params = yaml.safe_load(f) or {}
     except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"cannot read parameters file {path}: {err}") from None
+        raise ConfigError(f"cannot read parameters file {repo_relative(path)}: {' '.join(str(err).split())}") from None
+    require(isinstance(params, dict), f"parameters file {repo_relative(path)} must be a mapping of sections")
+    return params
+
+
+def _origins(stage: str, profile: str | None, path: Path | str) -> tuple[str, dict[str, object], dict[str, str]]:
+    """(profile, effective parameters, key -> 'stage.block' it came from)."""
+    params = read_params(path)
+    path = repo_relative(path)
+    profile = check_profile(profile or params.get("profile", "cpu"))
+    near = difflib.get_close_matches(stage, [k for k in params if k != "profile"], n=1)
+    require(stage in params, f"params file {path} has no section '{stage}'" + (f" (did you mean '{near[0]}'?)" if near else ""))
+    section = params[stage] or {}
+    require(isinstance(section, dict), f"section '{stage}' of {path} must be a mapping of blocks")
+    require(profile in section, f"section '{stage}' of {path} has no '{profile}' block")
+    merged, origin = {}, {}
+    for block in ("common", profile):
+        values = section.get(block) or {}
+        require(isinstance(values, dict), f"block '{stage}.{block}' of {path} must be a mapping of parameters")
+        merged.update(values)
+        origin.update(dict.fromkeys(values, f"{stage}.{block}"))
+    return profile, merged, origin
 
 
 def load_stage_params(stage: str, profile: str | None = None, path: Path | str = PARAMS_FILE) -> dict:
     """Effective parameters of ``stage`` for ``profile`` (default: the file's ``profile`` switch)."""
-    params = read_params(path)
-    profile = check_profile(profile or params.get("profile", "cpu"))
-    require(stage in params, f"params file {path} has no section '{stage}'")
-    section = params[stage] or {}
-    require(profile in section, f"section '{stage}' of {path} has no '{profile}' block")
-    merged = dict(section.get("common") or {})
-    merged.update(section[profile] or {})
+    profile, merged, _ = _origins(stage, profile, path)
     merged["profile"] = profile
     return merged
+
+
+# --- the notebook's declaration -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Declared:
+    """One declared parameter: its type annotation (as written) and its default."""
+
+    annotation: str
+    default: object
+
+
+def declared_parameters(notebook: Path) -> dict[str, Declared]:
+    """The ``name: type = default`` assignments of a notebook's cell tagged ``parameters``."""
+    try:
+        nb = json.loads(Path(notebook).read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read notebook {notebook}: {err}") from None
+    cells = [c for c in nb.get("cells", []) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    require(len(cells) == 1, f"{Path(notebook).name} needs exactly one cell tagged 'parameters', has {len(cells)}")
+    declared = {}
+    for node in ast.parse("".join(cells[0]["source"])).body:
+        require(isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None,
+                f"{Path(notebook).name}: every line of the parameters cell must read 'name: type = default'")
+        annotation = ast.unparse(node.annotation)
+        _parse_type(annotation)
+        declared[node.target.id] = Declared(annotation, ast.literal_eval(node.value))
+    return declared
+
+
+def _parse_type(annotation: str) -> ast.expr:
+    try:
+        tree = ast.parse(annotation, mode="eval").body
+    except SyntaxError:
+        raise ConfigError(f"cannot read the parameter type '{annotation}'") from None
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | {
+        "None" for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value is None}
+    require(names <= _BASES, f"parameter type '{annotation}' may only use {', '.join(sorted(_BASES))}")
+    return tree
+
+
+def conforms(value: object, annotation: str) -> bool:
+    """Whether ``value`` (as YAML gives it) is of the declared type: int, float (finite; an int
+    is a float), str, bool, None, list[T], dict[str, T], and unions with ``|``."""
+    return _conforms(value, _parse_type(annotation))
+
+
+def _conforms(value: object, node: ast.expr) -> bool:
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        return _conforms(value, node.left) or _conforms(value, node.right)
+    if isinstance(node, ast.Constant) and node.value is None:
+        return value is None
+    if isinstance(node, ast.Subscript):
+        base, args = node.value.id, node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        if base == "list":
+            return isinstance(value, list) and all(_conforms(v, args[0]) for v in value)
+        return isinstance(value, dict) and all(isinstance(k, str) and _conforms(v, args[-1]) for k, v in value.items())
+    name = node.id
+    if name == "None":
+        return value is None
+    if name == "bool":
+        return isinstance(value, bool)
+    if name == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if name == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, {"str": str, "list": list, "dict": dict}[name])
+
+
+def _shown(value: object) -> str:
+    hint = " (YAML reads 1e-3 as text: write 1.0e-3)" if isinstance(value, str) and _looks_numeric(value) else ""
+    return f"{value!r} ({type(value).__name__}){hint}"
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def check_parameters(stage: str, profile: str | None, declared: dict[str, Declared], declared_by: str,
+                     path: Path | str = PARAMS_FILE) -> dict:
+    """The effective parameters of ``stage``, checked against ``declared`` (by ``declared_by``).
+
+    Unknown keys (with the closest declared name), missing keys and values of the wrong type
+    are reported together in one :class:`ConfigError`.
+    """
+    profile, merged, origin = _origins(stage, profile, path)
+    settable = [k for k in declared if k not in INJECTED]
+    problems = []
+    for key in merged:
+        if key not in settable:
+            near = difflib.get_close_matches(str(key), settable, n=1)
+            why = "is set by the pipeline" if key in INJECTED else "is not a parameter"
+            problems.append(f"unknown key {origin[key]}.{key} ({why}" + (f"; did you mean {near[0]}?)" if near else ")"))
+    for key in settable:
+        if key not in merged:
+            problems.append(f"missing key {key} (set it in {stage}.common or {stage}.{profile})")
+        elif not conforms(merged[key], declared[key].annotation):
+            problems.append(f"{origin[key]}.{key} must be {declared[key].annotation}, got {_shown(merged[key])}")
+    require(not problems, f"{repo_relative(path)} does not match {declared_by}'s parameters (profile {profile}): " + "; ".join(problems))
+    merged["profile"] = profile
+    return merged
+
+
+def params_hash(params: dict) -> str:
+    """SHA-256 (first 16 hex digits) of a stage's effective parameters, machine paths left out."""
+    kept = {k: v for k, v in params.items() if k not in ("results_dir", "data_dir")}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]

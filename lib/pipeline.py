@@ -1,25 +1,42 @@
 """``python -m lib.pipeline STAGE``: run one paper's notebook as a DVC stage.
 
-params.yaml (profile + the stage's section) -> papermill injects the parameters into
-``notebooks/STAGE.ipynb`` -> the notebook writes figures, tables and metrics into a temporary
-folder -> the executed notebook (+ HTML) is saved beside them -> the folder replaces
-``results/STAGE/`` in one rename. A failure leaves ``results/STAGE/`` exactly as it was.
+params.yaml (profile + the stage's section), checked against the notebook's declared parameters
+-> papermill injects them into ``notebooks/STAGE.ipynb`` -> the notebook writes figures, tables
+and metrics into a temporary folder -> the executed notebook (+ HTML) is saved beside them, the
+run's provenance is added to ``metrics.json`` -> the folder replaces ``results/STAGE/`` in one
+rename. A failure, SIGINT or SIGTERM leaves ``results/STAGE/`` exactly as it was and no
+temporary folder behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
 import shutil
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from lib.errors import ConfigError, require
-from lib.params import load_stage_params
-from lib.runtime import REPO_ROOT
+from lib.params import PARAMS_FILE, check_parameters, declared_parameters, params_hash
+from lib.runtime import REPO_ROOT, git_state, repo_relative, versions
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 RESULTS = REPO_ROOT / "results"
+PREPARED = REPO_ROOT / "data" / "prepared"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StageInterrupted(KeyboardInterrupt):
+    """The stage was stopped by SIGINT or SIGTERM (a BaseException, so nothing swallows it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 def notebook_path(stage: str) -> Path:
@@ -30,45 +47,140 @@ def notebook_path(stage: str) -> Path:
     return path
 
 
-def _to_html(ipynb: Path) -> None:
+def _kernel_manager_class():
+    """Kernels over local IPC sockets, not plain-text TCP (and without the kernel's warning about it)."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            super().__init__(transport="ipc", **kwargs)
+
+    return IPCKernelManager
+
+
+class _DropParameterGuess(logging.Filter):
+    """papermill guesses declared parameters with a regex that misses ``int | None``; our check
+    (:func:`lib.params.check_parameters`) is exact, so its 'unknown parameter' guesses are noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Passed unknown parameter")
+
+
+_PARAMETER_GUESS = _DropParameterGuess()
+
+
+def _finish_notebook(ipynb: Path, source: Path, final: Path) -> None:
+    """Record repository-relative paths in papermill's metadata (the final place, not the
+    temporary one, and no machine path), then render the HTML beside the notebook."""
     import nbconvert
     import nbformat
 
-    body, _ = nbconvert.HTMLExporter().from_notebook_node(nbformat.read(ipynb, as_version=4))
+    nb = nbformat.read(ipynb, as_version=4)
+    nb.metadata.papermill.update(input_path=repo_relative(source), output_path=repo_relative(final / ipynb.name))
+    nbformat.write(nb, ipynb)
+    body, _ = nbconvert.HTMLExporter().from_notebook_node(nb)
     ipynb.with_suffix(".html").write_text(body, encoding="utf-8")
 
 
-def run_stage(stage: str, profile: str | None = None, results_root: Path = RESULTS) -> Path:
-    """Execute ``stage``'s notebook with its parameters; returns ``results_root/stage``."""
+def _add_provenance(folder: Path, provenance: dict) -> None:
+    """Put the run's provenance into the metadata block of the ``metrics.json`` it wrote."""
+    path = folder / "metrics.json"
+    require(path.exists(), f"the notebook wrote no metrics.json into {repo_relative(folder)}")
+    blob = json.loads(path.read_text())
+    blob["meta"] = {**blob.get("meta", {}), "provenance": provenance}
+    tmp = path.with_name(".metrics.json.tmp")
+    tmp.write_text(json.dumps(blob, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def provenance(params: dict) -> dict:
+    """Commit, dirty tree and its changed files, parameter hash and tool versions of a run."""
+    return {**git_state(), "params_sha256": params_hash(params), "versions": versions()}
+
+
+def _stop_kernels() -> None:
+    """Kill this process's children, i.e. the kernel papermill started (it would write on)."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        child.kill()
+    psutil.wait_procs(children, timeout=10)
+
+
+@contextmanager
+def _stoppable() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into :class:`StageInterrupted` for the duration of a run."""
+    def stop(signum, _frame):
+        _stop_kernels()  # first: a kernel outliving its client would write on, and complain
+        raise StageInterrupted(signum)
+
+    try:
+        previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    except ValueError:  # not the main thread: leave signal handling to the caller
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM back while results are swapped, so the swap is never half done."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def _replace(final: Path, tmp: Path) -> None:
+    old = final.with_name(f".{final.name}.old")
+    with _signals_held():
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def run_stage(stage: str, profile: str | None = None, results_root: Path = RESULTS,
+              params_file: Path = PARAMS_FILE, data_dir: Path = PREPARED) -> Path:
+    """Execute ``stage``'s notebook with its checked parameters; returns ``results_root/stage``."""
+    source = notebook_path(stage)
+    params = check_parameters(stage, profile, declared_parameters(source), f"notebooks/{source.name}", params_file)
+    run_provenance = provenance(params)
     import papermill as pm
 
-    source = notebook_path(stage)
-    params = load_stage_params(stage, profile)
+    logging.getLogger("papermill").addFilter(_PARAMETER_GUESS)
     final = Path(results_root) / stage
     tmp = Path(results_root) / f".{stage}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    params.update(results_dir=str(tmp), data_dir=str(REPO_ROOT / "data" / "prepared"))
+    params.update(results_dir=repo_relative(tmp), data_dir=repo_relative(data_dir))
     # kernels are started by name; make 'python' this interpreter (the project's environment)
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     try:
-        pm.execute_notebook(
-            str(source), str(tmp / f"{stage}.ipynb"), parameters=params, cwd=str(REPO_ROOT),
-            kernel_name="python3", progress_bar=False, log_output=False,
-        )
-        _to_html(tmp / f"{stage}.ipynb")
-    except pm.PapermillExecutionError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise ConfigError(f"notebook {source.name} failed: {err.ename}: {err.evalue}") from None
+        with _stoppable():
+            try:
+                pm.execute_notebook(
+                    str(source), str(tmp / f"{stage}.ipynb"), parameters=params, cwd=str(REPO_ROOT),
+                    kernel_name="python3", progress_bar=False, log_output=False,
+                    kernel_manager_class=_kernel_manager_class(),
+                    extra_arguments=["--IPKernelApp.log_level=CRITICAL"],  # the kernel's own log (transport,
+                    # shutdown); what the notebook prints or warns is kept in the notebook's outputs
+                )
+            except pm.PapermillExecutionError as err:
+                raise ConfigError(f"notebook {source.name} failed: {err.ename}: {err.evalue}") from None
+            _finish_notebook(tmp / f"{stage}.ipynb", source, final)
+            _add_provenance(tmp, run_provenance)
+            _replace(final, tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = Path(results_root) / f".{stage}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
     return final
 
 
@@ -76,13 +188,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage")
     ap.add_argument("--profile", default=None, help="override params.yaml's profile (smoke | cpu | paper)")
+    ap.add_argument("--params", type=Path, default=PARAMS_FILE, help="parameters file (default: params.yaml)")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="results root (default: results/)")
+    ap.add_argument("--data", type=Path, default=PREPARED, help="prepared data folder (default: data/prepared)")
     args = ap.parse_args(argv)
     try:
-        out = run_stage(args.stage, args.profile)
+        out = run_stage(args.stage, args.profile, args.results, args.params, args.data)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{args.stage}: results in {out.relative_to(REPO_ROOT)}")
+    except StageInterrupted as stop:
+        print(f"error: {args.stage} stopped by {stop}; {repo_relative(args.results / args.stage)} left as it was",
+              file=sys.stderr)
+        return 128 + stop.signum
+    print(f"{args.stage}: results in {repo_relative(out)}")
     return 0
 
 

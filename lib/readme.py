@@ -45,11 +45,21 @@ def _meta(stage_dir: Path) -> dict:
     return json.loads(path.read_text())["meta"] if path.exists() else {}
 
 
+def _commit(meta: dict) -> str:
+    """The commit a result came from; loudly marked when the tree had uncommitted changes."""
+    prov = meta.get("provenance") or {}
+    commit = prov.get("commit") or meta.get("git_commit")  # results written before provenance existed
+    if prov.get("dirty"):
+        files = ", ".join(f"`{f}`" for f in prov.get("changed_files", []))
+        return f"commit {commit} **with uncommitted changes (dirty tree: {files})**"
+    return f"commit {commit}"
+
+
 def _setting(meta: dict) -> str:
     samples = ", ".join(f"{k} {v}" for k, v in meta.get("samples", {}).items())
     kind = "REDUCED" if meta.get("reduced") else "paper setting"
     return (f"Profile `{meta.get('profile')}` ({kind}); dataset {meta.get('dataset')}; samples: {samples}; "
-            f"hardware: {meta.get('device')}; torch {meta.get('torch')}; commit {meta.get('git_commit')}.")
+            f"hardware: {meta.get('device')}; torch {meta.get('torch')}; {_commit(meta)}.")
 
 
 def headline(stage: str, results: Path) -> str:

@@ -15,6 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from lib.runtime import attack_libraries  # noqa: E402
+
 PALETTE = "colorblind"
 
 
@@ -95,8 +97,8 @@ class ResultsWriter:
         return path
 
     def metrics(self, metrics: dict, meta: dict) -> dict:
-        """Write ``metrics.json`` = {"meta": meta, **metrics} (NaN as null)."""
-        blob = {"meta": meta, **metrics}
+        """Write ``metrics.json`` = {"meta": meta + attack libraries used, **metrics} (NaN as null)."""
+        blob = {"meta": {**meta, "attack_libraries": attack_libraries()}, **metrics}
         text = json.dumps(_clean(blob), indent=2, sort_keys=False) + "\n"
         _atomic_write(self.root / "metrics.json", lambda p: p.write_text(text))
         return blob

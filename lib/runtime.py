@@ -47,23 +47,54 @@ def device_name() -> str:
     return f"CPU: {cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
-def git_commit() -> str:
-    """The repository's HEAD commit, or 'unknown' outside a git checkout."""
+PIPELINE_OUTPUTS = ("results/", "models/", "dvc.lock", "README.md")  # written by `dvc repro`, not its inputs
+TOOLS = ("torch", "torchvision", "numpy", "papermill", "nbconvert", "dvc")
+ATTACK_LIBRARIES = {"foolbox": "foolbox", "autoattack": "pyautoattack"}  # import name -> distribution
+
+
+def _git(root: Path, *args: str) -> str | None:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return out.stdout.strip()
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return None
+    return out.stdout
+
+
+def git_state(root: Path = REPO_ROOT) -> dict:
+    """HEAD's commit, and the tracked input files that differ from it (pipeline outputs excluded)."""
+    commit = _git(root, "rev-parse", "--short", "HEAD")
+    if commit is None:
+        return {"commit": "unknown (not a git checkout)", "dirty": None, "changed_files": []}
+    changed = (_git(root, "diff", "--name-only", "HEAD") or "").splitlines()
+    changed = sorted(f for f in changed if not f.startswith(PIPELINE_OUTPUTS))
+    return {"commit": commit.strip(), "dirty": bool(changed), "changed_files": changed}
+
+
+def versions(names: tuple[str, ...] = TOOLS) -> dict[str, str]:
+    """Installed versions of ``names`` (distribution names), 'not installed' where absent."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def attack_libraries() -> dict[str, str]:
+    """Versions of the third-party attack libraries this process has imported."""
+    import sys
+
+    used = [dist for module, dist in ATTACK_LIBRARIES.items() if module in sys.modules]
+    return versions(tuple(used))
 
 
 def metadata(profile: str, dataset: str, samples: dict, seed: int, started: float) -> dict:
-    """The block stored in every metrics.json: where and how the numbers were produced."""
+    """The block stored in every metrics.json: where and how the numbers were produced.
+
+    The pipeline adds ``provenance`` (commit, dirty tree, parameter hash, tool versions)."""
     return {
         "profile": profile,
         "reduced": profile != "paper",
@@ -73,7 +104,6 @@ def metadata(profile: str, dataset: str, samples: dict, seed: int, started: floa
         "device": device_name(),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "git_commit": git_commit(),
         "wall_time_s": round(time.time() - started, 1),
     }
 
@@ -91,6 +121,12 @@ def synchronize() -> None:
     """Wait for queued GPU work so wall-clock timings are honest."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+def repo_relative(path: str | Path) -> str:
+    """``path`` relative to the repository root when inside it (results carry no machine paths)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
 def repo_path(path: str | Path) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import json
 import shutil
 import subprocess
@@ -13,7 +12,7 @@ import pytest
 import yaml
 
 from lib.errors import ConfigError
-from lib.params import PROFILES, load_stage_params
+from lib.params import PROFILES, check_parameters, conforms, declared_parameters, load_stage_params
 from lib.pipeline import run_stage
 from lib.runtime import REPO_ROOT
 
@@ -23,11 +22,7 @@ PARAMS = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
 
 
 def _parameters_cell(path: Path) -> dict:
-    nb = json.loads(path.read_text())
-    cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
-    assert len(cells) == 1, f"{path.name} needs exactly one cell tagged 'parameters'"
-    tree = ast.parse("".join(cells[0]["source"]))
-    return {t.id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign) for t in node.targets}
+    return {name: d.default for name, d in declared_parameters(path).items()}
 
 
 def test_there_are_notebooks():
@@ -42,15 +37,16 @@ def test_notebook_is_stored_stripped(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_defaults_are_smoke_and_match_params_yaml(path):
+def test_notebook_defaults_are_smoke_and_every_profile_meets_the_contract(path):
     stage = path.stem
+    declared = declared_parameters(path)
     defaults = _parameters_cell(path)
     assert defaults["profile"] == "smoke"
     assert {"results_dir", "data_dir", "seed"} <= defaults.keys()
-    for profile in PROFILES:
-        injected = load_stage_params(stage, profile)
-        unknown = set(injected) - set(defaults)
-        assert not unknown, f"params.yaml {stage}.{profile} sets {unknown}, which the notebook does not declare"
+    for name, d in declared.items():
+        assert conforms(d.default, d.annotation), f"{path.name}: default of {name} is not {d.annotation}"
+    for profile in PROFILES:  # exact: same keys, declared types
+        check_parameters(stage, profile, declared, path.name)
     smoke = load_stage_params(stage, "smoke")
     assert {k: v for k, v in defaults.items() if k in smoke} == smoke, "notebook defaults must equal the smoke profile"
 
@@ -90,7 +86,7 @@ def test_every_stage_has_a_bad_parameter_case():
 
 
 @pytest.mark.parametrize("stage", sorted(BAD_PARAMETERS))
-def test_bad_parameter_stops_the_notebook_and_leaves_previous_results(tmp_path, monkeypatch, stage):
+def test_bad_parameter_stops_the_notebook_and_leaves_previous_results(tmp_path, stage):
     wrong, message = BAD_PARAMETERS[stage]
     old = tmp_path / stage
     old.mkdir()
@@ -99,9 +95,8 @@ def test_bad_parameter_stops_the_notebook_and_leaves_previous_results(tmp_path, 
     bad = dict(PARAMS)
     bad[stage] = {**PARAMS[stage], "smoke": {**PARAMS[stage]["smoke"], **wrong}}
     params.write_text(yaml.safe_dump(bad))
-    monkeypatch.setattr("lib.pipeline.load_stage_params", lambda s, p: load_stage_params(s, p, params))
     with pytest.raises(ConfigError, match=message):
-        run_stage(stage, "smoke", results_root=tmp_path)
+        run_stage(stage, "smoke", results_root=tmp_path, params_file=params)
     assert {p.name for p in tmp_path.iterdir()} == {"params.yaml", stage}
     assert [p.name for p in old.iterdir()] == ["metrics.json"]
 

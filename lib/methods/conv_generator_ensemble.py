@@ -163,7 +163,7 @@ class EnsembleSource(GeneratorSource):
 def load_data(cfg: Config, data_dir) -> tuple[D.Dataset, D.Split, D.Split]:
     """The dataset and the (sub)sampled train and test splits the run uses."""
     ds = D.load(cfg.dataset, data_dir)
-    return ds, D.subset(ds.train, cfg.n_train, cfg.seed), D.subset(ds.test, cfg.n_test, cfg.seed + 1)
+    return ds, D.subset(ds.train, cfg.n_train, cfg.seed, f"{ds.name} train"), D.subset(ds.test, cfg.n_test, cfg.seed + 1, f"{ds.name} test")
 
 
 def _train_config(cfg: Config, epochs: int, lr: float, seed: int, clean_weight: float) -> TrainConfig:

@@ -185,7 +185,7 @@ def pixel_eps(intensity: float, std: float, units: str) -> float:
 def load_data(cfg: Config, data_dir) -> tuple[D.Dataset, D.Split, D.Split]:
     """The dataset and the (sub)sampled train and test splits the run uses."""
     ds = D.load(cfg.dataset, data_dir)
-    return ds, D.subset(ds.train, cfg.n_train, cfg.seed), D.subset(ds.test, cfg.n_test, cfg.seed + 1)
+    return ds, D.subset(ds.train, cfg.n_train, cfg.seed, f"{ds.name} train"), D.subset(ds.test, cfg.n_test, cfg.seed + 1, f"{ds.name} test")
 
 
 def train_classifier(ds: D.Dataset, train_split: D.Split, std: float, cfg: Config) -> TrainResult:

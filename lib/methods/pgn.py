@@ -287,9 +287,10 @@ class Data:
 def load_data(name: str, cfg: Config, data_dir) -> Data:
     """Dataset ``name`` subsampled as configured."""
     ds = D.load(name, data_dir)
-    x, y = D.tensors(D.subset(ds.test, cfg.n_test, cfg.seed + 1))
-    n_rho = len(y) if cfg.n_rho is None else min(cfg.n_rho, len(y))
-    return Data(ds, D.subset(ds.train, cfg.n_train, cfg.seed), (x, y), (x[:n_rho], y[:n_rho]))
+    x, y = D.tensors(D.subset(ds.test, cfg.n_test, cfg.seed + 1, f"{name} test"))
+    n_rho = len(y) if cfg.n_rho is None else cfg.n_rho
+    require(n_rho <= len(y), f"n_rho {n_rho} must not exceed the {len(y)} test images of {name}")
+    return Data(ds, D.subset(ds.train, cfg.n_train, cfg.seed, f"{name} train"), (x, y), (x[:n_rho], y[:n_rho]))
 
 
 def build_generator(data: Data, cfg: Config, use: tuple[str, ...] = INPUTS, seed: int = 0) -> PGNGenerator:

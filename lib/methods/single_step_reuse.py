@@ -151,7 +151,7 @@ def make_source(defence: str, eps: float, num_examples: int, shape: tuple, num_c
 def load_data(name: str, cfg: Config, data_dir) -> tuple[D.Dataset, D.Split, D.Split]:
     """The dataset and the (sub)sampled train and test splits the run uses."""
     ds = D.load(name, data_dir)
-    return ds, D.subset(ds.train, cfg.n_train, cfg.seed), D.subset(ds.test, cfg.n_test, cfg.seed + 1)
+    return ds, D.subset(ds.train, cfg.n_train, cfg.seed, f"{ds.name} train"), D.subset(ds.test, cfg.n_test, cfg.seed + 1, f"{ds.name} test")
 
 
 def train_defences(ds: D.Dataset, train_split: D.Split, eps: float, cfg: Config, desc: str = "") -> dict[str, TrainResult]:

@@ -1,0 +1,46 @@
+"""Model checkpoints: written atomically, read with ``weights_only=True``, damage reported clearly.
+
+A damaged file is never half-used: it is one :class:`ConfigError` that names the file and the
+command that rebuilds it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from lib.errors import ConfigError
+from lib.runtime import repo_relative
+
+
+def save(model: nn.Module, path: Path | str) -> Path:
+    """Write ``model``'s state dict to ``path`` (via a temporary file, so never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load(model: nn.Module, path: Path | str, rebuild: str) -> nn.Module:
+    """Load the state dict at ``path`` into ``model``; ``rebuild`` is the command that remakes it."""
+    path = Path(path)
+    damaged = f"checkpoint {repo_relative(path)} is corrupt or truncated; rebuild it with `{rebuild}`"
+    if not path.exists():
+        raise ConfigError(f"checkpoint {repo_relative(path)} does not exist; build it with `{rebuild}`")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # torch raises pickle, zip and runtime errors of many kinds for a damaged file
+        raise ConfigError(damaged) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(damaged)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        raise ConfigError(f"checkpoint {repo_relative(path)} does not fit a {type(model).__name__} of this "
+                          f"configuration; rebuild it with `{rebuild}`") from None
+    return model
