@@ -88,7 +88,7 @@ def test_paper_profile_is_the_papers_setting():
 
 
 def test_paper_profile_code_path_one_batch_on_cifar_shaped_data(synthetic):
-    cfg = _config("paper", base_epochs=1, epochs=1, max_batches=1, minmax_steps=2, eval_steps=2, eval_eps=[0.0, 0.5],
+    cfg = _config("paper", base_epochs=1, epochs=1, max_batches=1, batch_size=16, minmax_steps=2, eval_steps=2, eval_eps=[0.0, 0.5],
                   timing_batches=1, timing_k=32, timing_minmax_steps=2, n_examples=2)
     ds = synthetic("cifar10", (3, 32, 32), 64)
     r = p1.run(ds, ds.train, D.subset(ds.test, 8, 0), cfg)

@@ -65,7 +65,7 @@ def test_paper_profile_is_the_papers_setting():
 
 @pytest.mark.parametrize("name,shape,classes,n", [("mnist", (1, 28, 28), 10, 30), ("cifar10", (3, 32, 32), 10, 30), ("cats_vs_dogs", (3, 64, 64), 2, 10)])
 def test_paper_profile_code_path_one_batch_per_architecture(synthetic, monkeypatch, name, shape, classes, n):
-    cfg = _config("paper", datasets=[name], max_epochs=1, max_batches=1, pgd_steps=1, batch_size=16, eps=[0.03])
+    cfg = _config("paper", datasets=[name], max_epochs=1, max_batches=1, pgd_steps=1, batch_size=4, eps=[0.03])  # a code-path test: small batch
     ds = synthetic(name, shape, n, classes)  # pooled train + test = 2n, split 70/10/20
     monkeypatch.setattr(p4.D, "load", lambda n, data_dir=None: ds)
     r = p4.run_dataset(name, cfg, None)

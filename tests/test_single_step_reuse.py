@@ -25,7 +25,7 @@ def test_paper_profile_is_the_papers_setting():
 
 
 def test_paper_profile_code_path_one_batch_on_real_shaped_data(synthetic):
-    cfg = _config("paper", epochs=1, max_batches=1, bim_iterations=[1, 30], pgd_steps=2)
+    cfg = _config("paper", epochs=1, max_batches=1, bim_iterations=[1, 30], pgd_steps=2, batch_size=16)  # a code-path test: small batch
     ds = synthetic("mnist", (1, 28, 28), cfg.batch_size)
     models = p3.train_defences(ds, ds.train, 0.3, cfg)
     assert list(models) == p3.DEFENCES
