@@ -342,6 +342,7 @@ def as_float(x: torch.Tensor) -> torch.Tensor:
 
 def examples(split: Split, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` float images and labels for figures: one per class first, then any (deterministic)."""
+    require(0 < n <= len(split), f"{n} example images asked of a split of {len(split)}")
     order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
     y = split.y[order]
     is_first = torch.zeros(len(y), dtype=torch.bool)

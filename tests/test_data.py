@@ -68,3 +68,16 @@ def test_missing_dataset_offline_names_folder_and_offline_profile(monkeypatch, t
         D.load("cifar10", prepared_dir=None)
     message = str(err.value)
     assert "cifar10" in message and str(tmp_path) in message and "'cpu' profile" in message
+
+
+def test_sizes_beyond_the_data_are_errors_naming_both_sizes(mnist):
+    assert D.subset(mnist.train, None, 0) is mnist.train and len(D.subset(mnist.train, len(mnist.train), 0)) == len(mnist.train)
+    with pytest.raises(ConfigError, match=r"4001 examples asked of mnist5k train, which has 4000 \(null means all\)"):
+        D.subset(mnist.train, 4001, 0, "mnist5k train")
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ConfigError, match="must be a positive integer or null"):
+            D.subset(mnist.train, bad, 0)
+    with pytest.raises(ConfigError, match="limit 6000 asks for more examples than mnist5k has"):
+        D.train_val_test(mnist, (0.7, 0.1, 0.2), 0, limit=6000)
+    with pytest.raises(ConfigError, match="1001 example images asked of a split of 1000"):
+        D.examples(mnist.test, 1001, 0)

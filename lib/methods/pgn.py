@@ -289,7 +289,8 @@ def load_data(name: str, cfg: Config, data_dir) -> Data:
     ds = D.load(name, data_dir)
     x, y = D.tensors(D.subset(ds.test, cfg.n_test, cfg.seed + 1, f"{name} test"))
     n_rho = len(y) if cfg.n_rho is None else cfg.n_rho
-    require(n_rho <= len(y), f"n_rho {n_rho} must not exceed the {len(y)} test images of {name}")
+    for what, n in (("n_rho", n_rho), ("track_n", cfg.track_n), ("n_examples", cfg.n_examples)):
+        require(n <= len(y), f"{what} {n} must not exceed the {len(y)} test images of {name}")
     return Data(ds, D.subset(ds.train, cfg.n_train, cfg.seed, f"{name} train"), (x, y), (x[:n_rho], y[:n_rho]))
 
 
