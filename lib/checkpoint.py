@@ -16,28 +16,42 @@ from lib.errors import ConfigError
 from lib.runtime import repo_relative
 
 
-def save(model: nn.Module, path: Path | str) -> Path:
-    """Write ``model``'s state dict to ``path`` (via a temporary file, so never half-written)."""
+def write(blob: dict, path: Path | str) -> Path:
+    """``torch.save`` ``blob`` (tensors, numbers, strings) to ``path`` via a temporary file, so a
+    kill never leaves half a file under the final name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(model.state_dict(), tmp)
+    torch.save(blob, tmp)
     os.replace(tmp, path)
     return path
 
 
-def load(model: nn.Module, path: Path | str, rebuild: str) -> nn.Module:
-    """Load the state dict at ``path`` into ``model``; ``rebuild`` is the command that remakes it."""
+def read(path: Path | str, rebuild: str) -> dict:
+    """What :func:`write` stored (``weights_only=True``); one :class:`ConfigError` naming the file and
+    ``rebuild`` (the command that remakes it) if it is missing, damaged or not a dict."""
     path = Path(path)
-    damaged = f"checkpoint {repo_relative(path)} is corrupt or truncated; rebuild it with `{rebuild}`"
     if not path.exists():
         raise ConfigError(f"checkpoint {repo_relative(path)} does not exist; build it with `{rebuild}`")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # torch raises pickle, zip and runtime errors of many kinds for a damaged file
-        raise ConfigError(damaged) from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(damaged)
+        blob = None
+    if not isinstance(blob, dict):
+        raise ConfigError(f"checkpoint {repo_relative(path)} is corrupt or truncated; rebuild it with `{rebuild}`")
+    return blob
+
+
+def save(model: nn.Module, path: Path | str) -> Path:
+    """Write ``model``'s state dict to ``path`` (never half-written)."""
+    return write(model.state_dict(), path)
+
+
+def load(model: nn.Module, path: Path | str, rebuild: str) -> nn.Module:
+    """Load the state dict at ``path`` into ``model``; ``rebuild`` is the command that remakes it."""
+    state = read(path, rebuild)
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"checkpoint {repo_relative(path)} is corrupt or truncated; rebuild it with `{rebuild}`")
     try:
         model.load_state_dict(state)
     except RuntimeError:

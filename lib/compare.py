@@ -172,8 +172,9 @@ def fit(defence: str, value, ds: D.Dataset, train_split: D.Split, test: tuple, c
     model = build_model(ds, cfg, seed)
     tc = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, clean_weight=cfg.clean_weight.get(defence, 0.0), seed=seed)
     loader = D.loader(split, cfg.batch_size, shuffle=True, seed=seed, with_index=True)
-    result = train(model, loader, tc, make_source(defence, value, ds, split, cfg), max_batches=cfg.max_batches,
-                   desc=f"{DEFENCES[defence][0]} {'' if value is None else f'{value:.4g}'}")
+    desc = f"{DEFENCES[defence][0]} {'' if value is None else f'{value:.4g}'}"
+    result = train(model, loader, tc, make_source(defence, value, ds, split, cfg), max_batches=cfg.max_batches, desc=desc,
+                   cache_as=f"{desc} seed {seed}")
     return Trained(defence, value, result, accuracy(result.final, *test))
 
 

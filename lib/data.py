@@ -366,6 +366,39 @@ def loader(split: Split, batch_size: int, shuffle: bool, seed: int = 0, with_ind
     return DataLoader(TensorDataset(*parts), batch_size=batch_size, shuffle=shuffle, generator=g)
 
 
+def batches(loader: DataLoader, device: torch.device | str, on_device: bool = False):
+    """The loader's batches on ``device``. ``on_device`` (the GPU path): the tensors are moved
+    there once and batches are cut by index (a seeded permutation per pass when the loader
+    shuffles), with no per-batch copy and no DataLoader round-trip; otherwise the DataLoader's own
+    batches (the CPU path, whose order the committed numbers rest on), copied to ``device``."""
+    if not on_device:
+        for batch in loader:
+            yield tuple(t.to(device, non_blocking=True) for t in batch)
+        return
+    tensors = _on_device(loader.dataset, torch.device(device))
+    n, size = len(tensors[0]), loader.batch_size
+    if isinstance(loader.sampler, torch.utils.data.RandomSampler):
+        order = torch.randperm(n, generator=loader.generator, device="cpu").to(device)
+    else:
+        order = torch.arange(n, device=device)
+    stop = n - n % size if loader.drop_last else n
+    for start in range(0, stop, size):
+        idx = order[start:start + size]
+        yield tuple(t[idx] for t in tensors)
+
+
+_DEVICE_COPIES: dict = {}
+
+
+def _on_device(dataset: TensorDataset, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The dataset's tensors on ``device``, copied once per dataset (the latest one is kept)."""
+    key = (id(dataset), str(device))
+    if key not in _DEVICE_COPIES or _DEVICE_COPIES[key][0] is not dataset:
+        _DEVICE_COPIES.clear()  # one dataset at a time on the device
+        _DEVICE_COPIES[key] = (dataset, tuple(t.to(device) for t in dataset.tensors))
+    return _DEVICE_COPIES[key][1]
+
+
 def prepare(names: list[str], prepared_dir: Path | str = PREPARED_DIR) -> list[Path]:
     """Fetch each named dataset from its source and store it under ``prepared_dir``."""
     for name in names:

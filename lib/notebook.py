@@ -5,22 +5,27 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from lib.cache import open_store
 from lib.params import check_profile
 from lib.report import ResultsWriter, set_style
-from lib.runtime import device_name, metadata, repo_path, seed_everything
+from lib.runtime import Acceleration, device_name, metadata, repo_path, seed_everything
 
 
 class StageRun:
     """One execution of a stage's notebook: results writer, seed, figure style, metadata."""
 
-    def __init__(self, stage: str, profile: str, results_dir: str | Path, seed: int = 0):
+    def __init__(self, stage: str, profile: str, results_dir: str | Path, seed: int = 0,
+                 models_dir: str | Path | None = None, retrain: bool = False, deterministic: bool | None = None):
         check_profile(profile)
+        Acceleration.configure(profile, deterministic)
+        self.models = open_store(repo_path(models_dir) if models_dir is not None else None, retrain)
         self.stage, self.profile, self.seed = stage, profile, seed
         self.started = time.time()
         seed_everything(seed)
         set_style()
         self.out = ResultsWriter(repo_path(results_dir))
-        print(f"{stage}: profile '{profile}' on {device_name()}; writing to {results_dir}")
+        stored = "no model store" if models_dir is None else f"models in {models_dir}" + (" (retrain: store ignored)" if retrain else "")
+        print(f"{stage}: profile '{profile}' on {device_name()}; {stored}")
 
     def meta(self, dataset: str, samples: dict) -> dict:
         """The metadata block (profile, dataset, samples, seed, device, torch, commit, wall time)."""

@@ -28,7 +28,8 @@ from lib.runtime import REPO_ROOT, repo_relative
 
 PROFILES = ("smoke", "cpu", "paper")
 PARAMS_FILE = REPO_ROOT / "params.yaml"
-INJECTED = ("profile", "results_dir", "data_dir")  # set by the pipeline, not by params.yaml
+INJECTED = ("profile", "results_dir", "data_dir", "models_dir")  # set by the pipeline, not by params.yaml
+RUN_SETTINGS = ("retrain", "deterministic")  # params.yaml keys that configure the run (lib.notebook.StageRun), not the method
 _BASES = {"int", "float", "str", "bool", "list", "dict", "None"}
 
 
@@ -73,6 +74,12 @@ def load_stage_params(stage: str, profile: str | None = None, path: Path | str =
     profile, merged, _ = _origins(stage, profile, path)
     merged["profile"] = profile
     return merged
+
+
+def method_params(params: dict) -> dict:
+    """``params`` without the run's own settings (profile, paths, model store, determinism):
+    what a method's ``Config`` takes."""
+    return {k: v for k, v in params.items() if k not in INJECTED + RUN_SETTINGS}
 
 
 # --- the notebook's declaration -------------------------------------------------------------
@@ -183,5 +190,5 @@ def check_parameters(stage: str, profile: str | None, declared: dict[str, Declar
 
 def params_hash(params: dict) -> str:
     """SHA-256 (first 16 hex digits) of a stage's effective parameters, machine paths left out."""
-    kept = {k: v for k, v in params.items() if k not in ("results_dir", "data_dir")}
+    kept = {k: v for k, v in params.items() if k not in ("results_dir", "data_dir", "models_dir")}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -148,8 +148,14 @@ def _replace(final: Path, tmp: Path) -> None:
 
 
 def run_stage(stage: str, profile: str | None = None, results_root: Path = RESULTS,
-              params_file: Path = PARAMS_FILE, data_dir: Path = PREPARED) -> Path:
-    """Execute ``stage``'s notebook with its checked parameters; returns ``results_root/stage``."""
+              params_file: Path = PARAMS_FILE, data_dir: Path = PREPARED, models_root: Path | None = None) -> Path:
+    """Execute ``stage``'s notebook with its checked parameters; returns ``results_root/stage``.
+
+    Trained models are stored in (and loaded from) ``models_root/stage``, by default the
+    ``models`` folder beside ``results_root`` (so ``models/``); each is written whole the moment
+    it is trained, so a stopped run resumes from the models it finished.
+    """
+    models_root = Path(results_root).parent / "models" if models_root is None else models_root
     source = notebook_path(stage)
     params = check_parameters(stage, profile, declared_parameters(source), f"notebooks/{source.name}", params_file)
     run_provenance = provenance(params)
@@ -160,7 +166,7 @@ def run_stage(stage: str, profile: str | None = None, results_root: Path = RESUL
     tmp = Path(results_root) / f".{stage}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    params.update(results_dir=repo_relative(tmp), data_dir=repo_relative(data_dir))
+    params.update(results_dir=repo_relative(tmp), data_dir=repo_relative(data_dir), models_dir=repo_relative(Path(models_root) / stage))
     # kernels are started by name; make 'python' this interpreter (the project's environment)
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     try:
@@ -191,9 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", type=Path, default=PARAMS_FILE, help="parameters file (default: params.yaml)")
     ap.add_argument("--results", type=Path, default=RESULTS, help="results root (default: results/)")
     ap.add_argument("--data", type=Path, default=PREPARED, help="prepared data folder (default: data/prepared)")
+    ap.add_argument("--models", type=Path, default=None, help="model store root (default: models/ beside the results root)")
     args = ap.parse_args(argv)
     try:
-        out = run_stage(args.stage, args.profile, args.results, args.params, args.data)
+        out = run_stage(args.stage, args.profile, args.results, args.params, args.data, args.models)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

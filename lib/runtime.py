@@ -20,16 +20,47 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+class Acceleration:
+    """How training uses a GPU. On the CPU nothing here changes anything: kernels are always
+    deterministic and the data path is the DataLoader's.
+
+    ``fast`` (CUDA only): bf16 autocast in training (training-time attacks included; evaluation
+    stays float32), channels-last conv nets, data moved to the device once and batched by index.
+    ``deterministic`` (CUDA only): deterministic kernels and no cuDNN autotuning; None = True
+    except for the ``paper`` profile.
+    """
+
+    fast: bool = True
+    deterministic: bool | None = None
+    profile: str = "smoke"
+
+    @classmethod
+    def configure(cls, profile: str, deterministic: bool | None = None, fast: bool = True) -> None:
+        cls.profile, cls.deterministic, cls.fast = profile, deterministic, fast
+
+    @classmethod
+    def gpu_fast(cls, dev: torch.device) -> bool:
+        """Whether training on ``dev`` takes the fast GPU path."""
+        return cls.fast and torch.device(dev).type == "cuda"
+
+    @classmethod
+    def deterministic_kernels(cls) -> bool:
+        if not torch.cuda.is_available():
+            return True
+        return cls.profile != "paper" if cls.deterministic is None else cls.deterministic
+
+
 def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch; make CPU kernels deterministic."""
+    """Seed python, numpy and torch; deterministic kernels (always on the CPU; see :class:`Acceleration`)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.cuda.manual_seed_all(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    deterministic = Acceleration.deterministic_kernels()
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if torch.backends.cudnn.is_available():
-        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.benchmark = not deterministic
 
 
 def device_name() -> str:

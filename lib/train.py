@@ -7,22 +7,23 @@ Sources: :class:`Clean` (none), :class:`AttackSource` (an attack from :mod:`lib.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from lib import data as D
 from lib.attacks import threat
 from lib.attacks.common import eval_mode, loss_grad
-from lib.errors import ConfigError, require
+from lib.cache import cached
+from lib.errors import require
 from lib.evaluate import accuracy
-from lib.runtime import device as default_device
-from lib.runtime import progress, seed_everything, synchronize
+from lib.runtime import Acceleration, progress, seed_everything, synchronize
 
 
 class Clean:
@@ -79,10 +80,12 @@ class StoredPerturbation(Clean):
             self.delta.zero_()
 
     def __call__(self, model, x, y, idx):
-        start = x + self.delta[idx].to(x.device)
+        if self.delta.device != x.device:  # the GPU path batches by index on the device
+            self.delta = self.delta.to(x.device)
+        start = x + self.delta[idx.to(self.delta.device)]
         with eval_mode(model):
             x_adv = self.ball.project(self.ball.step(start, loss_grad(model, start, y), self.step_size), x, self.eps)
-        self.delta[idx] = (x_adv - x).detach().to(self.delta.device)
+        self.delta[idx.to(self.delta.device)] = (x_adv - x).detach()
         return x_adv.detach()
 
 
@@ -139,6 +142,14 @@ class TrainResult:
     model: nn.Module
     history: list[dict] = field(default_factory=list)
     ema: nn.Module | None = None
+    seconds: float | None = None  # training wall time (from the run that trained, when loaded)
+    loaded: bool = False  # whether the weights came from the model store
+
+    @property
+    def best_epoch(self) -> int:
+        """The epoch (1-based) of the highest validation accuracy, else the last one."""
+        val = [h.get("val_acc", float("-inf")) for h in self.history]
+        return val.index(max(val)) + 1 if val and max(val) > float("-inf") else len(self.history)
 
     @property
     def final(self) -> nn.Module:
@@ -172,18 +183,50 @@ def train(
     on_epoch_end: Callable[[int, nn.Module], dict] | None = None,
     max_batches: int | None = None,
     desc: str = "train",
+    cache_as: str | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``loader`` (yielding ``x, y, idx``) with inputs from ``source``.
 
     ``on_epoch_end(epoch, model)`` may return extra numbers to store in the history (it runs
-    outside the timed part); a true ``"stop"`` entry ends training (see :class:`EarlyStopping`). ``max_batches`` caps the batches per epoch (timing runs, smoke tests).
+    outside the timed part); a true ``"stop"`` entry ends training (see :class:`EarlyStopping`,
+    whose best weights are restored at the end). ``max_batches`` caps the batches per epoch
+    (timing runs, smoke tests). ``cache_as``: the model's name in the model store
+    (:mod:`lib.cache`): loaded from it when the same run was saved before, else trained and saved.
     """
     cfg.validate()
     source = source or Clean()
+    ema = _ema(model, cfg)
+    if cache_as is None:
+        return _train(model, loader, cfg, source, ema, on_epoch_end, max_batches, desc)
+    modules = {"model": model, **({"ema": ema} if ema is not None else {}), **source_modules(source)}
+    record = cached(cache_as, modules, lambda: {"history": _train(model, loader, cfg, source, ema, on_epoch_end, max_batches, desc).history},
+                    key=(cfg, loader, on_epoch_end, max_batches), caller=sys._getframe(1).f_code)
+    model.eval()
+    return TrainResult(model, record["history"], ema, seconds=record["seconds"], loaded=record["loaded"])
+
+
+def training_precision(dev: torch.device):
+    """bf16 autocast on the fast GPU path (see :class:`lib.runtime.Acceleration`); float32 otherwise."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=Acceleration.gpu_fast(dev))
+
+
+def _ema(model: nn.Module, cfg: TrainConfig) -> AveragedModel | None:
+    """The exponential moving average of ``model``'s weights, when ``cfg.ema_decay`` asks for one."""
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) if cfg.ema_decay else None
+
+
+def source_modules(source: Clean) -> dict[str, nn.Module]:
+    """The networks a source trains alongside the classifier (generators), by attribute name."""
+    return {f"source.{k}": v for k, v in vars(source).items() if isinstance(v, nn.Module)}
+
+
+def _train(model, loader, cfg: TrainConfig, source: Clean, ema, on_epoch_end, max_batches, desc) -> TrainResult:
     seed_everything(cfg.seed)
     dev = next(model.parameters()).device
+    fast = Acceleration.gpu_fast(dev)  # CUDA: bf16 autocast, channels-last, data on the device
+    if fast:
+        model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model.parameters(), cfg)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) if cfg.ema_decay else None
     result = TrainResult(model, ema=ema)
     for epoch in progress(range(cfg.epochs), desc=desc):
         model.train()
@@ -193,27 +236,29 @@ def train(
         loss_sum = torch.zeros((), device=dev)
         correct = torch.zeros((), device=dev)
         seen = 0
-        for b, (x, y, idx) in enumerate(loader):
+        for b, (x, y, idx) in enumerate(D.batches(loader, dev, on_device=fast)):
             if max_batches is not None and b >= max_batches:
                 break
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            if fast and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             if cfg.augment is not None:
                 x = cfg.augment(x)
-            x_adv, y_adv = _split_labels(source(model, x, y, idx), y)
-            model.train()
-            if x_adv is None:
-                logits_clean, logits_adv = model(x), None
-                loss = F.cross_entropy(logits_clean, y)
-            else:
-                w = cfg.clean_weight
-                logits_adv = model(x_adv if source.joint else x_adv.detach())
-                logits_clean = model(x) if w > 0 or source.needs_clean_logits else None
-                loss = (1 - w) * F.cross_entropy(logits_adv, y_adv)
-                if w > 0:
-                    loss = loss + w * F.cross_entropy(logits_clean, y)
-                extra = source.extra_loss(logits_clean, logits_adv, y)
-                if extra is not None:
-                    loss = loss + extra
+            with training_precision(dev):
+                x_adv, y_adv = _split_labels(source(model, x, y, idx), y)
+                model.train()
+                if x_adv is None:
+                    logits_clean, logits_adv = model(x), None
+                    loss = F.cross_entropy(logits_clean, y)
+                else:
+                    w = cfg.clean_weight
+                    logits_adv = model(x_adv if source.joint else x_adv.detach())
+                    logits_clean = model(x) if w > 0 or source.needs_clean_logits else None
+                    loss = (1 - w) * F.cross_entropy(logits_adv, y_adv)
+                    if w > 0:
+                        loss = loss + w * F.cross_entropy(logits_clean, y)
+                    extra = source.extra_loss(logits_clean, logits_adv, y)
+                    if extra is not None:
+                        loss = loss + extra
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -238,6 +283,8 @@ def train(
         result.history.append(record)
         if stop:
             break
+    if isinstance(on_epoch_end, EarlyStopping):
+        on_epoch_end.restore(model)
     model.eval()
     return result
 
@@ -265,25 +312,3 @@ class EarlyStopping:
         if self.state is not None:
             model.load_state_dict(self.state)
         return model
-
-
-def save_checkpoint(model: nn.Module, path: Path | str) -> Path:
-    """Write ``model``'s state dict atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(path)
-    return path
-
-
-def load_checkpoint(model: nn.Module, path: Path | str, map_location: str | torch.device | None = None) -> nn.Module:
-    """Load a state dict saved by :func:`save_checkpoint` (``weights_only=True``); clear error if corrupt."""
-    path = Path(path)
-    require(path.exists(), f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location=map_location or default_device(), weights_only=True)
-        model.load_state_dict(state)
-    except Exception as err:
-        raise ConfigError(f"checkpoint {path} is corrupt or does not fit the model: {err}") from None
-    return model

@@ -7,12 +7,12 @@ import pytest
 import lib.data as D
 from lib import compare
 from lib.errors import ConfigError
-from lib.params import load_stage_params
+from lib.params import load_stage_params, method_params
 
 
 def _config(profile: str, **override) -> compare.Config:
     params = load_stage_params("compare", profile)
-    params.pop("profile")
+    params = method_params(params)
     return compare.Config(profile=profile, **{**params, **override}).validate()
 
 

@@ -10,12 +10,12 @@ import lib.data as D
 import lib.models as M
 from lib.errors import ConfigError
 from lib.methods import mnist_gan as p5
-from lib.params import load_stage_params
+from lib.params import load_stage_params, method_params
 
 
 def _config(profile: str, **override) -> p5.Config:
     params = load_stage_params("p5_mnist_gan", profile)
-    params.pop("profile")
+    params = method_params(params)
     return p5.Config(profile=profile, **{**params, **override}).validate()
 
 

@@ -10,7 +10,7 @@ import lib.data as D
 import lib.models as M
 from lib.errors import ConfigError
 from lib.methods import pgn
-from lib.params import load_stage_params
+from lib.params import load_stage_params, method_params
 from lib.train import TrainConfig, train
 
 
@@ -102,7 +102,7 @@ def test_generator_ascends_loss_minus_penalty_with_the_classifier_fixed():
 
 def _config(profile: str, **override) -> pgn.Config:
     params = load_stage_params("p2_pgn", profile)
-    params.pop("profile")
+    params = method_params(params)
     return pgn.Config(profile=profile, **{**params, **override}).validate()
 
 

@@ -60,7 +60,11 @@ def test_dvc_stage_lists_only_its_own_params_and_its_outputs(path):
     outs = [o for key in ("outs", "metrics", "plots") for o in stage.get(key, [])]
     for out in outs:  # DVC deletes non-persistent outputs before a run; results must survive a failure
         (name, flags), = out.items()
-        assert flags == {"cache": False, "persist": True}, name
+        if name == f"models/{path.stem}":  # the model store: DVC-cached (shared by push / pull), kept between runs
+            assert flags == {"persist": True}, name
+        else:  # results: in git
+            assert flags == {"cache": False, "persist": True}, name
+    assert {"models/" + path.stem} == {name for o in outs for name in o if name.startswith("models/")}
 
 
 def test_unknown_profile_and_stage_fail_early_and_leave_results_untouched(tmp_path):

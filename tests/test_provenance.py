@@ -81,9 +81,10 @@ def test_readme_marks_results_from_a_dirty_tree(tmp_path):
 
 def test_a_stage_run_records_provenance_and_no_machine_path():
     root = REPO_ROOT / "build" / "test-provenance"  # inside the checkout (git-ignored), as results/ is
+    models = REPO_ROOT / "build" / "test-provenance-models"
     shutil.rmtree(root, ignore_errors=True)
     try:
-        out = run_stage("p5_mnist_gan", "smoke", results_root=root)
+        out = run_stage("p5_mnist_gan", "smoke", results_root=root, models_root=models)
         meta = json.loads((out / "metrics.json").read_text())["meta"]
         assert meta["provenance"]["commit"] == git_state()["commit"] and len(meta["provenance"]["params_sha256"]) == 16
         assert meta["attack_libraries"] == {}  # p5 uses only our attacks
@@ -91,8 +92,10 @@ def test_a_stage_run_records_provenance_and_no_machine_path():
         paths = nb["metadata"]["papermill"]
         injected = {k: v for k, v in paths["parameters"].items() if k.endswith("_dir")}
         assert (paths["input_path"], paths["output_path"]) == ("notebooks/p5_mnist_gan.ipynb", "build/test-provenance/p5_mnist_gan/p5_mnist_gan.ipynb")
-        assert injected == {"results_dir": "build/test-provenance/.p5_mnist_gan.tmp", "data_dir": "data/prepared"}
+        assert injected == {"results_dir": "build/test-provenance/.p5_mnist_gan.tmp", "data_dir": "data/prepared",
+                            "models_dir": "build/test-provenance-models/p5_mnist_gan"}
         assert str(REPO_ROOT) not in (out / "metrics.json").read_text() + (out / "claims.md").read_text()
         assert [p.name for p in root.iterdir()] == ["p5_mnist_gan"]
     finally:
         shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(models, ignore_errors=True)

@@ -10,13 +10,13 @@ import lib.models as M
 from lib.augment import Conventional
 from lib.errors import ConfigError
 from lib.methods import resnet_transfer_augmentation as p4
-from lib.params import load_stage_params
+from lib.params import load_stage_params, method_params
 from lib.train import EarlyStopping, TrainConfig, train
 
 
 def _config(profile: str, **override) -> p4.Config:
     params = load_stage_params("p4_resnet_transfer_augmentation", profile)
-    params.pop("profile")
+    params = method_params(params)
     return p4.Config(profile=profile, **{**params, **override}).validate()
 
 

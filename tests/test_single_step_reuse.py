@@ -8,12 +8,12 @@ import torch
 import lib.data as D
 from lib.errors import ConfigError
 from lib.methods import single_step_reuse as p3
-from lib.params import load_stage_params
+from lib.params import load_stage_params, method_params
 
 
 def _config(profile: str, **override) -> p3.Config:
     params = load_stage_params("p3_single_step_reuse", profile)
-    params.pop("profile")
+    params = method_params(params)
     return p3.Config(profile=profile, **{**params, **override}).validate()
 
 

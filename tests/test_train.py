@@ -1,4 +1,4 @@
-"""Training loop: determinism, perturbation sources, EMA, checkpoints."""
+"""Training loop: determinism, perturbation sources, EMA (checkpoints: test_bad_input, test_cache)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,6 @@ from lib.train import (
     GeneratorSource,
     StoredPerturbation,
     TrainConfig,
-    load_checkpoint,
-    save_checkpoint,
     train,
 )
 
@@ -74,17 +72,24 @@ def test_generator_source_ascends_the_classifier_loss(mnist):
         GeneratorSource(make, torch.optim.SGD(gen.parameters(), lr=0.1))
 
 
-def test_checkpoint_round_trip_and_corrupt_file(tmp_path, mnist):
-    model = M.build("mnist_cnn", mnist.shape, 10, width=8, hidden=32)
-    path = save_checkpoint(model, tmp_path / "m.pt")
-    other = load_checkpoint(M.build("mnist_cnn", mnist.shape, 10, seed=1, width=8, hidden=32), path, "cpu")
-    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), other.parameters()))
-    path.write_bytes(b"garbage")
-    with pytest.raises(ConfigError, match="corrupt"):
-        load_checkpoint(model, path, "cpu")
-
-
 @pytest.mark.parametrize("bad", [dict(epochs=-1), dict(lr=0), dict(optimizer="rmsprop"), dict(clean_weight=2.0)])
 def test_bad_training_config_is_rejected_before_training(bad):
     with pytest.raises(ConfigError):
         TrainConfig(**bad).validate()
+
+
+def test_the_cpu_data_path_is_the_dataloaders_own_batches(mnist):
+    """The GPU path (on-device index batching) never touches the CPU path: same batches, same order."""
+    loader = D.loader(D.subset(mnist.train, 200, 0), 64, True, seed=3, with_index=True)
+    expected = [tuple(t.clone() for t in b) for b in D.loader(D.subset(mnist.train, 200, 0), 64, True, seed=3, with_index=True)]
+    got = list(D.batches(loader, "cpu"))
+    assert len(got) == len(expected) and all(torch.equal(a, b) for g, e in zip(got, expected) for a, b in zip(g, e))
+
+
+def test_index_batching_covers_every_example_once_per_pass(mnist):
+    split = D.subset(mnist.train, 200, 0)
+    got = list(D.batches(D.loader(split, 64, True, seed=3, with_index=True), "cpu", on_device=True))
+    idx = torch.cat([b[2] for b in got])
+    assert [len(b[0]) for b in got] == [64, 64, 64, 8] and torch.equal(idx.sort().values, torch.arange(200))
+    x = torch.cat([b[0] for b in got])
+    assert torch.equal(x, D.as_float(split.x)[idx])

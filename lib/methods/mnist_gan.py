@@ -28,11 +28,12 @@ import lib.data as D
 import lib.models as M
 from lib import attacks as A
 from lib.attacks import eval_mode
+from lib.cache import cached
 from lib.errors import require
 from lib.evaluate import accuracy, adversarial_examples, predict, robust_accuracy
 from lib.report import comparison, widen
-from lib.runtime import device, progress, seed_everything
-from lib.train import Clean, TrainConfig, TrainResult, train
+from lib.runtime import Acceleration, device, progress, seed_everything
+from lib.train import Clean, TrainConfig, TrainResult, train, training_precision
 
 # Table 1 of the paper: intensity -> (accuracy under one FGSM step, accuracy under G), D trained 70 epochs.
 PAPER_TABLE1 = {0.1: (0.96, 0.97), 0.3: (0.76, 0.55), 0.5: (0.37, 0.15), 0.7: (0.06, 0.05)}
@@ -194,7 +195,7 @@ def train_classifier(ds: D.Dataset, train_split: D.Split, std: float, cfg: Confi
     model = M.build("tanh_cnn", ds.shape, ds.num_classes, seed=cfg.seed, mean=mean, std=std).to(device())
     tc = TrainConfig(epochs=cfg.d_epochs, batch_size=cfg.d_batch_size, lr=cfg.d_lr, optimizer="sgd", momentum=0.0, seed=cfg.seed)
     loader = D.loader(train_split, cfg.d_batch_size, shuffle=True, seed=cfg.seed, with_index=True)
-    return train(model, loader, tc, max_batches=cfg.max_batches, desc="phase 1: D on clean data")
+    return train(model, loader, tc, max_batches=cfg.max_batches, desc="phase 1: D on clean data", cache_as="phase 1: D")
 
 
 def train_frozen(classifier: nn.Module, train_split: D.Split, test: tuple, eps: float, cfg: Config, desc: str = "") -> tuple[PerturbationGenerator, list[float]]:
@@ -204,15 +205,22 @@ def train_frozen(classifier: nn.Module, train_split: D.Split, test: tuple, eps: 
     opt = generator_optimizer(G, cfg.g_optimizer, cfg.g_lr)
     loader = D.loader(train_split, cfg.batch_size, shuffle=True, seed=cfg.seed)
     dev = device()
-    curve = [robust_accuracy(classifier, x_test, y_test, generator_attack, generator=G)]
-    for _ in progress(range(cfg.g_epochs), desc=desc or f"phase 2: G at eps {eps:.3f}"):
-        G.train()
-        for b, (x, y) in enumerate(loader):
-            if cfg.max_batches is not None and b >= cfg.max_batches:
-                break
-            generator_step(G, classifier, x.to(dev), y.to(dev), opt)
-        curve.append(robust_accuracy(classifier, x_test, y_test, generator_attack, generator=G))
-    return G.eval(), curve
+    desc = desc or f"phase 2: G at eps {eps:.3f}"
+
+    def fit() -> dict:
+        curve = [robust_accuracy(classifier, x_test, y_test, generator_attack, generator=G)]
+        for _ in progress(range(cfg.g_epochs), desc=desc):
+            G.train()
+            for b, (x, y) in enumerate(D.batches(loader, dev, on_device=Acceleration.gpu_fast(dev))):
+                if cfg.max_batches is not None and b >= cfg.max_batches:
+                    break
+                with training_precision(dev):
+                    generator_step(G, classifier, x, y, opt)
+            curve.append(robust_accuracy(classifier, x_test, y_test, generator_attack, generator=G))
+        return {"curve": curve}
+
+    record = cached(desc, {"G": G}, fit, key=(classifier, opt, loader, test, cfg.g_epochs, cfg.max_batches, eps))
+    return G.eval(), record["curve"]
 
 
 def train_alternating(classifier: nn.Module, train_split: D.Split, test: tuple, eps: float, cfg: Config) -> tuple[TrainResult, PerturbationGenerator]:
@@ -231,7 +239,8 @@ def train_alternating(classifier: nn.Module, train_split: D.Split, test: tuple, 
     start = {"epoch": 0, **record(-1, d)}
     tc = TrainConfig(epochs=cfg.alt_epochs, batch_size=cfg.batch_size, lr=cfg.alt_lr, optimizer="sgd", momentum=0.0, clean_weight=cfg.clean_weight, seed=cfg.seed)
     loader = D.loader(train_split, cfg.batch_size, shuffle=True, seed=cfg.seed, with_index=True)
-    result = train(d, loader, tc, source, on_epoch_end=record, max_batches=cfg.max_batches, desc=f"phase 3: D and G alternately, eps {eps:.3f}")
+    desc = f"phase 3: D and G alternately, eps {eps:.3f}"
+    result = train(d, loader, tc, source, on_epoch_end=record, max_batches=cfg.max_batches, desc=desc, cache_as=desc)
     result.history.insert(0, start)
     return result, G.eval()
 

@@ -27,6 +27,7 @@ import lib.data as D
 import lib.models as M
 from lib import attacks as A
 from lib.attacks import eval_mode
+from lib.cache import cached
 from lib.errors import require
 from lib.evaluate import (
     accuracy,
@@ -40,8 +41,16 @@ from lib.evaluate import (
     rho_stats,
 )
 from lib.report import comparison, widen
-from lib.runtime import device, progress, seed_everything
-from lib.train import AttackSource, Clean, GeneratorSource, TrainConfig, TrainResult, train
+from lib.runtime import Acceleration, device, progress, seed_everything
+from lib.train import (
+    AttackSource,
+    Clean,
+    GeneratorSource,
+    TrainConfig,
+    TrainResult,
+    train,
+    training_precision,
+)
 
 INPUTS = ("label", "image", "gradient")
 ATANH_CLAMP = 1 - 1e-6
@@ -153,18 +162,21 @@ def train_attacker(
     dev = next(classifier.parameters()).device
     opt = torch.optim.Adam(generator.parameters(), lr=lr, maximize=True)
     params = list(generator.parameters())
-    for _ in progress(range(epochs), desc=desc):
-        generator.train()
-        for b, (x, y) in enumerate(loader):
-            if max_batches is not None and b >= max_batches:
-                break
-            x, y = x.to(dev), y.to(dev)
-            with eval_mode(classifier):
-                x_adv = tanh_space(x, generator(gradient_image(classifier, x, y, reduction), x, y))
-                objective = F.cross_entropy(classifier(x_adv), y) - c_l * _squared_norm(x_adv, x)
-            opt.zero_grad(set_to_none=True)
-            objective.backward(inputs=params)
-            opt.step()
+
+    def fit() -> None:
+        for _ in progress(range(epochs), desc=desc):
+            generator.train()
+            for b, (x, y) in enumerate(D.batches(loader, dev, on_device=Acceleration.gpu_fast(dev))):
+                if max_batches is not None and b >= max_batches:
+                    break
+                with eval_mode(classifier), training_precision(dev):
+                    x_adv = tanh_space(x, generator(gradient_image(classifier, x, y, reduction), x, y))
+                    objective = F.cross_entropy(classifier(x_adv), y) - c_l * _squared_norm(x_adv, x)
+                opt.zero_grad(set_to_none=True)
+                objective.backward(inputs=params)
+                opt.step()
+
+    cached(desc, {"generator": generator}, fit, key=(classifier, loader, c_l, opt, epochs, reduction, max_batches))
     return generator.eval()
 
 
@@ -322,7 +334,8 @@ def train_defence(kind: str, value: float | None, data: Data, cfg: Config, use: 
     tc = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer="adam", clean_weight=cfg.clean_weight if kind != "Baseline" else 0.0,
                      ema_decay=cfg.ema_decay, seed=seed)
     loader = D.loader(data.train, cfg.batch_size, shuffle=True, seed=seed, with_index=True)
-    result = train(model, loader, tc, source, on_epoch_end=on_epoch_end, max_batches=cfg.max_batches, desc=desc or f"{kind} {value if value is not None else ''}")
+    desc = desc or f"{kind} {value if value is not None else ''}"
+    result = train(model, loader, tc, source, on_epoch_end=on_epoch_end, max_batches=cfg.max_batches, desc=desc, cache_as=f"{data.ds.name} {desc}")
     return result, source
 
 

@@ -102,8 +102,8 @@ def fit(arch: str, ds: D.Dataset, train_split: D.Split, val: D.Split, cfg: Confi
     stopper = EarlyStopping(*D.tensors(val), cfg.patience)
     tc = TrainConfig(epochs=cfg.max_epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, augment=augment)
     loader = D.loader(train_split, cfg.batch_size, shuffle=True, seed=cfg.seed, with_index=True)
-    result = train(model, loader, tc, on_epoch_end=stopper, max_batches=cfg.max_batches, desc=desc or arch)
-    return stopper.restore(model).eval(), result, stopper
+    result = train(model, loader, tc, on_epoch_end=stopper, max_batches=cfg.max_batches, desc=desc or arch, cache_as=desc or arch)
+    return model, result, stopper
 
 
 def adversarial_training_set(source: torch.nn.Module, train_split: D.Split, cfg: Config) -> D.Split:
@@ -144,7 +144,7 @@ def run_dataset(name: str, cfg: Config, data_dir) -> dict:
         "proposed": {a: fit(a, ds, augmented, val, cfg, cfg.augmentation(), f"{name} {a} proposed") for a in cfg.archs},
     }
     for variant, models in trained.items():
-        out[variant] = {a: {**evaluate(m, test, cfg), "epochs": len(tr.history), "best_epoch": es.best_epoch, "sec_per_epoch": tr.sec_per_epoch}
+        out[variant] = {a: {**evaluate(m, test, cfg), "epochs": len(tr.history), "best_epoch": tr.best_epoch, "sec_per_epoch": tr.sec_per_epoch}
                         for a, (m, tr, es) in models.items()}
     return out
 

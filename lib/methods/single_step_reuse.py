@@ -162,7 +162,8 @@ def train_defences(ds: D.Dataset, train_split: D.Split, eps: float, cfg: Config,
         model = M.build("mnist_cnn", ds.shape, ds.num_classes, seed=cfg.seed, width=cfg.model_width, hidden=cfg.model_hidden).to(device())
         source = make_source(defence, eps, len(train_split), ds.shape, ds.num_classes, cfg)
         loader = D.loader(train_split, cfg.batch_size, shuffle=True, seed=cfg.seed, with_index=True)
-        out[defence] = train(model, loader, cfg.train_config(), source, max_batches=cfg.max_batches, desc=f"{desc} {defence}")
+        out[defence] = train(model, loader, cfg.train_config(), source, max_batches=cfg.max_batches, desc=f"{desc} {defence}",
+                             cache_as=f"{desc} {defence}")
     return out
 
 

@@ -1,0 +1,251 @@
+"""Trained models as artefacts: each saved once under ``models/<stage>/``, keyed by what determines it.
+
+A stage's notebook opens a :class:`ModelStore` (the pipeline passes ``models/<stage>``); every
+training run wrapped in :func:`cached` (``lib.train.train(..., cache_as=name)`` does it) then
+either loads its entry or trains and saves one. The key is a hash of
+
+- the modules' initial weights and structure (so the seed, the architecture and, for a
+  fine-tuning, the model it starts from),
+- everything the run is given: training config, data tensors (so the dataset, split, subset and
+  seed), the perturbation source and its parameters, hooks and the values they capture,
+- the code that trains: the training loop's functions, the model and attack-step files, the
+  source of every ``lib`` function and class involved and of the function that set the training up.
+
+Editing a table, a figure, a claim or an evaluation changes none of these, so it never retrains.
+After a run, trained or loaded, the random number generators are reseeded from the key, so what
+follows draws the same numbers either way: a stage run from the cache gives exactly the metrics
+of the run that trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import inspect
+import json
+import re
+import time
+import types
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from lib import checkpoint
+from lib.errors import ConfigError
+from lib.runtime import REPO_ROOT, device_name, repo_relative, seed_everything
+
+FORMAT = 1  # bump when the file layout changes (old entries then miss)
+
+# Files whose every line can change what a training run produces, and the functions of the
+# training loop (by name: editing the rest of their modules, e.g. a progress message, retrains nothing).
+TRAINING_FILES = ("lib/augment.py", "lib/models", "lib/attacks/common.py", "lib/attacks/threat.py")
+TRAINING_FUNCTIONS = ("lib.train:_train", "lib.train:make_optimizer", "lib.train:_split_labels", "lib.train:_ema",
+                      "lib.train:training_precision", "lib.data:batches", "lib.runtime:seed_everything",
+                      "lib.runtime:Acceleration")
+
+
+@dataclasses.dataclass
+class ModelStore:
+    """Where trained models live; ``root=None`` keeps nothing (unit tests, smoke notebooks)."""
+
+    root: Path | None = None
+    retrain: bool = False
+
+    def path(self, name: str, key: str) -> Path:
+        slug = re.sub(r"[^A-Za-z0-9.]+", "-", name).strip("-").lower()[:60] or "model"
+        return Path(self.root) / f"{slug}-{key}.pt"
+
+
+_store = ModelStore()
+
+
+def open_store(root: str | Path | None, retrain: bool = False) -> ModelStore:
+    """Make ``root`` the store of every following :func:`cached` call (``None``: no cache)."""
+    global _store
+    _store = ModelStore(Path(root) if root is not None else None, retrain)
+    if _store.root is not None:
+        _store.root.mkdir(parents=True, exist_ok=True)
+        for leftover in _store.root.glob(".*.tmp"):  # a run killed while saving
+            leftover.unlink()
+    return _store
+
+
+def store() -> ModelStore:
+    """The store in use."""
+    return _store
+
+
+# --------------------------------------------------------------------------------------------------
+# The key
+
+
+class _Fingerprint:
+    """A sha256 over any mix of tensors, modules, configs, callables and plain values."""
+
+    def __init__(self):
+        self.h = hashlib.sha256()
+        self.seen: dict[int, object] = {}  # id -> object: holding it keeps its id from being reused
+
+    def text(self, s: str) -> None:
+        self.h.update(s.encode())
+        self.h.update(b"\0")
+
+    def add(self, obj) -> None:  # noqa: C901 - one case per kind of value, flat
+        if obj is None or isinstance(obj, (bool, int, float, str, bytes, torch.dtype, torch.device)):
+            self.text(f"{type(obj).__name__}:{obj!r}")
+            return
+        if id(obj) in self.seen:
+            self.text("<seen>")
+            return
+        self.seen[id(obj)] = obj
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu().contiguous()
+            self.text(f"tensor:{t.dtype}:{tuple(t.shape)}")
+            self.h.update((t.float() if t.dtype == torch.bfloat16 else t).numpy().tobytes())
+        elif isinstance(obj, nn.Module):
+            self.text(f"module:{repr(obj)}")
+            self._code(type(obj))
+            self.add({k: v for k, v in vars(obj).items() if not k.startswith("_") and k != "training"})
+            self.add(obj.state_dict())
+        elif isinstance(obj, torch.optim.Optimizer):
+            self.text(f"optimizer:{type(obj).__name__}")
+            self.add([{k: v for k, v in g.items() if k != "params"} for g in obj.param_groups])
+        elif isinstance(obj, torch.utils.data.DataLoader):
+            self.text(f"loader:{obj.batch_size}:{obj.drop_last}:{type(obj.sampler).__name__}")
+            self.add(obj.dataset)
+            self.add(obj.generator.initial_seed() if obj.generator is not None else None)
+        elif isinstance(obj, torch.utils.data.TensorDataset):
+            self.add(obj.tensors)
+        elif isinstance(obj, torch.Generator):
+            self.text(f"generator:{obj.initial_seed()}")
+        elif isinstance(obj, Mapping):
+            self.text(f"map:{len(obj)}")
+            for k in sorted(obj, key=repr):
+                self.add(k)
+                self.add(obj[k])
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            items = sorted(obj, key=repr) if isinstance(obj, (set, frozenset)) else obj
+            self.text(f"{type(obj).__name__}:{len(items)}")
+            for v in items:
+                self.add(v)
+        elif isinstance(obj, functools.partial):
+            self.text("partial")
+            self.add((obj.func, obj.args, obj.keywords))
+        elif isinstance(obj, types.MethodType):
+            self.add((obj.__func__, obj.__self__))
+        elif isinstance(obj, (types.FunctionType, types.BuiltinFunctionType, types.CodeType)):
+            self._code(obj)
+            cells = getattr(obj, "__closure__", None) or ()
+            self.add([c.cell_contents for c in cells])
+        elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            self._code(type(obj))
+            self.add({f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)})
+        elif isinstance(obj, type):
+            self._code(obj)
+        elif hasattr(obj, "__dict__"):
+            self._code(type(obj))
+            self.add(vars(obj))
+        else:
+            self.text(f"{type(obj).__qualname__}:{obj!r}")
+
+    def _code(self, obj) -> None:
+        """Name, and for the project's own code its source (for classes, along the MRO)."""
+        for item in (obj.__mro__ if isinstance(obj, type) else (obj,)):
+            module = getattr(item, "__module__", None) or getattr(inspect.getmodule(item), "__name__", "")
+            self.text(f"code:{module}:{getattr(item, '__qualname__', getattr(item, 'co_name', repr(item)))}")
+            if str(module).startswith("lib") or isinstance(item, types.CodeType):
+                try:
+                    self.text(inspect.getsource(item))
+                except (OSError, TypeError):
+                    pass
+
+    def hexdigest(self) -> str:
+        return self.h.hexdigest()
+
+
+@functools.cache
+def _training_code() -> str:
+    import importlib
+
+    h = hashlib.sha256()
+    for entry in TRAINING_FILES:
+        path = REPO_ROOT / entry
+        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            h.update(str(f.relative_to(REPO_ROOT)).encode())
+            h.update(f.read_bytes())
+    for entry in TRAINING_FUNCTIONS:
+        module, name = entry.split(":")
+        h.update(entry.encode())
+        h.update(inspect.getsource(getattr(importlib.import_module(module), name)).encode())
+    return h.hexdigest()
+
+
+def key_of(name: str, modules: Mapping[str, nn.Module], key=None, caller: types.CodeType | None = None) -> str:
+    """The cache key of a training run (24 hex digits)."""
+    fp = _Fingerprint()
+    fp.text(f"format:{FORMAT}:{name}:{_training_code()}")
+    fp.add(dict(modules))
+    fp.add(key)
+    if caller is not None:
+        fp.add(caller)
+    return fp.hexdigest()[:24]
+
+
+# --------------------------------------------------------------------------------------------------
+# Train or load
+
+
+def _save(path: Path, modules: Mapping[str, nn.Module], record: dict) -> None:
+    """One file per entry, written whole (a kill never leaves half of one under its name)."""
+    checkpoint.write({"format": FORMAT, "modules": {n: m.state_dict() for n, m in modules.items()}, "record": json.dumps(record)}, path)
+
+
+def _load(path: Path, modules: Mapping[str, nn.Module]) -> dict | None:
+    """The entry's record after loading its weights into ``modules``; None (and a message) if damaged."""
+    try:
+        blob = checkpoint.read(path, "retrain")
+        states = blob["modules"]
+        if blob.get("format") != FORMAT or set(states) != set(modules):
+            raise ValueError("layout")
+        for n, m in modules.items():
+            m.load_state_dict(states[n])
+        return json.loads(blob["record"])
+    except (ConfigError, KeyError, ValueError, TypeError, RuntimeError):
+        print(f"cache entry {repo_relative(path)} is corrupt or does not fit; retraining it")
+        path.unlink(missing_ok=True)
+        return None
+
+
+def cached(name: str, modules: Mapping[str, nn.Module], fit: Callable[[], dict | None], key=None,
+           caller: types.CodeType | None = None) -> dict:
+    """Train ``modules`` in place with ``fit()`` (returns a JSON-able record), or load them.
+
+    ``key``: everything besides the modules' initial state that determines the result.
+    ``caller``: the code that set the run up (default: the function calling this one).
+    Returns the record plus ``seconds`` (training wall time, from the run that trained) and
+    ``loaded`` (whether it came from the store).
+    """
+    caller = caller or inspect.currentframe().f_back.f_code
+    k = key_of(name, modules, key, caller)
+    st = store()
+    path = st.path(name, k) if st.root is not None else None
+    record = None
+    if path is not None and path.exists() and not st.retrain:
+        record = _load(path, modules)
+    if record is not None:
+        record["loaded"] = True
+        print(f"{name}: loaded (trained in {record['seconds']:.0f} s on {record['device']})")
+    else:
+        t0 = time.perf_counter()
+        record = dict(fit() or {})
+        record["seconds"] = time.perf_counter() - t0
+        record["device"] = device_name()
+        if path is not None:
+            _save(path, modules, record)
+        record["loaded"] = False
+        print(f"{name}: trained in {record['seconds']:.0f} s")
+    seed_everything(int(k[:8], 16))
+    return record

@@ -1,0 +1,70 @@
+"""A stage with its model store: the second run loads every model and gives exactly the same
+metrics; a run killed halfway keeps the models it finished and the next run loads them."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import yaml
+
+from lib.pipeline import run_stage
+from lib.runtime import REPO_ROOT
+
+STAGE = "p5_mnist_gan"
+
+
+def _metrics(root) -> dict:
+    blob = json.loads((root / STAGE / "metrics.json").read_text())
+    blob["meta"] = {k: v for k, v in blob["meta"].items() if k not in ("wall_time_s", "provenance")}
+    return blob
+
+
+def _outputs(root) -> str:
+    nb = json.loads((root / STAGE / f"{STAGE}.ipynb").read_text())
+    return "".join(o.get("text", "") if isinstance(o.get("text", ""), str) else "".join(o["text"])
+                   for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []))
+
+
+def test_a_stage_run_from_the_store_gives_exactly_the_metrics_of_the_run_that_trained(tmp_path):
+    t0 = time.perf_counter()
+    run_stage(STAGE, "smoke", results_root=tmp_path / "first" / "results", models_root=tmp_path / "models")
+    first = time.perf_counter() - t0
+    entries = sorted(p.name for p in (tmp_path / "models" / STAGE).iterdir())
+    t0 = time.perf_counter()
+    run_stage(STAGE, "smoke", results_root=tmp_path / "second" / "results", models_root=tmp_path / "models")
+    second = time.perf_counter() - t0
+    assert _metrics(tmp_path / "first" / "results") == _metrics(tmp_path / "second" / "results")
+    assert sorted(p.name for p in (tmp_path / "models" / STAGE).iterdir()) == entries  # nothing retrained
+    trained, loaded = _outputs(tmp_path / "first" / "results"), _outputs(tmp_path / "second" / "results")
+    assert "phase 1: D: trained in" in trained and "phase 1: D: loaded" in loaded and ": trained in" not in loaded
+    assert second < first
+
+
+def test_a_killed_run_keeps_the_models_it_finished_and_the_next_run_loads_them(tmp_path):
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["profile"] = "smoke"
+    params[STAGE]["smoke"]["g_epochs"] = 8  # time to stop it after phase 1, inside phase 2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    argv = [sys.executable, "-m", "lib.pipeline", STAGE, "--params", str(tmp_path / "params.yaml"), "--results", str(tmp_path / "results")]
+    store = tmp_path / "models" / STAGE
+    proc = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not list(store.glob("phase-1-d-*.pt")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the stage ended before phase 1 was stored"
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert not (tmp_path / "results" / STAGE).exists() and not list((tmp_path / "results").iterdir())  # nothing half-written
+    assert [p.name for p in store.iterdir() if p.name.startswith(".")] == []  # no half-written entry
+    finished = {p.name for p in store.iterdir()}
+    assert any(n.startswith("phase-1-d-") for n in finished)
+    done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    out = _outputs(tmp_path / "results")
+    assert "phase 1: D: loaded" in out
+    assert finished < {p.name for p in store.iterdir()}  # the rest were trained and stored
