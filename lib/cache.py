@@ -12,9 +12,10 @@ either loads its entry or trains and saves one. The key is a hash of
   source of every ``lib`` function and class involved and of the function that set the training up.
 
 Editing a table, a figure, a claim or an evaluation changes none of these, so it never retrains.
-After a run, trained or loaded, the random number generators are reseeded from the key, so what
-follows draws the same numbers either way: a stage run from the cache gives exactly the metrics
-of the run that trained.
+A run that does not seed itself (``seeded=False``) also keys on the random generators' state at its
+start. Each entry keeps the generators' state at the end of its training, and loading it restores
+that state, so what follows draws exactly the numbers it drew after training: a stage run from the
+store gives the metrics of the run that trained, which are those of the same code without a store.
 """
 
 from __future__ import annotations
@@ -24,27 +25,29 @@ import functools
 import hashlib
 import inspect
 import json
+import random
 import re
 import time
 import types
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from lib import checkpoint
 from lib.errors import ConfigError
-from lib.runtime import REPO_ROOT, device_name, repo_relative, seed_everything
+from lib.runtime import REPO_ROOT, device_name, repo_relative
 
-FORMAT = 1  # bump when the file layout changes (old entries then miss)
+FORMAT = 2  # bump when the file layout changes (old entries then miss)
 
 # Files whose every line can change what a training run produces, and the functions of the
 # training loop (by name: editing the rest of their modules, e.g. a progress message, retrains nothing).
 TRAINING_FILES = ("lib/augment.py", "lib/models", "lib/attacks/common.py", "lib/attacks/threat.py")
 TRAINING_FUNCTIONS = ("lib.train:_train", "lib.train:make_optimizer", "lib.train:_split_labels", "lib.train:_ema",
                       "lib.train:training_precision", "lib.data:batches", "lib.runtime:seed_everything",
-                      "lib.runtime:Acceleration")
+                      "lib.runtime:Acceleration", "lib.runtime:DryRun")
 
 
 @dataclasses.dataclass
@@ -65,6 +68,7 @@ _store = ModelStore()
 def open_store(root: str | Path | None, retrain: bool = False) -> ModelStore:
     """Make ``root`` the store of every following :func:`cached` call (``None``: no cache)."""
     global _store
+    _RUNS.clear()
     _store = ModelStore(Path(root) if root is not None else None, retrain)
     if _store.root is not None:
         _store.root.mkdir(parents=True, exist_ok=True)
@@ -183,15 +187,41 @@ def _training_code() -> str:
     return h.hexdigest()
 
 
-def key_of(name: str, modules: Mapping[str, nn.Module], key=None, caller: types.CodeType | None = None) -> str:
-    """The cache key of a training run (24 hex digits)."""
+def key_of(name: str, modules: Mapping[str, nn.Module], key=None, caller: types.CodeType | None = None,
+           seeded: bool = True) -> str:
+    """The cache key of a training run (24 hex digits); ``seeded=False`` adds the random state."""
     fp = _Fingerprint()
     fp.text(f"format:{FORMAT}:{name}:{_training_code()}")
     fp.add(dict(modules))
     fp.add(key)
     if caller is not None:
         fp.add(caller)
+    if not seeded:
+        fp.add(random_state())
     return fp.hexdigest()[:24]
+
+
+def random_state() -> dict:
+    """The state of python's, numpy's and torch's (CPU and CUDA) generators, as tensors and numbers."""
+    version, py_state, py_gauss = random.getstate()
+    _, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    return {
+        "python": [version, torch.tensor(py_state, dtype=torch.int64), py_gauss],
+        "numpy": [torch.from_numpy(np_keys.astype(np.int64)), int(np_pos), int(np_has_gauss), float(np_gauss)],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_random_state(state: dict) -> None:
+    """Restore what :func:`random_state` returned."""
+    version, py_state, py_gauss = state["python"]
+    random.setstate((version, tuple(py_state.tolist()), py_gauss))
+    np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
+    np.random.set_state(("MT19937", np_keys.numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -200,36 +230,47 @@ def key_of(name: str, modules: Mapping[str, nn.Module], key=None, caller: types.
 
 def _save(path: Path, modules: Mapping[str, nn.Module], record: dict) -> None:
     """One file per entry, written whole (a kill never leaves half of one under its name)."""
-    checkpoint.write({"format": FORMAT, "modules": {n: m.state_dict() for n, m in modules.items()}, "record": json.dumps(record)}, path)
+    checkpoint.write({"format": FORMAT, "modules": {n: m.state_dict() for n, m in modules.items()}, "record": json.dumps(record),
+                      "random_state": random_state()}, path)
 
 
 def _load(path: Path, modules: Mapping[str, nn.Module]) -> dict | None:
-    """The entry's record after loading its weights into ``modules``; None (and a message) if damaged."""
+    """The entry's record after loading its weights into ``modules`` and its random state; None
+    (and a message) if damaged."""
     try:
         blob = checkpoint.read(path, "retrain")
         states = blob["modules"]
         if blob.get("format") != FORMAT or set(states) != set(modules):
             raise ValueError("layout")
-        for n, m in modules.items():
-            m.load_state_dict(states[n])
-        return json.loads(blob["record"])
-    except (ConfigError, KeyError, ValueError, TypeError, RuntimeError):
+        saved = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in modules.items()}
+        try:
+            for n, m in modules.items():
+                m.load_state_dict(states[n])
+            record = json.loads(blob["record"])
+            set_random_state(blob["random_state"])
+        except BaseException:
+            for n, m in modules.items():  # never leave half an entry in the modules
+                m.load_state_dict(saved[n])
+            raise
+        return record
+    except (ConfigError, KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError):
         print(f"cache entry {repo_relative(path)} is corrupt or does not fit; retraining it")
         path.unlink(missing_ok=True)
         return None
 
 
 def cached(name: str, modules: Mapping[str, nn.Module], fit: Callable[[], dict | None], key=None,
-           caller: types.CodeType | None = None) -> dict:
+           caller: types.CodeType | None = None, seeded: bool = False) -> dict:
     """Train ``modules`` in place with ``fit()`` (returns a JSON-able record), or load them.
 
     ``key``: everything besides the modules' initial state that determines the result.
     ``caller``: the code that set the run up (default: the function calling this one).
+    ``seeded``: ``fit`` seeds the generators itself (else their state joins the key).
     Returns the record plus ``seconds`` (training wall time, from the run that trained) and
-    ``loaded`` (whether it came from the store).
+    ``loaded`` (whether it came from the store); every call is also listed in :func:`runs`.
     """
     caller = caller or inspect.currentframe().f_back.f_code
-    k = key_of(name, modules, key, caller)
+    k = key_of(name, modules, key, caller, seeded)
     st = store()
     path = st.path(name, k) if st.root is not None else None
     record = None
@@ -247,5 +288,13 @@ def cached(name: str, modules: Mapping[str, nn.Module], fit: Callable[[], dict |
             _save(path, modules, record)
         record["loaded"] = False
         print(f"{name}: trained in {record['seconds']:.0f} s")
-    seed_everything(int(k[:8], 16))
+    _RUNS.append({"name": name, "seconds": round(record["seconds"], 2), "loaded": record["loaded"], "device": record["device"]})
     return record
+
+
+_RUNS: list[dict] = []
+
+
+def runs() -> list[dict]:
+    """Every model trained or loaded since the store was opened: name, training seconds, loaded, device."""
+    return list(_RUNS)

@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lib.errors import ConfigError, require
-from lib.runtime import REPO_ROOT, repo_path, repo_relative
+from lib.runtime import REPO_ROOT, DryRun, repo_path, repo_relative
 
 DATA_DIR = REPO_ROOT / "data"
 RAW_DIR = DATA_DIR / "raw"
@@ -352,8 +352,10 @@ def examples(split: Split, n: int, seed: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 def tensors(split: Split, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Float images in [0, 1] and labels on ``device``."""
-    return as_float(split.x).to(device), split.y.to(device)
+    """Float images in [0, 1] and labels on ``device`` (the dry run: the first few only, see
+    :class:`lib.runtime.DryRun`)."""
+    n = DryRun.examples(len(split))
+    return as_float(split.x[:n]).to(device), split.y[:n].to(device)
 
 
 def loader(split: Split, batch_size: int, shuffle: bool, seed: int = 0, with_index: bool = False) -> DataLoader:

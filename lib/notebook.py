@@ -8,16 +8,18 @@ from pathlib import Path
 from lib.cache import open_store
 from lib.params import check_profile
 from lib.report import ResultsWriter, set_style
-from lib.runtime import Acceleration, device_name, metadata, repo_path, seed_everything
+from lib.runtime import Acceleration, DryRun, device_name, metadata, repo_path, seed_everything
 
 
 class StageRun:
     """One execution of a stage's notebook: results writer, seed, figure style, metadata."""
 
     def __init__(self, stage: str, profile: str, results_dir: str | Path, seed: int = 0,
-                 models_dir: str | Path | None = None, retrain: bool = False, deterministic: bool | None = None):
+                 models_dir: str | Path | None = None, retrain: bool = False, deterministic: bool | None = None,
+                 dry_run: bool = False):
         check_profile(profile)
         Acceleration.configure(profile, deterministic)
+        DryRun.configure(dry_run)
         self.models = open_store(repo_path(models_dir) if models_dir is not None else None, retrain)
         self.stage, self.profile, self.seed = stage, profile, seed
         self.started = time.time()
@@ -25,7 +27,8 @@ class StageRun:
         set_style()
         self.out = ResultsWriter(repo_path(results_dir))
         stored = "no model store" if models_dir is None else f"models in {models_dir}" + (" (retrain: store ignored)" if retrain else "")
-        print(f"{stage}: profile '{profile}' on {device_name()}; {stored}")
+        dry = "; DRY RUN: synthetic data, every loop cut short, numbers meaningless" if dry_run else ""
+        print(f"{stage}: profile '{profile}' on {device_name()}; {stored}{dry}")
 
     def meta(self, dataset: str, samples: dict) -> dict:
         """The metadata block (profile, dataset, samples, seed, device, torch, commit, wall time)."""
@@ -33,7 +36,7 @@ class StageRun:
 
     def subtitle(self, dataset: str) -> str:
         """A figure subtitle naming the profile and whether the run is reduced."""
-        tag = "paper setting" if self.profile == "paper" else "REDUCED"
+        tag = "DRY RUN" if DryRun.on else "paper setting" if self.profile == "paper" else "REDUCED"
         return f"{dataset}; profile {self.profile}, {tag}"
 
     def write_claims(self, text: str) -> str:

@@ -28,7 +28,7 @@ from lib.runtime import REPO_ROOT, repo_relative
 
 PROFILES = ("smoke", "cpu", "paper")
 PARAMS_FILE = REPO_ROOT / "params.yaml"
-INJECTED = ("profile", "results_dir", "data_dir", "models_dir")  # set by the pipeline, not by params.yaml
+INJECTED = ("profile", "results_dir", "data_dir", "models_dir", "dry_run")  # set by the pipeline, not by params.yaml
 RUN_SETTINGS = ("retrain", "deterministic")  # params.yaml keys that configure the run (lib.notebook.StageRun), not the method
 _BASES = {"int", "float", "str", "bool", "list", "dict", "None"}
 

@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -93,6 +94,24 @@ def _add_provenance(folder: Path, provenance: dict) -> None:
     tmp.replace(path)
 
 
+def _add_training(folder: Path, plan: dict, seconds: float) -> None:
+    """Complete ``training.json`` (the models the notebook trained or loaded) with the stage's
+    plan (:mod:`lib.plan`) and the run's wall time."""
+    path = folder / "training.json"
+    blob = json.loads(path.read_text()) if path.exists() else {"models": []}
+    blob = {"wall_time_s": round(seconds, 1), "training_s": round(sum(m["seconds"] for m in blob["models"] if not m["loaded"]), 1),
+            "plan": plan, **blob}
+    tmp = path.with_name(".training.json.tmp")
+    tmp.write_text(json.dumps(blob, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def stage_plan(stage: str, params: dict) -> dict:
+    from lib.plan import plan_stage
+
+    return plan_stage(stage, params).as_dict()
+
+
 def provenance(params: dict) -> dict:
     """Commit, dirty tree and its changed files, parameter hash and tool versions of a run."""
     return {**git_state(), "params_sha256": params_hash(params), "versions": versions()}
@@ -148,16 +167,32 @@ def _replace(final: Path, tmp: Path) -> None:
 
 
 def run_stage(stage: str, profile: str | None = None, results_root: Path = RESULTS,
-              params_file: Path = PARAMS_FILE, data_dir: Path = PREPARED, models_root: Path | None = None) -> Path:
+              params_file: Path = PARAMS_FILE, data_dir: Path = PREPARED, models_root: Path | None = None,
+              dry_run: bool = False, batch_size: int | None = None, examples: int = 256) -> Path:
     """Execute ``stage``'s notebook with its checked parameters; returns ``results_root/stage``.
 
     Trained models are stored in (and loaded from) ``models_root/stage``, by default the
     ``models`` folder beside ``results_root`` (so ``models/``); each is written whole the moment
     it is trained, so a stopped run resumes from the models it finished.
+    ``dry_run`` (see :mod:`lib.dryrun`): synthetic data of the real sizes, every loop cut short,
+    evaluation sets cut to ``examples`` (every batch size set to ``batch_size`` when given), into
+    ``build/dry-run/`` whatever the roots say.
     """
     models_root = Path(results_root).parent / "models" if models_root is None else models_root
     source = notebook_path(stage)
     params = check_parameters(stage, profile, declared_parameters(source), f"notebooks/{source.name}", params_file)
+    require(batch_size is None or dry_run, "--batch-size is for the dry run only (set batch sizes in params.yaml)")
+    planned = dict(params)  # the plan is of the profile's own settings, dry run or not
+    if dry_run:
+        from lib import dryrun
+
+        results_root, models_root = dryrun.ROOT / "results", dryrun.ROOT / "models"
+        shutil.rmtree(models_root / stage, ignore_errors=True)  # a dry run trains everything
+        data_dir = Path(dryrun.prepare(dryrun.datasets_of(params)))
+        changed = dryrun.overrides(params, examples, batch_size)
+        print(f"{stage}: dry run ({params['profile']} profile) on synthetic data; changed: "
+              + ", ".join(f"{k}={v}" for k, v in changed.items()), flush=True)
+        params.update(changed)
     run_provenance = provenance(params)
     import papermill as pm
 
@@ -166,7 +201,9 @@ def run_stage(stage: str, profile: str | None = None, results_root: Path = RESUL
     tmp = Path(results_root) / f".{stage}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    params.update(results_dir=repo_relative(tmp), data_dir=repo_relative(data_dir), models_dir=repo_relative(Path(models_root) / stage))
+    params.update(results_dir=repo_relative(tmp), data_dir=repo_relative(data_dir), models_dir=repo_relative(Path(models_root) / stage),
+                  dry_run=dry_run)
+    started = time.perf_counter()
     # kernels are started by name; make 'python' this interpreter (the project's environment)
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     try:
@@ -183,6 +220,7 @@ def run_stage(stage: str, profile: str | None = None, results_root: Path = RESUL
                 raise ConfigError(f"notebook {source.name} failed: {err.ename}: {err.evalue}") from None
             _finish_notebook(tmp / f"{stage}.ipynb", source, final)
             _add_provenance(tmp, run_provenance)
+            _add_training(tmp, stage_plan(stage, planned), time.perf_counter() - started)  # after the notebook checked the values
             _replace(final, tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -198,9 +236,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", type=Path, default=RESULTS, help="results root (default: results/)")
     ap.add_argument("--data", type=Path, default=PREPARED, help="prepared data folder (default: data/prepared)")
     ap.add_argument("--models", type=Path, default=None, help="model store root (default: models/ beside the results root)")
+    ap.add_argument("--dry-run", action="store_true", help="synthetic data of the real sizes, every loop cut short, into build/dry-run/")
+    ap.add_argument("--batch-size", type=int, default=None, help="dry run only: every batch size (a CPU-sized check of a GPU profile)")
+    ap.add_argument("--examples", type=int, default=256, help="dry run only: evaluation examples (default 256)")
     args = ap.parse_args(argv)
     try:
-        out = run_stage(args.stage, args.profile, args.results, args.params, args.data, args.models)
+        out = run_stage(args.stage, args.profile, args.results, args.params, args.data, args.models,
+                        args.dry_run, args.batch_size, args.examples)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

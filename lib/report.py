@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from lib.cache import runs  # noqa: E402
 from lib.runtime import attack_libraries  # noqa: E402
 
 PALETTE = "colorblind"
@@ -97,10 +98,13 @@ class ResultsWriter:
         return path
 
     def metrics(self, metrics: dict, meta: dict) -> dict:
-        """Write ``metrics.json`` = {"meta": meta + attack libraries used, **metrics} (NaN as null)."""
+        """Write ``metrics.json`` = {"meta": meta + attack libraries used, **metrics} (NaN as null),
+        and ``training.json``: every model the run trained or loaded, with its training wall time."""
         blob = {"meta": {**meta, "attack_libraries": attack_libraries()}, **metrics}
         text = json.dumps(_clean(blob), indent=2, sort_keys=False) + "\n"
         _atomic_write(self.root / "metrics.json", lambda p: p.write_text(text))
+        models = json.dumps({"models": runs()}, indent=2) + "\n"  # the pipeline adds the plan and the total
+        _atomic_write(self.root / "training.json", lambda p: p.write_text(models))
         return blob
 
 

@@ -50,6 +50,34 @@ class Acceleration:
         return cls.profile != "paper" if cls.deterministic is None else cls.deterministic
 
 
+class DryRun:
+    """The full-size dry run (``python -m lib.pipeline STAGE --dry-run``): the stage's whole code on
+    data of the real sizes, with every training run cut to ``epochs`` epochs of one batch and
+    every evaluation set to its first ``examples`` examples. Off (``on = False``) in every real run,
+    where nothing here changes anything."""
+
+    on: bool = False
+    epochs_cap: int = 2
+    examples_cap: int = 256
+
+    @classmethod
+    def configure(cls, on: bool, examples: int = 256) -> None:
+        cls.on, cls.examples_cap = on, examples
+
+    @classmethod
+    def epochs(cls, epochs: int) -> int:
+        return min(epochs, cls.epochs_cap) if cls.on else epochs
+
+    @classmethod
+    def batches(cls, max_batches: int | None) -> int | None:
+        """Batches per epoch: ``max_batches`` in a real run, one in the dry run."""
+        return 1 if cls.on else max_batches
+
+    @classmethod
+    def examples(cls, n: int) -> int:
+        return min(n, cls.examples_cap) if cls.on else n
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch; deterministic kernels (always on the CPU; see :class:`Acceleration`)."""
     random.seed(seed)

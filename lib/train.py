@@ -23,7 +23,7 @@ from lib.attacks.common import eval_mode, loss_grad
 from lib.cache import cached
 from lib.errors import require
 from lib.evaluate import accuracy
-from lib.runtime import Acceleration, progress, seed_everything, synchronize
+from lib.runtime import Acceleration, DryRun, progress, seed_everything, synchronize
 
 
 class Clean:
@@ -200,7 +200,7 @@ def train(
         return _train(model, loader, cfg, source, ema, on_epoch_end, max_batches, desc)
     modules = {"model": model, **({"ema": ema} if ema is not None else {}), **source_modules(source)}
     record = cached(cache_as, modules, lambda: {"history": _train(model, loader, cfg, source, ema, on_epoch_end, max_batches, desc).history},
-                    key=(cfg, loader, on_epoch_end, max_batches), caller=sys._getframe(1).f_code)
+                    key=(cfg, loader, on_epoch_end, max_batches), caller=sys._getframe(1).f_code, seeded=True)
     model.eval()
     return TrainResult(model, record["history"], ema, seconds=record["seconds"], loaded=record["loaded"])
 
@@ -228,7 +228,8 @@ def _train(model, loader, cfg: TrainConfig, source: Clean, ema, on_epoch_end, ma
         model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model.parameters(), cfg)
     result = TrainResult(model, ema=ema)
-    for epoch in progress(range(cfg.epochs), desc=desc):
+    max_batches = DryRun.batches(max_batches)
+    for epoch in progress(range(DryRun.epochs(cfg.epochs)), desc=desc):
         model.train()
         source.start_epoch(epoch)
         synchronize()

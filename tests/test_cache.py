@@ -129,3 +129,43 @@ def test_stale_temporary_files_are_removed_when_the_store_opens(tmp_path):
     cache.open_store(root)
     cache.open_store(None)
     assert not list(root.iterdir())
+
+
+def _generator_fit(store_draw: list):
+    """A fit that draws from the global generator without seeding itself (as the generator fits do)."""
+    net = torch.nn.Linear(2, 2)
+    net.weight.data.zero_()
+
+    def fit():
+        net.weight.data += torch.rand(2, 2)
+        store_draw.append(torch.rand(1))
+
+    cache.cached("unseeded", {"net": net}, fit, key="same")
+    return net, torch.rand(1)
+
+
+def test_an_unseeded_fit_keys_on_the_random_state_and_a_load_continues_its_draws(store):
+    torch.manual_seed(1)
+    a, after_a = _generator_fit([])
+    torch.manual_seed(1)
+    b, after_b = _generator_fit([])
+    torch.manual_seed(2)
+    c, _ = _generator_fit([])
+    assert len(list(store.root.glob("unseeded-*.pt"))) == 2  # seed 2 is another run, not a hit
+    assert torch.equal(a.weight, b.weight) and not torch.equal(a.weight, c.weight)
+    assert torch.equal(after_a, after_b)  # loading restored the state training had left
+    assert [r["loaded"] for r in cache.runs()] == [False, True, False] and cache.runs()[0]["name"] == "unseeded"
+
+
+def test_a_run_through_the_store_draws_what_the_same_code_without_one_draws(tmp_path):
+    cache.open_store(None)
+    torch.manual_seed(1)
+    _, plain = _generator_fit([])
+    cache.open_store(tmp_path / "models")
+    try:
+        for _ in range(2):  # trains, then loads
+            torch.manual_seed(1)
+            _, stored = _generator_fit([])
+            assert torch.equal(plain, stored)
+    finally:
+        cache.open_store(None)

@@ -76,20 +76,6 @@ def test_paper_profile_is_the_papers_setting():
     assert (cfg.d_epochs, cfg.g_epochs, cfg.g_optimizer, cfg.g_lr, cfg.batch_size) == (70, 200, "sgd", 0.01, 100)
 
 
-def test_paper_profile_code_path_one_batch_on_real_shaped_data(synthetic):
-    cfg = _config("paper", d_epochs=1, g_epochs=1, alt_epochs=1, max_batches=1, pgd_steps=2)
-    ds = synthetic("mnist", (1, 28, 28), cfg.batch_size)
-    r = p5.run(ds, ds.train, D.subset(ds.test, 20, 0), cfg)
-    assert set(r["frozen"]) == set(cfg.intensities) and all(len(c) == 2 for c in r["curves"].values())
-    long, wide = p5.table1(r["frozen"], r["clean_accuracy"], r["std"], cfg)
-    assert len(wide) == 1 + len(cfg.intensities) and {"paper", "ours", "delta"} <= set(long.columns)
-    assert len(p5.headline(r["frozen"], r["clean_accuracy"])) == 3
-    rob = p5.robustness_table(r["robust"], r["clean"])
-    assert len(rob) == 2 * len(cfg.intensities) and "PGD-2 %" in rob.columns
-    assert "Headline" in p5.claims(r, cfg)
-    assert set(p5.summary_metrics(r, cfg)["table1"]) == {"0.1", "0.3", "0.5", "0.7"}
-
-
 @pytest.mark.parametrize("bad", [
     dict(intensities=[-0.1]), dict(intensity_units="furlongs"), dict(alternating_intensities=[0.9]),
     dict(dataset="svhn"), dict(g_optimizer="rmsprop"), dict(g_epochs=0),

@@ -12,7 +12,7 @@ import time
 import yaml
 
 from lib.pipeline import run_stage
-from lib.runtime import REPO_ROOT
+from lib.runtime import REPO_ROOT, device_name
 
 STAGE = "p5_mnist_gan"
 
@@ -42,6 +42,28 @@ def test_a_stage_run_from_the_store_gives_exactly_the_metrics_of_the_run_that_tr
     trained, loaded = _outputs(tmp_path / "first" / "results"), _outputs(tmp_path / "second" / "results")
     assert "phase 1: D: trained in" in trained and "phase 1: D: loaded" in loaded and ": trained in" not in loaded
     assert second < first
+    _assert_matches_the_code_before_the_store(_metrics(tmp_path / "first" / "results"))
+
+
+def _flat(blob, prefix="") -> dict:
+    if isinstance(blob, dict):
+        return {k: v for key, val in blob.items() for k, v in _flat(val, f"{prefix}{key}/").items()}
+    if isinstance(blob, list):
+        return {k: v for i, val in enumerate(blob) for k, v in _flat(val, f"{prefix}{i}/").items()}
+    return {prefix: blob}
+
+
+def _assert_matches_the_code_before_the_store(metrics: dict) -> None:
+    """The model store, its random-state handling and the GPU path leave the CPU numbers as they
+    were: exactly on the CPU model that recorded them (65592d3), within float noise elsewhere."""
+    golden = json.loads((REPO_ROOT / "tests" / "golden" / "p5_mnist_gan_smoke_65592d3.json").read_text())
+    ours = {k: v for k, v in metrics.items() if k != "meta"}
+    if golden["device"] == device_name():
+        assert ours == golden["metrics"]
+    else:
+        a, b = _flat(ours), _flat(golden["metrics"])
+        assert a.keys() == b.keys()
+        assert all(x == y or abs(x - y) <= 0.03 for x, y in zip(a.values(), b.values()) if isinstance(x, float))
 
 
 def test_a_killed_run_keeps_the_models_it_finished_and_the_next_run_loads_them(tmp_path):

@@ -32,7 +32,7 @@ from lib.cache import cached
 from lib.errors import require
 from lib.evaluate import accuracy, adversarial_examples, predict, robust_accuracy
 from lib.report import comparison, widen
-from lib.runtime import Acceleration, device, progress, seed_everything
+from lib.runtime import Acceleration, DryRun, device, progress, seed_everything
 from lib.train import Clean, TrainConfig, TrainResult, train, training_precision
 
 # Table 1 of the paper: intensity -> (accuracy under one FGSM step, accuracy under G), D trained 70 epochs.
@@ -209,10 +209,11 @@ def train_frozen(classifier: nn.Module, train_split: D.Split, test: tuple, eps: 
 
     def fit() -> dict:
         curve = [robust_accuracy(classifier, x_test, y_test, generator_attack, generator=G)]
-        for _ in progress(range(cfg.g_epochs), desc=desc):
+        cap = DryRun.batches(cfg.max_batches)
+        for _ in progress(range(DryRun.epochs(cfg.g_epochs)), desc=desc):
             G.train()
             for b, (x, y) in enumerate(D.batches(loader, dev, on_device=Acceleration.gpu_fast(dev))):
-                if cfg.max_batches is not None and b >= cfg.max_batches:
+                if cap is not None and b >= cap:
                     break
                 with training_precision(dev):
                     generator_step(G, classifier, x, y, opt)

@@ -41,7 +41,7 @@ from lib.evaluate import (
     rho_stats,
 )
 from lib.report import comparison, widen
-from lib.runtime import Acceleration, device, progress, seed_everything
+from lib.runtime import Acceleration, DryRun, device, progress, seed_everything
 from lib.train import (
     AttackSource,
     Clean,
@@ -164,10 +164,11 @@ def train_attacker(
     params = list(generator.parameters())
 
     def fit() -> None:
-        for _ in progress(range(epochs), desc=desc):
+        cap = DryRun.batches(max_batches)
+        for _ in progress(range(DryRun.epochs(epochs)), desc=desc):
             generator.train()
             for b, (x, y) in enumerate(D.batches(loader, dev, on_device=Acceleration.gpu_fast(dev))):
-                if max_batches is not None and b >= max_batches:
+                if cap is not None and b >= cap:
                     break
                 with eval_mode(classifier), training_precision(dev):
                     x_adv = tanh_space(x, generator(gradient_image(classifier, x, y, reduction), x, y))
