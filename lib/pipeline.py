@@ -83,15 +83,19 @@ def _finish_notebook(ipynb: Path, source: Path, final: Path) -> None:
     ipynb.with_suffix(".html").write_text(body, encoding="utf-8")
 
 
+def _write_json(path: Path, blob: dict) -> None:
+    """Replace ``path`` with ``blob`` in one rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(blob, indent=2) + "\n")
+    tmp.replace(path)
+
+
 def _add_provenance(folder: Path, provenance: dict) -> None:
     """Put the run's provenance into the metadata block of the ``metrics.json`` it wrote."""
     path = folder / "metrics.json"
     require(path.exists(), f"the notebook wrote no metrics.json into {repo_relative(folder)}")
     blob = json.loads(path.read_text())
-    blob["meta"] = {**blob.get("meta", {}), "provenance": provenance}
-    tmp = path.with_name(".metrics.json.tmp")
-    tmp.write_text(json.dumps(blob, indent=2) + "\n")
-    tmp.replace(path)
+    _write_json(path, {**blob, "meta": {**blob.get("meta", {}), "provenance": provenance}})
 
 
 def _add_training(folder: Path, plan: dict, seconds: float) -> None:
@@ -99,11 +103,8 @@ def _add_training(folder: Path, plan: dict, seconds: float) -> None:
     plan (:mod:`lib.plan`) and the run's wall time."""
     path = folder / "training.json"
     blob = json.loads(path.read_text()) if path.exists() else {"models": []}
-    blob = {"wall_time_s": round(seconds, 1), "training_s": round(sum(m["seconds"] for m in blob["models"] if not m["loaded"]), 1),
-            "plan": plan, **blob}
-    tmp = path.with_name(".training.json.tmp")
-    tmp.write_text(json.dumps(blob, indent=2) + "\n")
-    tmp.replace(path)
+    trained_s = sum(m["seconds"] for m in blob["models"] if not m["loaded"])
+    _write_json(path, {"wall_time_s": round(seconds, 1), "training_s": round(trained_s, 1), "plan": plan, **blob})
 
 
 def stage_plan(stage: str, params: dict) -> dict:

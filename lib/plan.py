@@ -26,7 +26,7 @@ from lib import dryrun
 from lib.errors import ConfigError
 from lib.params import PARAMS_FILE, check_parameters, declared_parameters
 
-IMAGE_SIZES = {name: (n_train, n_test, shape, classes) for name, (n_train, n_test, shape, classes) in dryrun.SIZES.items()}
+IMAGE_SIZES = dryrun.SIZES  # train, test, shape, classes of every dataset at its real size
 
 
 @dataclass(frozen=True)
