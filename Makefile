@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup system-deps repro test lint bench clean-env
+.PHONY: setup system-deps repro test lint bench dry-run clean-env
 
 setup: $(STAMP)
 
@@ -43,6 +43,12 @@ lint: setup
 
 bench: setup
 	$(PYTHON) -m lib.bench
+
+# The paper profile of every stage end to end on full-size synthetic data, loops cut short, into
+# build/dry-run/ (see README). On a CPU, cut the batch sizes too: make dry-run BATCH=16
+STAGES := p1_conv_generator_ensemble p2_pgn p3_single_step_reuse p4_resnet_transfer_augmentation p5_mnist_gan compare
+dry-run: setup
+	@for s in $(STAGES); do $(PYTHON) -m lib.pipeline $$s --profile paper --dry-run $(if $(BATCH),--batch-size $(BATCH)) || exit 1; done
 
 clean-env:
 	rm -rf $(VENV)

@@ -1,13 +1,24 @@
-"""``make bench``: our attacks vs foolbox on the same trained model and batch (time and strength).
+"""``make bench`` (``python -m lib.bench [attacks] [throughput] [store] [--profile P] [--stage S]``).
 
-Writes ``results/bench/attacks.csv`` and ``.md``. Timings are wall-clock seconds on the machine
-named in the file, best of ``repeats`` runs.
+- ``attacks``: our attacks vs foolbox on the same trained model and batch (time and strength);
+- ``throughput``: clean-training images/s of every model a profile trains, at its batch size,
+  through the real training loop (on CUDA also with the GPU path of
+  :class:`lib.runtime.Acceleration` switched off, and the speed-up);
+- ``store``: a stage run twice into a scratch model store: the first run trains, the second loads
+  every model; wall times, their ratio and whether the metrics are identical.
+
+Writes ``results/bench/tables/{attacks,throughput,store}.csv`` and ``.md``. Timings are wall-clock
+seconds on the machine named in each caption; attacks: best of ``repeats`` runs.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import shutil
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -15,10 +26,14 @@ import torch
 import lib.attacks as A
 import lib.data as D
 import lib.models as M
+from lib import plan as P
 from lib.crosscheck import foolbox_attack
 from lib.report import ResultsWriter
-from lib.runtime import REPO_ROOT, device, device_name, seed_everything
+from lib.runtime import REPO_ROOT, Acceleration, device, device_name, seed_everything, synchronize
 from lib.train import TrainConfig, train
+
+OUT = REPO_ROOT / "results" / "bench"
+SCRATCH = REPO_ROOT / "build" / "bench"
 
 CASES = [  # (row label, our attack, its params, foolbox name, minimal-perturbation attack?)
     ("FGSM Linf eps .1", A.fgsm, dict(eps=0.1), "fgsm", False),
@@ -71,14 +86,111 @@ def run(n: int = 300, repeats: int = 2, width: int = 16) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def main() -> int:
+def _machine() -> str:
+    return f"{device_name()}, torch {torch.__version__}"
+
+
+def attacks() -> pd.DataFrame:
     df = run()
-    machine = f"{device_name()}, torch {torch.__version__}"
     caption = (f"Attack benchmark, ours vs foolbox 3.3.4, same trained MnistCNN (width 16) and batch of 300 mnist5k test digits; "
-               f"best of 2 wall-clock runs on {machine}. Accuracy after the attack (lower = stronger); mean L2 over "
+               f"best of 2 wall-clock runs on {_machine()}. Accuracy after the attack (lower = stronger); mean L2 over "
                "successful examples (lower = stronger for minimal attacks; DeepFool/C&W run on correctly classified digits).")
-    ResultsWriter(REPO_ROOT / "results" / "bench").table("attacks", df, caption)
-    print(df.to_string(index=False))
+    return ResultsWriter(OUT).table("attacks", df, caption)
+
+
+# --------------------------------------------------------------------------------------------------
+# Training throughput
+
+
+def training_throughput(model: P.Model, batch_size: int, batches: int = 3, fast: bool = True) -> float:
+    """Images/s of clean training of ``model`` at ``batch_size`` through :func:`lib.train.train`
+    (one warm-up batch, then ``batches`` timed), with the GPU path on (``fast``) or off."""
+    n = batch_size * batches
+    split = D.Split(torch.randint(0, 256, (n, *model.shape), dtype=torch.uint8), torch.arange(n) % model.classes)
+    net = P.build(model)
+    was = Acceleration.fast
+    Acceleration.fast = fast
+    try:
+        cfg = TrainConfig(epochs=1, batch_size=batch_size)
+        train(net, D.loader(split, batch_size, shuffle=False, with_index=True), cfg, max_batches=1, desc="warm-up")
+        synchronize()
+        t0 = time.perf_counter()
+        train(net, D.loader(split, batch_size, shuffle=True, with_index=True), cfg, desc="timed")
+        synchronize()
+        return n / (time.perf_counter() - t0)
+    finally:
+        Acceleration.fast = was
+
+
+def throughput(profile: str) -> pd.DataFrame:
+    """Clean-training throughput of every (model, batch size) the ``profile``'s stages train."""
+    kinds: dict[tuple, list[str]] = {}
+    for plan in P.plans(profile):
+        for m in plan.models:
+            kinds.setdefault((m.model, m.batch_size), []).append(plan.stage)
+    gpu = device().type == "cuda"
+    rows = []
+    for (model, batch), stages in kinds.items():
+        fast = training_throughput(model, batch)
+        row = {"model": model.label(), "batch": batch, "stages": ", ".join(sorted(set(stages))), "images/s": fast}
+        if gpu:
+            row["images/s, GPU path off"] = slow = training_throughput(model, batch, fast=False)
+            row["speed-up"] = fast / slow
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    off = ("; 'GPU path off' = same code without bf16 autocast, channels-last and on-device data" if gpu
+           else " (CPU: the GPU path changes nothing here, so there is no on/off comparison)")
+    caption = (f"Clean-training throughput, profile '{profile}', every model at its batch size, through lib.train.train on "
+               f"synthetic images of the model's input shape; 1 warm-up + 3 timed batches on {_machine()}{off}.")
+    return ResultsWriter(OUT).table(f"throughput_{profile}", df, caption)
+
+
+# --------------------------------------------------------------------------------------------------
+# The model store's second run
+
+
+def _numbers(results: Path) -> dict:
+    """A stage's metrics without its run's own facts (wall time, date, commit)."""
+    metrics = json.loads((results / "metrics.json").read_text())
+    metrics.pop("meta", None), metrics.pop("provenance", None)
+    return metrics
+
+
+def store_speedup(stage: str, profile: str) -> pd.DataFrame:
+    """``stage`` run twice into a fresh scratch store: wall times, ratio, identical metrics?"""
+    from lib.pipeline import run_stage
+
+    results_root, models_root = SCRATCH / "results", SCRATCH / "models"
+    shutil.rmtree(models_root / stage, ignore_errors=True)
+    walls, numbers = [], []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        out = run_stage(stage, profile, results_root=results_root, models_root=models_root)
+        walls.append(time.perf_counter() - t0)
+        numbers.append(_numbers(out))
+    df = pd.DataFrame([{"stage": stage, "profile": profile, "first run (trains) s": walls[0], "second run (loads) s": walls[1],
+                        "speed-up": walls[0] / walls[1], "metrics identical": numbers[0] == numbers[1]}])
+    caption = (f"Model store: {stage} ({profile} profile) run twice with `python -m lib.pipeline` into a fresh store under "
+               f"build/bench; the first run trains every model, the second loads them all. Wall time of the whole stage "
+               f"(notebook start to results written) on {_machine()}.")
+    return ResultsWriter(OUT).table(f"store_{stage}_{profile}", df, caption)
+
+
+PARTS = ("attacks", "throughput", "store")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("parts", nargs="*", help=f"any of {', '.join(PARTS)} (default: all)")
+    ap.add_argument("--profile", default="cpu", help="throughput and store: the profile (default cpu)")
+    ap.add_argument("--stage", default="p5_mnist_gan", help="store: the stage run twice (default p5_mnist_gan)")
+    args = ap.parse_args(argv)
+    if unknown := set(args.parts) - set(PARTS):
+        ap.error(f"unknown part(s) {', '.join(sorted(unknown))}; parts: {', '.join(PARTS)}")
+    for part in args.parts or PARTS:
+        df = {"attacks": attacks, "throughput": lambda: throughput(args.profile),
+              "store": lambda: store_speedup(args.stage, args.profile)}[part]()
+        print(f"\n{part}:\n{df.to_string(index=False)}", flush=True)
     return 0
 
 

@@ -108,7 +108,7 @@ class _Fingerprint:
         if isinstance(obj, torch.Tensor):
             t = obj.detach().cpu().contiguous()
             self.text(f"tensor:{t.dtype}:{tuple(t.shape)}")
-            self.h.update((t.float() if t.dtype == torch.bfloat16 else t).numpy().tobytes())
+            self.h.update(memoryview((t.float() if t.dtype == torch.bfloat16 else t).numpy()).cast("B"))  # no copy
         elif isinstance(obj, nn.Module):
             self.text(f"module:{repr(obj)}")
             self._code(type(obj))

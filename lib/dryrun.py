@@ -5,10 +5,10 @@
 
 - data: random images of each dataset's real shape and size (:data:`SIZES`), written once into
   ``build/dry-run/data`` (uint8, balanced labels; what a model learns from them means nothing);
-- training: every run cut to two epochs of one batch (:class:`lib.runtime.DryRun`);
-- evaluation: every evaluation set cut to its first ``examples`` examples, the evaluation attacks'
-  iterations to two, curves over iterations to two points (:func:`overrides`); training-time
-  attacks keep their steps;
+- training: every run cut to two epochs of one batch; every iterative attack, training-time and
+  evaluation, cut to two iterations (:class:`lib.runtime.DryRun`);
+- evaluation: every evaluation set cut to its first 64 examples, PGD to one restart, curves over
+  iterations to two points, timing runs to one batch (:func:`overrides`);
 - output: ``build/dry-run/results/<stage>`` and a fresh model store ``build/dry-run/models/<stage>``,
   never ``results/`` or ``models/``.
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from lib import data as D
-from lib.runtime import REPO_ROOT
+from lib.runtime import REPO_ROOT, DryRun
 
 ROOT = REPO_ROOT / "build" / "dry-run"
 
@@ -32,9 +32,9 @@ SIZES = {
     "cats_vs_dogs": (3_680, 3_669, (3, D.CATS_VS_DOGS_SIZE, D.CATS_VS_DOGS_SIZE), 2),
 }
 
-EVALUATION_STEPS = ("pgd_steps", "mim_steps", "df_steps", "cw_steps", "eval_steps", "attack_pgd_steps")
 EVALUATION_SIZES = ("n_rho", "n_foolbox", "track_n")
-STEPS = 2
+CUTS = (f"{DryRun.epochs_cap} epochs of 1 batch per model, {DryRun.iterations_cap} iterations per attack, "
+        f"{DryRun.examples_cap} examples per evaluation set")
 
 
 def synthetic(name: str, seed: int = 0) -> D.Dataset:
@@ -64,23 +64,20 @@ def prepare(names: list[str], folder=ROOT / "data") -> str:
     return str(folder)
 
 
-def overrides(params: dict, examples: int, batch_size: int | None = None) -> dict:
-    """The parameters the dry run changes: evaluation attacks' iterations and sizes (and, when
-    given, every batch size, for a CPU-sized check of a GPU profile)."""
+def overrides(params: dict, batch_size: int | None = None) -> dict:
+    """The parameters the dry run changes beyond :class:`lib.runtime.DryRun`'s cuts: evaluation
+    sizes, restarts, curve points, timing batches (and, when given, every batch size, for a
+    CPU-sized check of a GPU profile)."""
     out = {}
     for key, value in params.items():
-        if key in EVALUATION_STEPS and isinstance(value, int):
-            out[key] = min(value, STEPS)
-        elif key == "bim_iterations":  # p3's BIM-N curve: one attack per N
-            out[key] = list(value)[:STEPS]
-        elif key == "cw_binary_steps":
-            out[key] = 1
+        if key == "bim_iterations":  # p3's BIM-N curve: one attack per N
+            out[key] = list(value)[: DryRun.iterations_cap]
         elif key == "pgd_restarts":
             out[key] = 1
         elif key == "timing_batches":
             out[key] = 1
         elif key in EVALUATION_SIZES and isinstance(value, int):
-            out[key] = min(value, examples)
+            out[key] = min(value, DryRun.examples_cap)
         elif batch_size is not None and key.endswith("batch_size"):
             out[key] = batch_size
     return out

@@ -169,15 +169,15 @@ def _replace(final: Path, tmp: Path) -> None:
 
 def run_stage(stage: str, profile: str | None = None, results_root: Path = RESULTS,
               params_file: Path = PARAMS_FILE, data_dir: Path = PREPARED, models_root: Path | None = None,
-              dry_run: bool = False, batch_size: int | None = None, examples: int = 256) -> Path:
+              dry_run: bool = False, batch_size: int | None = None) -> Path:
     """Execute ``stage``'s notebook with its checked parameters; returns ``results_root/stage``.
 
     Trained models are stored in (and loaded from) ``models_root/stage``, by default the
     ``models`` folder beside ``results_root`` (so ``models/``); each is written whole the moment
     it is trained, so a stopped run resumes from the models it finished.
-    ``dry_run`` (see :mod:`lib.dryrun`): synthetic data of the real sizes, every loop cut short,
-    evaluation sets cut to ``examples`` (every batch size set to ``batch_size`` when given), into
-    ``build/dry-run/`` whatever the roots say.
+    ``dry_run`` (see :mod:`lib.dryrun`): synthetic data of the real sizes, every loop cut short
+    (every batch size set to ``batch_size`` when given), into ``build/dry-run/`` whatever the
+    roots say.
     """
     models_root = Path(results_root).parent / "models" if models_root is None else models_root
     source = notebook_path(stage)
@@ -190,8 +190,8 @@ def run_stage(stage: str, profile: str | None = None, results_root: Path = RESUL
         results_root, models_root = dryrun.ROOT / "results", dryrun.ROOT / "models"
         shutil.rmtree(models_root / stage, ignore_errors=True)  # a dry run trains everything
         data_dir = Path(dryrun.prepare(dryrun.datasets_of(params)))
-        changed = dryrun.overrides(params, examples, batch_size)
-        print(f"{stage}: dry run ({params['profile']} profile) on synthetic data; changed: "
+        changed = dryrun.overrides(params, batch_size)
+        print(f"{stage}: dry run ({params['profile']} profile) on synthetic data; {dryrun.CUTS}; changed: "
               + ", ".join(f"{k}={v}" for k, v in changed.items()), flush=True)
         params.update(changed)
     run_provenance = provenance(params)
@@ -239,11 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", type=Path, default=None, help="model store root (default: models/ beside the results root)")
     ap.add_argument("--dry-run", action="store_true", help="synthetic data of the real sizes, every loop cut short, into build/dry-run/")
     ap.add_argument("--batch-size", type=int, default=None, help="dry run only: every batch size (a CPU-sized check of a GPU profile)")
-    ap.add_argument("--examples", type=int, default=256, help="dry run only: evaluation examples (default 256)")
     args = ap.parse_args(argv)
     try:
         out = run_stage(args.stage, args.profile, args.results, args.params, args.data, args.models,
-                        args.dry_run, args.batch_size, args.examples)
+                        args.dry_run, args.batch_size)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

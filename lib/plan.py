@@ -207,21 +207,41 @@ def plan_stage(stage: str, params: dict) -> StagePlan:
     return PLANS[stage](params)
 
 
+def plans(profile: str | None, stages: list[str] | None = None, params_file=PARAMS_FILE) -> list[StagePlan]:
+    """The plans of ``stages`` (default: all) under ``profile`` (default: the parameters file's)."""
+    from lib.pipeline import notebook_path
+
+    out = []
+    for stage in stages or list(PLANS):
+        if stage not in PLANS:
+            raise ConfigError(f"no plan for stage '{stage}'; stages: {', '.join(PLANS)}")
+        source = notebook_path(stage)
+        out.append(plan_stage(stage, check_parameters(stage, profile, declared_parameters(source), f"notebooks/{source.name}", params_file)))
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # The throughput probe
+
+
+def build(model: Model) -> torch.nn.Module:
+    """The network ``model`` describes, on this machine's device."""
+    import lib.models as M
+    from lib.runtime import device
+
+    options = dict(model.options)
+    if model.arch == "tanh_cnn":
+        options |= {"mean": 0.13, "std": 0.31}
+    return M.build(model.arch, model.shape, model.classes, **options).to(device())
 
 
 def probe(model: Model, batch_size: int, batches: int = 2) -> float:
     """Training images/s of ``model`` on this device: one warm-up batch, then ``batches`` timed ones
     (batch capped at 32 on a CPU, where images/s hardly depends on it)."""
-    import lib.models as M
     from lib.runtime import device, synchronize
 
     dev = device()
-    options = dict(model.options)
-    if model.arch == "tanh_cnn":
-        options |= {"mean": 0.13, "std": 0.31}
-    net = M.build(model.arch, model.shape, model.classes, **options).to(dev).train()
+    net = build(model).train()
     b = batch_size if dev.type == "cuda" else min(batch_size, 32)
     x = torch.rand(b, *model.shape, device=dev)
     y = torch.randint(0, model.classes, (b,), device=dev)
@@ -249,42 +269,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the plan as JSON")
     ap.add_argument("--no-probe", action="store_true", help="skip the throughput probe (no ETA)")
     args = ap.parse_args(argv)
-    from lib.pipeline import notebook_path
     from lib.runtime import device_name
 
     try:
-        chosen = args.stages or list(PLANS)
-        plans = []
-        for stage in chosen:
-            if stage not in PLANS:
-                raise ConfigError(f"no plan for stage '{stage}'; stages: {', '.join(PLANS)}")
-            source = notebook_path(stage)
-            params = check_parameters(stage, args.profile, declared_parameters(source), f"notebooks/{source.name}", args.params)
-            plans.append(plan_stage(stage, params))
+        stage_plans = plans(args.profile, args.stages, args.params)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     throughput = {}
     if not args.no_probe:
-        for plan in plans:
+        for plan in stage_plans:
             for m in plan.models:
                 if m.model not in throughput:
                     throughput[m.model] = probe(m.model, m.batch_size)
     out = {"device": device_name(), "stages": []}
-    for plan in plans:
+    for plan in stage_plans:
         blob = plan.as_dict()
         if throughput:
             blob["eta_s"] = round(plan.eta_s(throughput), 1)
         out["stages"].append(blob)
-    out["clean_epoch_units"] = round(sum(p.units for p in plans), 1)
+    out["clean_epoch_units"] = round(sum(p.units for p in stage_plans), 1)
     if throughput:
         out["throughput_images_per_s"] = {m.label(): round(v, 1) for m, v in throughput.items()}
-        out["eta_s"] = round(sum(p.eta_s(throughput) for p in plans), 1)
+        out["eta_s"] = round(sum(p.eta_s(throughput) for p in stage_plans), 1)
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
     print(f"device: {out['device']}")
-    for plan, blob in zip(plans, out["stages"]):
+    for plan, blob in zip(stage_plans, out["stages"]):
         eta = f", ETA {_hours(blob['eta_s'])}" if "eta_s" in blob else ""
         print(f"\n{plan.stage} ({plan.profile}): {len(plan.models)} models, {plan.units:g} clean-epoch units "
               f"(1 unit = one clean epoch over {plan.train_examples:,} examples){eta}")

@@ -52,17 +52,19 @@ class Acceleration:
 
 class DryRun:
     """The full-size dry run (``python -m lib.pipeline STAGE --dry-run``): the stage's whole code on
-    data of the real sizes, with every training run cut to ``epochs`` epochs of one batch and
-    every evaluation set to its first ``examples`` examples. Off (``on = False``) in every real run,
+    data of the real sizes, with every training run cut to ``epochs`` epochs of one batch, every
+    iterative attack (training-time and evaluation) to ``iterations_cap`` iterations and every
+    evaluation set to its first ``examples`` examples. Off (``on = False``) in every real run,
     where nothing here changes anything."""
 
     on: bool = False
     epochs_cap: int = 2
-    examples_cap: int = 256
+    iterations_cap: int = 2
+    examples_cap: int = 64
 
     @classmethod
-    def configure(cls, on: bool, examples: int = 256) -> None:
-        cls.on, cls.examples_cap = on, examples
+    def configure(cls, on: bool) -> None:
+        cls.on = on
 
     @classmethod
     def epochs(cls, epochs: int) -> int:
@@ -72,6 +74,11 @@ class DryRun:
     def batches(cls, max_batches: int | None) -> int | None:
         """Batches per epoch: ``max_batches`` in a real run, one in the dry run."""
         return 1 if cls.on else max_batches
+
+    @classmethod
+    def iterations(cls, steps: int) -> int:
+        """An iterative attack's iterations (or search steps): ``steps``, at most two in the dry run."""
+        return min(steps, cls.iterations_cap) if cls.on else steps
 
     @classmethod
     def examples(cls, n: int) -> int:

@@ -87,18 +87,6 @@ def test_paper_profile_is_the_papers_setting():
     assert max(cfg.eval_eps) == 0.5
 
 
-def test_paper_profile_code_path_one_batch_on_cifar_shaped_data(synthetic):
-    cfg = _config("paper", base_epochs=1, epochs=1, max_batches=1, batch_size=16, minmax_steps=2, eval_steps=2, eval_eps=[0.0, 0.5],
-                  timing_batches=1, timing_k=32, timing_minmax_steps=2, n_examples=2)
-    ds = synthetic("cifar10", (3, 32, 32), 64)
-    r = p1.run(ds, ds.train, D.subset(ds.test, 8, 0), cfg)
-    assert r["ensemble"].k == 32 and set(r["results"]) == set(p1.MODELS)
-    t1 = p1.table1(r["per_batch"], r["trained"], r["batches_per_epoch"], cfg)
-    assert {"paper", "ours", "delta"} <= set(t1.columns) and (t1["metric"] == "ratio").sum() == 1
-    assert "Cost" in p1.claims(r["results"], r["per_batch"], cfg)
-    p1.figure2(r["ensemble"], D.examples(ds.test, 2, 0)[0], 3, "test")
-
-
 @pytest.mark.parametrize("bad", [dict(s=-0.1), dict(assignment="some"), dict(k=0), dict(dataset="svhn"), dict(eval_eps=[-1.0])])
 def test_bad_config_is_rejected(bad):
     with pytest.raises(ConfigError):

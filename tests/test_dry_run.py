@@ -1,10 +1,10 @@
 """The full-size dry run: a stage's `paper` notebook end to end on synthetic data of the real
 sizes, loops cut short, into build/dry-run/ (never results/); it trains exactly the planned models.
 
-STAGES: p5 runs here at the paper's own batch sizes (about 30 s). The other stages' dry runs
-passed by hand (p1, p2) but take 5-10 minutes each on a 2-core CPU even at batch 16, beyond the
-test budget; until they are made faster (#15), their one-batch paper-profile tests stay in their
-method test files."""
+STAGES: the stages whose dry run fits the test budget on a 2-core CPU, p3 and p5 at the paper's
+batch sizes, p1 and compare at batch 16 (BATCH). p2 (52 models, several minutes even at batch 16)
+and p4 (27 ResNets up to ResNet-101 at 64x64) pass by hand (`make dry-run BATCH=16`, README) but
+exceed it, so their one-batch paper-profile tests stay in their method test files."""
 
 from __future__ import annotations
 
@@ -14,13 +14,15 @@ import re
 from collections import Counter
 
 import pytest
+import torch
 
+from lib import attacks as A
 from lib import dryrun
+from lib.attacks.gradient import iterates
 from lib.pipeline import run_stage
-from lib.runtime import REPO_ROOT
+from lib.runtime import REPO_ROOT, DryRun
 
-BATCH: dict[str, int] = {}  # a stage's batch-size cut for this CPU (none: the paper's)
-EXAMPLES: dict[str, int] = {}
+BATCH = {"p1_conv_generator_ensemble": 16, "compare": 16}  # a stage's batch-size cut for this CPU (none: the paper's)
 
 
 def _tree_digest(folder) -> str:
@@ -36,13 +38,13 @@ def _masked(names) -> Counter:
     return Counter(re.sub(r"\d+(\.\d+)?", "#", n) for n in names)
 
 
-STAGES = ["p5_mnist_gan"]
+STAGES = ["p5_mnist_gan", "p3_single_step_reuse", "p1_conv_generator_ensemble", "compare"]
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_the_paper_profile_runs_end_to_end_on_full_size_synthetic_data(stage):
     committed = _tree_digest(REPO_ROOT / "results" / stage)
-    out = run_stage(stage, "paper", dry_run=True, batch_size=BATCH.get(stage), examples=EXAMPLES.get(stage, 256))
+    out = run_stage(stage, "paper", dry_run=True, batch_size=BATCH.get(stage))
     assert out == dryrun.ROOT / "results" / stage
     assert _tree_digest(REPO_ROOT / "results" / stage) == committed  # results/ never touched
     for name in ("metrics.json", "claims.md", f"{stage}.ipynb", f"{stage}.html"):
@@ -66,7 +68,26 @@ def test_synthetic_data_has_the_real_sizes():
     assert dryrun.SIZES["mnist"][:2] == (60_000, 10_000) and dryrun.SIZES["cats_vs_dogs"][2] == (3, 64, 64)
 
 
-def test_the_dry_run_changes_only_evaluation_iterations_and_sizes():
-    params = {"pgd_steps": 50, "cw_binary_steps": 9, "n_rho": 1000, "epochs": 200, "batch_size": 128, "lr": 0.1}
-    assert dryrun.overrides(params, examples=256) == {"pgd_steps": 2, "cw_binary_steps": 1, "n_rho": 256}
-    assert dryrun.overrides(params, examples=256, batch_size=8)["batch_size"] == 8
+def test_the_dry_run_changes_only_evaluation_sizes_and_curve_points():
+    params = {"pgd_steps": 50, "pgd_restarts": 2, "bim_iterations": [1, 2, 3], "n_rho": 1000, "epochs": 200, "batch_size": 128, "lr": 0.1}
+    assert dryrun.overrides(params) == {"pgd_restarts": 1, "bim_iterations": [1, 2], "n_rho": DryRun.examples_cap}
+    assert dryrun.overrides(params, batch_size=8)["batch_size"] == 8
+
+
+def test_the_dry_run_cuts_every_iterative_attack_to_two_iterations():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    x, y = torch.rand(5, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1])
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        DryRun.configure(True)
+        list(iterates(model, x, y, eps=0.1, steps=50, step_size=0.01))
+        assert len(calls) == 2
+        calls.clear()
+        A.cw_l2(model, x, y, steps=100, binary_steps=9)
+        assert len(calls) <= 1 + 2 * 2  # one class-count probe, then 2 x 2 iterations
+    finally:
+        DryRun.configure(False)
+    calls.clear()
+    list(iterates(model, x, y, eps=0.1, steps=5, step_size=0.01))
+    assert len(calls) == 5  # a real run is untouched

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import lib.data as D
 from lib.errors import ConfigError
 from lib.methods import single_step_reuse as p3
 from lib.params import load_stage_params, method_params
@@ -22,18 +21,6 @@ def test_paper_profile_is_the_papers_setting():
     assert cfg.datasets == {"mnist": 0.3, "fashion_mnist": 0.2}
     assert (cfg.n_train, cfg.n_test, cfg.model_width, cfg.model_hidden) == (None, None, 64, 128)
     assert cfg.step_fraction == 0.1 and cfg.reset_every == 20 and cfg.bim_iterations == list(range(1, 31))
-
-
-def test_paper_profile_code_path_one_batch_on_real_shaped_data(synthetic):
-    cfg = _config("paper", epochs=1, max_batches=1, bim_iterations=[1, 30], pgd_steps=2, batch_size=16)  # a code-path test: small batch
-    ds = synthetic("mnist", (1, 28, 28), cfg.batch_size)
-    models = p3.train_defences(ds, ds.train, 0.3, cfg)
-    assert list(models) == p3.DEFENCES
-    res = {"mnist": p3.evaluate_defences(models, D.subset(ds.test, 4, 0), 0.3, cfg)}
-    long, wide = p3.table1(res)
-    assert len(wide) == len(p3.DEFENCES) and {"paper", "ours", "delta"} <= set(long.columns)
-    assert len(res["mnist"]["proposed"]["bim10_iterates"]) == 10
-    assert "ATDA" in p3.claims(res)
 
 
 def test_atda_loss_is_finite_and_differentiable():

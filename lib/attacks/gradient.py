@@ -10,6 +10,7 @@ import torch.nn as nn
 from lib.attacks.common import attack, check_inputs, loss_grad
 from lib.attacks.threat import per_sample_norm, threat
 from lib.errors import require
+from lib.runtime import DryRun
 
 
 @attack
@@ -43,7 +44,7 @@ def iterates(
     """
     ball = threat(norm)
     x_adv = x if x_init is None else x_init
-    for _ in range(steps):
+    for _ in range(DryRun.iterations(steps)):
         x_adv = ball.project(ball.step(x_adv, loss_grad(model, x_adv, y), step_size), x, eps).detach()
         yield x_adv
 
@@ -112,7 +113,7 @@ def mim(
     ball = threat(norm)
     g = torch.zeros_like(x)
     x_adv = x
-    for _ in range(steps):
+    for _ in range(DryRun.iterations(steps)):
         grad = loss_grad(model, x_adv, y)
         g = decay * g + grad / (per_sample_norm(grad, 1) + 1e-12)
         x_adv = ball.project(ball.step(x_adv, g, step_size), x, eps).detach()

@@ -7,6 +7,7 @@ import torch.nn as nn
 
 from lib.attacks.common import attack, check_inputs
 from lib.errors import require
+from lib.runtime import DryRun
 
 
 def _candidate_classes(logits: torch.Tensor, y: torch.Tensor, candidates: int) -> torch.Tensor:
@@ -41,7 +42,7 @@ def deepfool(
     total = torch.zeros_like(x)
     x_adv = x
     rows = torch.arange(len(y), device=x.device)
-    for _ in range(steps):
+    for _ in range(DryRun.iterations(steps)):
         xg = x_adv.detach().requires_grad_(True)
         logits = model(xg)
         active = logits.argmax(1) == y
@@ -91,12 +92,12 @@ def cw_l2(
     onehot = torch.nn.functional.one_hot(y, model(x[:1]).shape[1]).bool()
     shape = (-1, *([1] * (x.dim() - 1)))
     check_every = max(1, steps // 10)
-    for _ in range(binary_steps):
+    for _ in range(DryRun.iterations(binary_steps)):
         modifier = torch.zeros_like(x, requires_grad=True)
         opt = torch.optim.Adam([modifier], lr=lr)
         found = torch.zeros(n, dtype=torch.bool, device=x.device)
         prev = torch.tensor(float("inf"), device=x.device)
-        for step in range(steps):
+        for step in range(DryRun.iterations(steps)):
             x_new = (torch.tanh(w + modifier) + 1) / 2
             logits = model(x_new)
             real = logits[onehot]
