@@ -12,6 +12,10 @@ either loads its entry or trains and saves one. The key is a hash of
   source of every ``lib`` function and class involved and of the function that set the training up.
 
 Editing a table, a figure, a claim or an evaluation changes none of these, so it never retrains.
+Evaluations (attacks on a trained model, :func:`remembered`) are kept the same way, in the local
+folder ``models/.evaluations/<stage>`` (not a DVC output, never shared): keyed by the model's
+weights, the inputs, the attack and its parameters, the evaluation code and the random state, so
+a re-run that changed only a table, a figure or a claim computes no attack at all.
 A run that does not seed itself (``seeded=False``) also keys on the random generators' state at its
 start. Each entry keeps the generators' state at the end of its training, and loading it restores
 that state, so what follows draws exactly the numbers it drew after training: a stage run from the
@@ -29,6 +33,7 @@ import random
 import re
 import time
 import types
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -45,6 +50,8 @@ FORMAT = 2  # bump when the file layout changes (old entries then miss)
 # Files whose every line can change what a training run produces, and the functions of the
 # training loop (by name: editing the rest of their modules, e.g. a progress message, retrains nothing).
 TRAINING_FILES = ("lib/augment.py", "lib/models", "lib/attacks/common.py", "lib/attacks/threat.py")
+# Files whose every line can change what an evaluation returns (besides the attack's own module).
+EVALUATION_FILES = ("lib/models", "lib/attacks", "lib/evaluate.py", "lib/crosscheck.py", "lib/runtime.py")
 TRAINING_FUNCTIONS = ("lib.train:_train", "lib.train:make_optimizer", "lib.train:_split_labels", "lib.train:_ema",
                       "lib.train:training_precision", "lib.data:batches", "lib.runtime:seed_everything",
                       "lib.runtime:Acceleration", "lib.runtime:DryRun")
@@ -61,6 +68,11 @@ class ModelStore:
         slug = re.sub(r"[^A-Za-z0-9.]+", "-", name).strip("-").lower()[:60] or "model"
         return Path(self.root) / f"{slug}-{key}.pt"
 
+    @property
+    def evaluations(self) -> Path | None:
+        """The local evaluation store beside the model store: ``models/.evaluations/<stage>``."""
+        return None if self.root is None else Path(self.root).parent / ".evaluations" / Path(self.root).name
+
 
 _store = ModelStore()
 
@@ -71,9 +83,10 @@ def open_store(root: str | Path | None, retrain: bool = False) -> ModelStore:
     _RUNS.clear()
     _store = ModelStore(Path(root) if root is not None else None, retrain)
     if _store.root is not None:
-        _store.root.mkdir(parents=True, exist_ok=True)
-        for leftover in _store.root.glob(".*.tmp"):  # a run killed while saving
-            leftover.unlink()
+        for folder in (_store.root, _store.evaluations):
+            folder.mkdir(parents=True, exist_ok=True)
+            for leftover in folder.glob(".*.tmp"):  # a run killed while saving
+                leftover.unlink()
     return _store
 
 
@@ -170,16 +183,20 @@ class _Fingerprint:
         return self.h.hexdigest()
 
 
+def _hash_files(h, entries) -> None:
+    for entry in entries:
+        path = REPO_ROOT / entry
+        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            h.update(str(f.relative_to(REPO_ROOT)).encode())
+            h.update(f.read_bytes())
+
+
 @functools.cache
 def _training_code() -> str:
     import importlib
 
     h = hashlib.sha256()
-    for entry in TRAINING_FILES:
-        path = REPO_ROOT / entry
-        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            h.update(str(f.relative_to(REPO_ROOT)).encode())
-            h.update(f.read_bytes())
+    _hash_files(h, TRAINING_FILES)
     for entry in TRAINING_FUNCTIONS:
         module, name = entry.split(":")
         h.update(entry.encode())
@@ -298,3 +315,83 @@ _RUNS: list[dict] = []
 def runs() -> list[dict]:
     """Every model trained or loaded since the store was opened: name, training seconds, loaded, device."""
     return list(_RUNS)
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluations
+
+
+@functools.cache
+def _evaluation_code(module_files: tuple[str, ...]) -> str:
+    h = hashlib.sha256()
+    _hash_files(h, EVALUATION_FILES + module_files)
+    return h.hexdigest()
+
+
+def _lib_files(parts) -> tuple[str, ...]:
+    """The source files of the project's functions among ``parts`` (an attack defined in a method
+    module may call anything in that module)."""
+    files = set()
+    for part in parts:
+        func = part.func if isinstance(part, functools.partial) else part
+        module = getattr(func, "__module__", "") or ""
+        if isinstance(func, types.FunctionType) and module.startswith("lib.") and inspect.getsourcefile(func):
+            files.add(str(Path(inspect.getsourcefile(func)).resolve().relative_to(REPO_ROOT)))
+    return tuple(sorted(files))
+
+
+_MODULE_DIGESTS: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
+
+
+def _module_digest(module: nn.Module) -> str:
+    """A module's fingerprint, recomputed only when one of its tensors changed (in place or swapped)."""
+    signature = tuple((t.data_ptr(), t._version) for t in module.state_dict(keep_vars=True).values())
+    known = _MODULE_DIGESTS.get(module)
+    if known is None or known[0] != signature:
+        fp = _Fingerprint()
+        fp.add(module)
+        known = _MODULE_DIGESTS[module] = (signature, fp.hexdigest())
+    return known[1]
+
+
+def evaluation_key(kind: str, parts: tuple) -> str:
+    """The key of an evaluation: its kind, the models (by weights), inputs, attack and parameters
+    in ``parts``, the evaluation code, the device kind, the dry-run cuts and the random state."""
+    from lib.runtime import DryRun, device
+
+    fp = _Fingerprint()
+    fp.text(f"format:{FORMAT}:{kind}:{_evaluation_code(_lib_files(parts))}:{device().type}")
+    fp.add([DryRun.on, DryRun.iterations_cap, DryRun.examples_cap])
+    fp.add([_module_digest(p) if isinstance(p, nn.Module) else p for p in parts])
+    fp.add(random_state())
+    return fp.hexdigest()[:24]
+
+
+def remembered(kind: str, compute: Callable[[], object], *parts) -> object:
+    """``compute()`` (a tensor or JSON-able numbers), or what it returned in an earlier run.
+
+    ``parts``: everything the result depends on (models, tensors, the attack, its parameters).
+    The entry keeps the random state after ``compute``; loading it restores that state, so a run
+    from the store continues exactly as the run that computed. Without a store, or with
+    ``retrain``, it always computes (and with ``retrain`` overwrites the entry).
+    """
+    st = store()
+    if st.root is None:
+        return compute()
+    path = st.evaluations / f"{kind}-{evaluation_key(kind, parts)}.pt"
+    if path.exists() and not st.retrain:
+        before = random_state()
+        try:
+            blob = checkpoint.read(path, "rerun the stage")
+            if blob.get("format") != FORMAT:
+                raise ValueError("layout")
+            value = blob["value"]
+            set_random_state(blob["random_state"])
+            return value
+        except (ConfigError, KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError):
+            set_random_state(before)
+            print(f"evaluation {repo_relative(path)} is corrupt; computing it again")
+            path.unlink(missing_ok=True)
+    value = compute()
+    checkpoint.write({"format": FORMAT, "value": value, "random_state": random_state()}, path)
+    return value

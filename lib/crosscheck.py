@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from lib.attacks import eval_mode
+from lib.cache import remembered
 from lib.errors import require
 
 # our attack name -> (foolbox class name, mapping of our params to its constructor)
@@ -32,8 +33,12 @@ def foolbox_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, name: str
 
     require(name in _FOOLBOX, f"no foolbox counterpart for '{name}'; known: {', '.join(NAMES)}")
     cls, args = _FOOLBOX[name]
-    attack = getattr(fb.attacks, cls)(**args(params))
-    with eval_mode(model):
-        _, adv, _ = attack(fb.PyTorchModel(model, bounds=(0, 1)), x, y, epsilons=params.get("eps"))
-    gave_up = adv.flatten(1).abs().sum(1) == 0
-    return torch.where(gave_up.view(-1, *([1] * (x.dim() - 1))), x, adv).detach()
+
+    def craft() -> torch.Tensor:
+        attack = getattr(fb.attacks, cls)(**args(params))
+        with eval_mode(model):
+            _, adv, _ = attack(fb.PyTorchModel(model, bounds=(0, 1)), x, y, epsilons=params.get("eps"))
+        gave_up = adv.flatten(1).abs().sum(1) == 0
+        return torch.where(gave_up.view(-1, *([1] * (x.dim() - 1))), x, adv).detach()
+
+    return remembered("foolbox", craft, model, x, y, name, params, fb.__version__).to(x.device)

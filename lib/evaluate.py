@@ -1,6 +1,9 @@
 """Evaluation: accuracy under attack, eps curves, rho, black-box transfer, per-iteration accuracy, cost.
 
 Functions return plain numbers (fast_adversarial style) and run batch by batch on the model's device.
+Every attack run goes through the evaluation store (:func:`lib.cache.remembered`): a re-run of a
+stage with the same models, data and attack code loads its adversarial examples instead of
+computing them again.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from lib.attacks import eval_mode, iterates, l2_distance
+from lib.cache import remembered
 from lib.runtime import progress
 
 
@@ -41,8 +45,12 @@ def adversarial_examples(
 ) -> torch.Tensor:
     """``attack`` applied batch by batch; returns x_adv on the CPU."""
     dev = _device(model)
-    batches = list(_batches(x, y, batch_size, dev))
-    return torch.cat([attack(model, xb, yb, **params).cpu() for xb, yb in progress(batches, desc=desc or attack.__name__)])
+
+    def craft() -> torch.Tensor:
+        batches = list(_batches(x, y, batch_size, dev))
+        return torch.cat([attack(model, xb, yb, **params).cpu() for xb, yb in progress(batches, desc=desc or attack.__name__)])
+
+    return remembered("adversarial_examples", craft, model, x, y, attack, batch_size, params)
 
 
 def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Callable, batch_size: int = 500, **params) -> float:
@@ -122,13 +130,17 @@ def accuracy_per_iteration(
 ) -> list[float]:
     """Accuracy after each iteration 1..steps of an iterative attack from x (BIM when norm='linf')."""
     dev = _device(model)
-    correct = torch.zeros(steps, device=dev)
-    with eval_mode(model):
-        for xb, yb in _batches(x, y, batch_size, dev):
-            for i, x_adv in enumerate(iterates(model, xb, yb, eps, steps, step_size, norm)):
-                with torch.no_grad():
-                    correct[i] += (model(x_adv).argmax(1) == yb).sum()
-    return (correct.cpu() / len(y)).tolist()
+
+    def curve() -> list[float]:
+        correct = torch.zeros(steps, device=dev)
+        with eval_mode(model):
+            for xb, yb in _batches(x, y, batch_size, dev):
+                for i, x_adv in enumerate(iterates(model, xb, yb, eps, steps, step_size, norm)):
+                    with torch.no_grad():
+                        correct[i] += (model(x_adv).argmax(1) == yb).sum()
+        return (correct.cpu() / len(y)).tolist()
+
+    return remembered("accuracy_per_iteration", curve, model, x, y, eps, steps, step_size, norm, batch_size)
 
 
 def relative_cost(seconds: float, clean_seconds: float) -> float:

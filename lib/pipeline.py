@@ -24,7 +24,7 @@ from pathlib import Path
 
 from lib.errors import ConfigError, require
 from lib.params import PARAMS_FILE, check_parameters, declared_parameters, params_hash
-from lib.runtime import REPO_ROOT, git_state, repo_relative, versions
+from lib.runtime import QUIET, REPO_ROOT, git_state, repo_relative, versions
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 RESULTS = REPO_ROOT / "results"
@@ -188,7 +188,8 @@ def run_stage(stage: str, profile: str | None = None, results_root: Path = RESUL
         from lib import dryrun
 
         results_root, models_root = dryrun.ROOT / "results", dryrun.ROOT / "models"
-        shutil.rmtree(models_root / stage, ignore_errors=True)  # a dry run trains everything
+        for stored in (models_root / stage, models_root / ".evaluations" / stage):  # a dry run computes everything
+            shutil.rmtree(stored, ignore_errors=True)
         data_dir = Path(dryrun.prepare(dryrun.datasets_of(params)))
         changed = dryrun.overrides(params, batch_size)
         print(f"{stage}: dry run ({params['profile']} profile) on synthetic data; {dryrun.CUTS}; changed: "
@@ -207,6 +208,7 @@ def run_stage(stage: str, profile: str | None = None, results_root: Path = RESUL
     started = time.perf_counter()
     # kernels are started by name; make 'python' this interpreter (the project's environment)
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+    os.environ[QUIET] = "0"  # no progress bars in the executed notebook: one line per model instead
     try:
         with _stoppable():
             try:

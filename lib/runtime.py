@@ -174,11 +174,16 @@ def metadata(profile: str, dataset: str, samples: dict, seed: int, started: floa
     }
 
 
+QUIET = "LIB_PROGRESS"  # set to 0 by lib.pipeline for the notebooks it executes: no bars in their outputs
+
+
 def progress(iterable, **kwargs):
-    """tqdm.auto progress bar, silent under CI (``CI`` set) or when ``disable`` is given."""
+    """tqdm.auto progress bar in an interactive session or on a terminal; none (the iterable itself)
+    under CI (``CI`` set), in a pipeline run (``LIB_PROGRESS=0``) or when ``disable`` is given."""
+    if kwargs.pop("disable", False) or os.environ.get("CI") or os.environ.get(QUIET) == "0":
+        return iterable
     from tqdm.auto import tqdm
 
-    kwargs.setdefault("disable", bool(os.environ.get("CI")))
     kwargs.setdefault("leave", False)
     return tqdm(iterable, **kwargs)
 

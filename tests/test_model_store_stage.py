@@ -1,5 +1,5 @@
-"""A stage with its model store: the second run loads every model and gives exactly the same
-metrics; a run killed halfway keeps the models it finished and the next run loads them."""
+"""A stage with its model store: the second run loads every model and every evaluation and gives
+exactly the same metrics; a run killed halfway keeps the models it finished and the next run loads them."""
 
 from __future__ import annotations
 
@@ -34,11 +34,14 @@ def test_a_stage_run_from_the_store_gives_exactly_the_metrics_of_the_run_that_tr
     run_stage(STAGE, "smoke", results_root=tmp_path / "first" / "results", models_root=tmp_path / "models")
     first = time.perf_counter() - t0
     entries = sorted(p.name for p in (tmp_path / "models" / STAGE).iterdir())
+    evaluations = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "models" / ".evaluations" / STAGE).iterdir()}
+    assert len(evaluations) >= 5  # every attack of the stage, kept
     t0 = time.perf_counter()
     run_stage(STAGE, "smoke", results_root=tmp_path / "second" / "results", models_root=tmp_path / "models")
     second = time.perf_counter() - t0
     assert _metrics(tmp_path / "first" / "results") == _metrics(tmp_path / "second" / "results")
     assert sorted(p.name for p in (tmp_path / "models" / STAGE).iterdir()) == entries  # nothing retrained
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "models" / ".evaluations" / STAGE).iterdir()} == evaluations  # nor evaluated
     trained, loaded = _outputs(tmp_path / "first" / "results"), _outputs(tmp_path / "second" / "results")
     assert "phase 1: D: trained in" in trained and "phase 1: D: loaded" in loaded and ": trained in" not in loaded
     assert second < first
