@@ -7,7 +7,7 @@
   ``build/dry-run/data`` (uint8, balanced labels; what a model learns from them means nothing);
 - training: every run cut to two epochs of one batch; every iterative attack, training-time and
   evaluation, cut to two iterations (:class:`lib.runtime.DryRun`);
-- evaluation: every evaluation set cut to its first 64 examples, PGD to one restart, curves over
+- evaluation: every evaluation set cut to its first 64 examples (``--examples N``: N), PGD to one restart, curves over
   iterations to two points, timing runs to one batch (:func:`overrides`);
 - output: ``build/dry-run/results/<stage>`` and a fresh model store ``build/dry-run/models/<stage>``,
   never ``results/`` or ``models/``.
@@ -33,8 +33,12 @@ SIZES = {
 }
 
 EVALUATION_SIZES = ("n_rho", "n_foolbox", "track_n")
-CUTS = (f"{DryRun.epochs_cap} epochs of 1 batch per model, {DryRun.iterations_cap} iterations per attack, "
-        f"{DryRun.examples_cap} examples per evaluation set")
+
+
+def cuts() -> str:
+    """The dry run's cuts, in words."""
+    return (f"{DryRun.epochs_cap} epochs of 1 batch per model, {DryRun.iterations_cap} iterations per attack, "
+            f"{DryRun.examples_cap} examples per evaluation set")
 
 
 def synthetic(name: str, seed: int = 0) -> D.Dataset:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from lib.errors import ConfigError, require
 from lib.params import PARAMS_FILE, check_parameters, declared_parameters, params_hash
-from lib.runtime import QUIET, REPO_ROOT, git_state, repo_relative, versions
+from lib.runtime import QUIET, REPO_ROOT, DryRun, git_state, repo_relative, versions
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 RESULTS = REPO_ROOT / "results"
@@ -169,20 +169,22 @@ def _replace(final: Path, tmp: Path) -> None:
 
 def run_stage(stage: str, profile: str | None = None, results_root: Path = RESULTS,
               params_file: Path = PARAMS_FILE, data_dir: Path = PREPARED, models_root: Path | None = None,
-              dry_run: bool = False, batch_size: int | None = None) -> Path:
+              dry_run: bool = False, batch_size: int | None = None, examples: int | None = None) -> Path:
     """Execute ``stage``'s notebook with its checked parameters; returns ``results_root/stage``.
 
     Trained models are stored in (and loaded from) ``models_root/stage``, by default the
     ``models`` folder beside ``results_root`` (so ``models/``); each is written whole the moment
     it is trained, so a stopped run resumes from the models it finished.
     ``dry_run`` (see :mod:`lib.dryrun`): synthetic data of the real sizes, every loop cut short
-    (every batch size set to ``batch_size`` when given), into ``build/dry-run/`` whatever the
-    roots say.
+    (every batch size set to ``batch_size`` and every evaluation set cut to ``examples`` when
+    given), into ``build/dry-run/`` whatever the roots say.
     """
     models_root = Path(results_root).parent / "models" if models_root is None else models_root
     source = notebook_path(stage)
     params = check_parameters(stage, profile, declared_parameters(source), f"notebooks/{source.name}", params_file)
-    require(batch_size is None or dry_run, "--batch-size is for the dry run only (set batch sizes in params.yaml)")
+    require((batch_size is None and examples is None) or dry_run, "--batch-size and --examples are for the dry run only (set sizes in params.yaml)")
+    require(examples is None or examples >= 1, f"--examples must be >= 1, got {examples}")
+    require(batch_size is None or batch_size >= 1, f"--batch-size must be >= 1, got {batch_size}")
     planned = dict(params)  # the plan is of the profile's own settings, dry run or not
     if dry_run:
         from lib import dryrun
@@ -191,8 +193,11 @@ def run_stage(stage: str, profile: str | None = None, results_root: Path = RESUL
         for stored in (models_root / stage, models_root / ".evaluations" / stage):  # a dry run computes everything
             shutil.rmtree(stored, ignore_errors=True)
         data_dir = Path(dryrun.prepare(dryrun.datasets_of(params)))
+        os.environ[DryRun.EXAMPLES] = str(examples or 64)  # read by the kernel's DryRun.configure
+        DryRun.configure(True)
         changed = dryrun.overrides(params, batch_size)
-        print(f"{stage}: dry run ({params['profile']} profile) on synthetic data; {dryrun.CUTS}; changed: "
+        DryRun.configure(False)
+        print(f"{stage}: dry run ({params['profile']} profile) on synthetic data; {dryrun.cuts()}; changed: "
               + ", ".join(f"{k}={v}" for k, v in changed.items()), flush=True)
         params.update(changed)
     run_provenance = provenance(params)
@@ -241,10 +246,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", type=Path, default=None, help="model store root (default: models/ beside the results root)")
     ap.add_argument("--dry-run", action="store_true", help="synthetic data of the real sizes, every loop cut short, into build/dry-run/")
     ap.add_argument("--batch-size", type=int, default=None, help="dry run only: every batch size (a CPU-sized check of a GPU profile)")
+    ap.add_argument("--examples", type=int, default=None, help="dry run only: examples per evaluation set (default 64)")
     args = ap.parse_args(argv)
     try:
         out = run_stage(args.stage, args.profile, args.results, args.params, args.data, args.models,
-                        args.dry_run, args.batch_size)
+                        args.dry_run, args.batch_size, args.examples)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

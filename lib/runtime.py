@@ -54,17 +54,20 @@ class DryRun:
     """The full-size dry run (``python -m lib.pipeline STAGE --dry-run``): the stage's whole code on
     data of the real sizes, with every training run cut to ``epochs`` epochs of one batch, every
     iterative attack (training-time and evaluation) to ``iterations_cap`` iterations and every
-    evaluation set to its first ``examples`` examples. Off (``on = False``) in every real run,
-    where nothing here changes anything."""
+    evaluation set to its first ``examples_cap`` examples (64, or what ``--examples`` set: the
+    pipeline hands it to the notebook's kernel in ``LIB_DRY_RUN_EXAMPLES``). Off (``on = False``)
+    in every real run, where nothing here changes anything."""
 
     on: bool = False
     epochs_cap: int = 2
     iterations_cap: int = 2
     examples_cap: int = 64
+    EXAMPLES = "LIB_DRY_RUN_EXAMPLES"
 
     @classmethod
     def configure(cls, on: bool) -> None:
         cls.on = on
+        cls.examples_cap = int(os.environ.get(cls.EXAMPLES, 64))
 
     @classmethod
     def epochs(cls, epochs: int) -> int:

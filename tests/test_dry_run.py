@@ -17,8 +17,10 @@ import pytest
 import torch
 
 from lib import attacks as A
+from lib import data as D
 from lib import dryrun
 from lib.attacks.gradient import iterates
+from lib.errors import ConfigError
 from lib.pipeline import run_stage
 from lib.runtime import REPO_ROOT, DryRun
 
@@ -91,3 +93,21 @@ def test_the_dry_run_cuts_every_iterative_attack_to_two_iterations():
     calls.clear()
     list(iterates(model, x, y, eps=0.1, steps=5, step_size=0.01))
     assert len(calls) == 5  # a real run is untouched
+
+
+def test_examples_sets_how_many_examples_every_evaluation_keeps(monkeypatch):
+    monkeypatch.setenv(DryRun.EXAMPLES, "8")
+    split = dryrun.synthetic("mnist5k").test
+    try:
+        DryRun.configure(True)
+        assert len(D.tensors(split)[1]) == 8 and dryrun.overrides({"n_rho": 1000}) == {"n_rho": 8}
+        assert "8 examples per evaluation set" in dryrun.cuts()
+    finally:
+        DryRun.configure(False)
+    assert len(D.tensors(split)[1]) == len(split)
+
+
+@pytest.mark.parametrize("flag", [{"examples": 8}, {"batch_size": 8}])
+def test_dry_run_sizes_are_refused_outside_a_dry_run(flag):
+    with pytest.raises(ConfigError, match="dry run only"):
+        run_stage("p5_mnist_gan", "smoke", **flag)
