@@ -4,8 +4,8 @@
 - ``throughput``: clean-training images/s of every model a profile trains, at its batch size,
   through the real training loop (on CUDA also with the GPU path of
   :class:`lib.runtime.Acceleration` switched off, and the speed-up);
-- ``store``: a stage run twice into a scratch model store: the first run trains, the second loads
-  every model; wall times, their ratio and whether the metrics are identical.
+- ``store``: a stage run twice into a scratch model store: the first run trains and evaluates, the second loads
+  every model and evaluation; wall times, their ratio and whether the metrics are identical.
 
 Writes ``results/bench/tables/{attacks,throughput,store}.csv`` and ``.md``. Timings are wall-clock
 seconds on the machine named in each caption; attacks: best of ``repeats`` runs.
@@ -161,7 +161,8 @@ def store_speedup(stage: str, profile: str) -> pd.DataFrame:
     from lib.pipeline import run_stage
 
     results_root, models_root = SCRATCH / "results", SCRATCH / "models"
-    shutil.rmtree(models_root / stage, ignore_errors=True)
+    for stored in (models_root / stage, models_root / ".evaluations" / stage):
+        shutil.rmtree(stored, ignore_errors=True)
     walls, numbers = [], []
     for _ in range(2):
         t0 = time.perf_counter()
@@ -171,7 +172,7 @@ def store_speedup(stage: str, profile: str) -> pd.DataFrame:
     df = pd.DataFrame([{"stage": stage, "profile": profile, "first run (trains) s": walls[0], "second run (loads) s": walls[1],
                         "speed-up": walls[0] / walls[1], "metrics identical": numbers[0] == numbers[1]}])
     caption = (f"Model store: {stage} ({profile} profile) run twice with `python -m lib.pipeline` into a fresh store under "
-               f"build/bench; the first run trains every model, the second loads them all. Wall time of the whole stage "
+               f"build/bench; the first run trains every model and runs every attack, the second loads them all. Wall time of the whole stage "
                f"(notebook start to results written) on {_machine()}.")
     return ResultsWriter(OUT).table(f"store_{stage}_{profile}", df, caption)
 
