@@ -2,7 +2,7 @@
 sizes, loops cut short, into build/dry-run/ (never results/); it trains exactly the planned models.
 
 STAGES: the stages whose dry run fits the test budget on a 2-core CPU, p3 and p5 at the paper's
-batch sizes, p1 and compare at batch 16 (BATCH). p2 (52 models, several minutes even at batch 16)
+batch sizes, p1 and compare at batch 16 (BATCH), every evaluation set cut to 16 examples (EXAMPLES). p2 (52 models, several minutes even at batch 16)
 and p4 (27 ResNets up to ResNet-101 at 64x64) pass by hand (`make dry-run BATCH=16`, README) but
 exceed it, so their one-batch paper-profile tests stay in their method test files."""
 
@@ -25,6 +25,7 @@ from lib.pipeline import run_stage
 from lib.runtime import REPO_ROOT, DryRun
 
 BATCH = {"p1_conv_generator_ensemble": 16, "compare": 16}  # a stage's batch-size cut for this CPU (none: the paper's)
+EXAMPLES = 16  # examples per evaluation set (the dry run's default is 64): the code path is the same
 
 
 def _tree_digest(folder) -> str:
@@ -46,7 +47,7 @@ STAGES = ["p5_mnist_gan", "p3_single_step_reuse", "p1_conv_generator_ensemble", 
 @pytest.mark.parametrize("stage", STAGES)
 def test_the_paper_profile_runs_end_to_end_on_full_size_synthetic_data(stage):
     committed = _tree_digest(REPO_ROOT / "results" / stage)
-    out = run_stage(stage, "paper", dry_run=True, batch_size=BATCH.get(stage))
+    out = run_stage(stage, "paper", dry_run=True, batch_size=BATCH.get(stage), examples=EXAMPLES)
     assert out == dryrun.ROOT / "results" / stage
     assert _tree_digest(REPO_ROOT / "results" / stage) == committed  # results/ never touched
     for name in ("metrics.json", "claims.md", f"{stage}.ipynb", f"{stage}.html"):
