@@ -2,7 +2,7 @@
 sizes, loops cut short, into build/dry-run/ (never results/); it trains exactly the planned models.
 
 STAGES: the stages whose dry run fits the test budget on a 2-core CPU, p3 and p5 at the paper's
-batch sizes, p1 and compare at batch 16 (BATCH), every evaluation set cut to 16 examples (EXAMPLES). p2 (52 models, several minutes even at batch 16)
+batch sizes, p1 and compare at batch 16 (BATCH), every evaluation set cut to 8 examples (EXAMPLES). p2 (52 models, several minutes even at batch 16)
 and p4 (27 ResNets up to ResNet-101 at 64x64) pass by hand (`make dry-run BATCH=16`, README) but
 exceed it, so their one-batch paper-profile tests stay in their method test files."""
 
@@ -25,7 +25,7 @@ from lib.pipeline import run_stage
 from lib.runtime import REPO_ROOT, DryRun
 
 BATCH = {"p1_conv_generator_ensemble": 16, "compare": 16}  # a stage's batch-size cut for this CPU (none: the paper's)
-EXAMPLES = 16  # examples per evaluation set (the dry run's default is 64): the code path is the same
+EXAMPLES = 8  # examples per evaluation set (the dry run's default is 64): the code path is the same
 
 
 def _tree_digest(folder) -> str:
