@@ -95,7 +95,7 @@ def attacks() -> pd.DataFrame:
     caption = (f"Attack benchmark, ours vs foolbox 3.3.4, same trained MnistCNN (width 16) and batch of 300 mnist5k test digits; "
                f"best of 2 wall-clock runs on {_machine()}. Accuracy after the attack (lower = stronger); mean L2 over "
                "successful examples (lower = stronger for minimal attacks; DeepFool/C&W run on correctly classified digits).")
-    return ResultsWriter(OUT).table("attacks", df, caption)
+    return ResultsWriter(OUT).table("attacks", df, caption).data
 
 
 # --------------------------------------------------------------------------------------------------
@@ -142,7 +142,7 @@ def throughput(profile: str) -> pd.DataFrame:
            else " (CPU: the GPU path changes nothing here, so there is no on/off comparison)")
     caption = (f"Clean-training throughput, profile '{profile}', every model at its batch size, through lib.train.train on "
                f"synthetic images of the model's input shape; 1 warm-up + 3 timed batches on {_machine()}{off}.")
-    return ResultsWriter(OUT).table(f"throughput_{profile}", df, caption)
+    return ResultsWriter(OUT).table(f"throughput_{profile}", df, caption).data
 
 
 # --------------------------------------------------------------------------------------------------
@@ -150,10 +150,10 @@ def throughput(profile: str) -> pd.DataFrame:
 
 
 def _numbers(results: Path) -> dict:
-    """A stage's metrics without its run's own facts (wall time, date, commit)."""
-    metrics = json.loads((results / "metrics.json").read_text())
-    metrics.pop("meta", None), metrics.pop("provenance", None)
-    return metrics
+    """A stage's numbers (headline and details) without its run's own facts (wall time, date, commit)."""
+    details = json.loads((results / "details.json").read_text())
+    details.pop("meta", None), details.pop("provenance", None)
+    return {"headline": json.loads((results / "metrics.json").read_text()), **details}
 
 
 def store_speedup(stage: str, profile: str) -> pd.DataFrame:
@@ -174,7 +174,7 @@ def store_speedup(stage: str, profile: str) -> pd.DataFrame:
     caption = (f"Model store: {stage} ({profile} profile) run twice with `python -m lib.pipeline` into a fresh store under "
                f"build/bench; the first run trains every model and runs every attack, the second loads them all. Wall time of the whole stage "
                f"(notebook start to results written) on {_machine()}.")
-    return ResultsWriter(OUT).table(f"store_{stage}_{profile}", df, caption)
+    return ResultsWriter(OUT).table(f"store_{stage}_{profile}", df, caption).data
 
 
 PARTS = ("attacks", "throughput", "store")

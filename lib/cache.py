@@ -295,7 +295,7 @@ def cached(name: str, modules: Mapping[str, nn.Module], fit: Callable[[], dict |
         record = _load(path, modules)
     if record is not None:
         record["loaded"] = True
-        print(f"{name}: loaded (trained in {record['seconds']:.0f} s on {record['device']})")
+        print(f"{name}: loaded{_outcome(record)} (trained in {record['seconds']:.0f} s on {record['device']})")
     else:
         t0 = time.perf_counter()
         record = dict(fit() or {})
@@ -304,12 +304,25 @@ def cached(name: str, modules: Mapping[str, nn.Module], fit: Callable[[], dict |
         if path is not None:
             _save(path, modules, record)
         record["loaded"] = False
-        print(f"{name}: trained in {record['seconds']:.0f} s")
+        print(f"{name}: trained in {record['seconds']:.0f} s{_outcome(record)}")
     _RUNS.append({"name": name, "seconds": round(record["seconds"], 2), "loaded": record["loaded"], "device": record["device"]})
     return record
 
 
 _RUNS: list[dict] = []
+
+
+def _outcome(record: dict) -> str:
+    """', 10 epochs, final val acc 97.4%' from a training record's history, or ', 10 epochs, final
+    test acc under G 83.2%' from a generator's curve ('' when the record has neither)."""
+    history = record.get("history") or []
+    if not history:
+        curve = record.get("curve") or []
+        return f", {len(curve) - 1} epochs, final test acc under G {100 * curve[-1]:.1f}%" if len(curve) > 1 else ""
+    last = history[-1]
+    acc = next(((label, last[k]) for k, label in (("val_acc", "val acc"), ("test_acc", "test acc"), ("train_acc", "train acc"))
+                if isinstance(last.get(k), (int, float))), None)
+    return f", {len(history)} epochs" + (f", final {acc[0]} {100 * acc[1]:.1f}%" if acc else "")
 
 
 def runs() -> list[dict]:

@@ -5,10 +5,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from IPython import get_ipython
+from IPython.display import Markdown, display
+
 from lib.cache import open_store
 from lib.params import check_profile
-from lib.report import ResultsWriter, set_style
+from lib.report import ResultsWriter, set_style, setting_line
 from lib.runtime import Acceleration, DryRun, device_name, metadata, repo_path, seed_everything
+
+PENDING = "*The verdicts of this run appear here when it finishes.*"
 
 
 class StageRun:
@@ -29,17 +34,24 @@ class StageRun:
         stored = "no model store" if models_dir is None else f"models in {models_dir}" + (" (retrain: store ignored)" if retrain else "")
         dry = "; DRY RUN: synthetic data, every loop cut short, numbers meaningless" if dry_run else ""
         print(f"{stage}: profile '{profile}' on {device_name()}; {stored}{dry}")
+        self._meta: dict = {}
+        self._summary = display(Markdown(PENDING), display_id=True) if get_ipython() is not None else None
 
     def meta(self, dataset: str, samples: dict) -> dict:
         """The metadata block (profile, dataset, samples, seed, device, torch, commit, wall time)."""
-        return metadata(self.profile, dataset, samples, self.seed, self.started)
+        self._meta = metadata(self.profile, dataset, samples, self.seed, self.started)
+        return self._meta
 
     def subtitle(self, dataset: str) -> str:
         """A figure subtitle naming the profile and whether the run is reduced."""
         tag = "DRY RUN" if DryRun.on else "paper setting" if self.profile == "paper" else "REDUCED"
         return f"{dataset}; profile {self.profile}, {tag}"
 
-    def write_claims(self, text: str) -> str:
-        """Store the claims verdict as ``claims.md`` and return it for display."""
+    def write_claims(self, text: str) -> Markdown:
+        """Store the verdicts as ``claims.md`` and show them in the summary at the notebook's top
+        (the cell :class:`StageRun` displayed); returns a pointer to it for the last cell."""
         (Path(self.out.root) / "claims.md").write_text(text + "\n")
-        return text
+        summary = f"## Verdicts of this run\n\n{setting_line(self._meta)}\n\n{text}\n\n*Tables, figures and the method's details follow.*"
+        if self._summary is not None:
+            self._summary.update(Markdown(summary))
+        return Markdown("The verdicts open this notebook (the summary at the top) and are in `claims.md`.")

@@ -1,8 +1,11 @@
-"""params.yaml: one ``profile`` switch and one section per stage, each with a block per profile.
+"""params.yaml: one ``profile`` switch and per-stage overrides; profiles/<stage>.yaml: each
+stage's ``common`` block and one block per profile.
 
-A stage's effective parameters are its ``common`` block overlaid with the active profile's
-block. The ``profile`` key at the top selects smoke | cpu | paper; ``dvc exp run -S
-profile=paper`` switches every stage at once.
+A stage's effective parameters are its ``common`` block overlaid with the active profile's block
+(both in ``profiles/<stage>.yaml``, a DVC dependency of the stage), then with its section of
+params.yaml (empty on main; ``dvc exp run -S +p3_single_step_reuse.epochs=20`` sets one value for
+an experiment). ``dvc exp run -S profile=paper`` switches every stage at once. params.yaml stays
+a handful of values, so ``dvc exp show`` and ``dvc params diff`` show what an experiment changed.
 
 The contract: a stage's effective parameters must equal, key for key, the parameters its
 notebook declares in its ``parameters`` cell (``name: type = smoke default``), with values of
@@ -28,6 +31,7 @@ from lib.runtime import REPO_ROOT, repo_relative
 
 PROFILES = ("smoke", "cpu", "paper")
 PARAMS_FILE = REPO_ROOT / "params.yaml"
+PROFILES_DIR = "profiles"  # beside the parameters file: profiles/<stage>.yaml
 INJECTED = ("profile", "results_dir", "data_dir", "models_dir", "dry_run")  # set by the pipeline, not by params.yaml
 RUN_SETTINGS = ("retrain", "deterministic")  # params.yaml keys that configure the run (lib.notebook.StageRun), not the method
 _BASES = {"int", "float", "str", "bool", "list", "dict", "None"}
@@ -39,33 +43,48 @@ def check_profile(profile: str) -> str:
     return profile
 
 
-def read_params(path: Path | str = PARAMS_FILE) -> dict:
-    """The whole params.yaml as a dict."""
+def _read_yaml(path: Path | str, what: str) -> dict:
     try:
         with open(path) as f:
-            params = yaml.safe_load(f) or {}
+            data = yaml.safe_load(f) or {}
     except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"cannot read parameters file {repo_relative(path)}: {' '.join(str(err).split())}") from None
-    require(isinstance(params, dict), f"parameters file {repo_relative(path)} must be a mapping of sections")
-    return params
+        raise ConfigError(f"cannot read {what} {repo_relative(path)}: {' '.join(str(err).split())}") from None
+    require(isinstance(data, dict), f"{what} {repo_relative(path)} must be a mapping")
+    return data
 
 
-def _origins(stage: str, profile: str | None, path: Path | str) -> tuple[str, dict[str, object], dict[str, str]]:
-    """(profile, effective parameters, key -> 'stage.block' it came from)."""
+def read_params(path: Path | str = PARAMS_FILE) -> dict:
+    """The whole params.yaml as a dict."""
+    return _read_yaml(path, "parameters file")
+
+
+def profiles_file(stage: str, params_file: Path | str = PARAMS_FILE) -> Path:
+    """``profiles/<stage>.yaml`` beside the parameters file."""
+    return Path(params_file).parent / PROFILES_DIR / f"{stage}.yaml"
+
+
+def _origins(stage: str, profile: str | None, path: Path | str) -> tuple[str, dict[str, object], dict[str, tuple[str, str]]]:
+    """(profile, effective parameters, key -> where it was set: ('stage.cpu.key', 'profiles/stage.yaml'))."""
     params = read_params(path)
-    path = repo_relative(path)
     profile = check_profile(profile or params.get("profile", "cpu"))
-    near = difflib.get_close_matches(stage, [k for k in params if k != "profile"], n=1)
-    require(stage in params, f"params file {path} has no section '{stage}'" + (f" (did you mean '{near[0]}'?)" if near else ""))
-    section = params[stage] or {}
-    require(isinstance(section, dict), f"section '{stage}' of {path} must be a mapping of blocks")
-    require(profile in section, f"section '{stage}' of {path} has no '{profile}' block")
+    source = profiles_file(stage, path)
+    if not source.exists():
+        known = sorted(p.stem for p in source.parent.glob("*.yaml"))
+        near = difflib.get_close_matches(stage, known, n=1)
+        raise ConfigError(f"no profiles file {repo_relative(source)} for stage '{stage}'" + (f" (did you mean '{near[0]}'?)" if near else ""))
+    section = _read_yaml(source, "profiles file")
+    rel = repo_relative(source)
+    require(profile in section, f"{rel} has no '{profile}' block")
+    overrides = params.get(stage) or {}
+    require(isinstance(overrides, dict), f"section '{stage}' of {repo_relative(path)} must be a mapping of parameters (overrides)")
     merged, origin = {}, {}
     for block in ("common", profile):
         values = section.get(block) or {}
-        require(isinstance(values, dict), f"block '{stage}.{block}' of {path} must be a mapping of parameters")
+        require(isinstance(values, dict), f"block '{block}' of {rel} must be a mapping of parameters")
         merged.update(values)
-        origin.update(dict.fromkeys(values, f"{stage}.{block}"))
+        origin.update({k: (f"{stage}.{block}.{k}", rel) for k in values})
+    merged.update(overrides)
+    origin.update({k: (f"{stage}.{k}", repo_relative(path)) for k in overrides})
     return profile, merged, origin
 
 
@@ -177,13 +196,13 @@ def check_parameters(stage: str, profile: str | None, declared: dict[str, Declar
         if key not in settable:
             near = difflib.get_close_matches(str(key), settable, n=1)
             why = "is set by the pipeline" if key in INJECTED else "is not a parameter"
-            problems.append(f"unknown key {origin[key]}.{key} ({why}" + (f"; did you mean {near[0]}?)" if near else ")"))
+            problems.append(f"unknown key {origin[key][0]} in {origin[key][1]} ({why}" + (f"; did you mean {near[0]}?)" if near else ")"))
     for key in settable:
         if key not in merged:
-            problems.append(f"missing key {key} (set it in {stage}.common or {stage}.{profile})")
+            problems.append(f"missing key {key} (set it in the common or {profile} block of {repo_relative(profiles_file(stage, path))})")
         elif not conforms(merged[key], declared[key].annotation):
-            problems.append(f"{origin[key]}.{key} must be {declared[key].annotation}, got {_shown(merged[key])}")
-    require(not problems, f"{repo_relative(path)} does not match {declared_by}'s parameters (profile {profile}): " + "; ".join(problems))
+            problems.append(f"{origin[key][0]} must be {declared[key].annotation}, got {_shown(merged[key])} (set in {origin[key][1]})")
+    require(not problems, f"the parameters of {stage} do not match {declared_by}'s (profile {profile}): " + "; ".join(problems))
     merged["profile"] = profile
     return merged
 

@@ -1,9 +1,9 @@
 """``python -m lib.pipeline STAGE``: run one paper's notebook as a DVC stage.
 
-params.yaml (profile + the stage's section), checked against the notebook's declared parameters
+params.yaml (profile + the stage's overrides) and profiles/<stage>.yaml, checked against the notebook's declared parameters
 -> papermill injects them into ``notebooks/STAGE.ipynb`` -> the notebook writes figures, tables
 and metrics into a temporary folder -> the executed notebook (+ HTML) is saved beside them, the
-run's provenance is added to ``metrics.json`` -> the folder replaces ``results/STAGE/`` in one
+run's provenance is added to ``details.json`` -> the folder replaces ``results/STAGE/`` in one
 rename. A failure, SIGINT or SIGTERM leaves ``results/STAGE/`` exactly as it was and no
 temporary folder behind.
 """
@@ -72,14 +72,19 @@ _PARAMETER_GUESS = _DropParameterGuess()
 
 def _finish_notebook(ipynb: Path, source: Path, final: Path) -> None:
     """Record repository-relative paths in papermill's metadata (the final place, not the
-    temporary one, and no machine path), then render the HTML beside the notebook."""
+    temporary one, and no machine path), then render the HTML beside the notebook. The HTML
+    leaves out the code of the cell of smoke defaults: papermill's injected cell below it shows
+    the values this run used, and the verdicts come a screen sooner."""
     import nbconvert
     import nbformat
+    from nbconvert.preprocessors import TagRemovePreprocessor
 
     nb = nbformat.read(ipynb, as_version=4)
     nb.metadata.papermill.update(input_path=repo_relative(source), output_path=repo_relative(final / ipynb.name))
     nbformat.write(nb, ipynb)
-    body, _ = nbconvert.HTMLExporter().from_notebook_node(nb)
+    exporter = nbconvert.HTMLExporter()
+    exporter.register_preprocessor(TagRemovePreprocessor(remove_input_tags={"parameters"}), enabled=True)
+    body, _ = exporter.from_notebook_node(nb)
     ipynb.with_suffix(".html").write_text(body, encoding="utf-8")
 
 
@@ -91,9 +96,9 @@ def _write_json(path: Path, blob: dict) -> None:
 
 
 def _add_provenance(folder: Path, provenance: dict) -> None:
-    """Put the run's provenance into the metadata block of the ``metrics.json`` it wrote."""
-    path = folder / "metrics.json"
-    require(path.exists(), f"the notebook wrote no metrics.json into {repo_relative(folder)}")
+    """Put the run's provenance into the metadata block of the ``details.json`` it wrote."""
+    path = folder / "details.json"
+    require(path.exists(), f"the notebook wrote no details.json into {repo_relative(folder)}")
     blob = json.loads(path.read_text())
     _write_json(path, {**blob, "meta": {**blob.get("meta", {}), "provenance": provenance}})
 
@@ -182,7 +187,7 @@ def run_stage(stage: str, profile: str | None = None, results_root: Path = RESUL
     models_root = Path(results_root).parent / "models" if models_root is None else models_root
     source = notebook_path(stage)
     params = check_parameters(stage, profile, declared_parameters(source), f"notebooks/{source.name}", params_file)
-    require((batch_size is None and examples is None) or dry_run, "--batch-size and --examples are for the dry run only (set sizes in params.yaml)")
+    require((batch_size is None and examples is None) or dry_run, "--batch-size and --examples are for the dry run only (set sizes in profiles/<stage>.yaml)")
     require(examples is None or examples >= 1, f"--examples must be >= 1, got {examples}")
     require(batch_size is None or batch_size >= 1, f"--batch-size must be >= 1, got {batch_size}")
     planned = dict(params)  # the plan is of the profile's own settings, dry run or not

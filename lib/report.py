@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib
@@ -16,15 +18,26 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from lib.cache import runs  # noqa: E402
+from lib.errors import require  # noqa: E402
 from lib.runtime import attack_libraries  # noqa: E402
 
 PALETTE = "colorblind"
+MAX_HEADLINE = 20  # numbers per stage in metrics.json: a dvc metrics show row stays readable
 
 
 def set_style() -> None:
     """The one figure style of the repository."""
     sns.set_theme(context="paper", style="whitegrid", palette=PALETTE, font_scale=1.1)
     plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 130, "savefig.bbox": "tight"})
+
+
+@contextmanager
+def evaluation(label: str) -> Iterator[None]:
+    """One line when an evaluation block ends: what was evaluated and its wall time (the notebook's
+    progress report in place of progress bars)."""
+    t0 = time.perf_counter()
+    yield
+    print(f"{label}: evaluated in {time.perf_counter() - t0:.0f} s")
 
 
 def _atomic_write(path: Path, write) -> Path:
@@ -69,10 +82,143 @@ def setting_line(meta: dict) -> str:
     )
 
 
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return "" if math.isnan(v) else f"{v:.4g}"
-    return str(v)
+# --------------------------------------------------------------------------------------------------
+# Displayed tables: the paper's precision, signed deltas, no index, no horizontal scroll bar
+
+SIGNED = ("delta", "gap", "gain", "change", "Δ")  # column names holding differences: shown with a sign
+GROUP = (" paper", " ours", " delta")  # a wide paper-vs-ours table's column triplets
+WIDTH_CHARS = 120  # what fits a 1,300 px window at the notebook's table font, in characters
+
+
+def printed_decimals(values: Iterable) -> int:
+    """How many decimals the paper prints: the most among ``values`` (1 when none, at most 3)."""
+    places = [len(repr(float(v)).split(".")[1].rstrip("0")) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    return min(max(places, default=1), 3) or 1
+
+
+def magnitude_decimals(values: Iterable) -> int:
+    """Decimals for numbers of this size: 1 from 10 up, 2 from 1 up, 3 significant digits (at most 4
+    decimals) below 1; the largest finite value decides, so a column shares one precision."""
+    size = max((abs(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)), default=0.0)
+    return 1 if size >= 10 or size == 0 else 2 if size >= 1 else min(4, 2 - math.floor(math.log10(size)))
+
+
+def format_number(v, decimals: int | None = None, signed: bool = False) -> str:
+    """One number for display: ``decimals`` fixed (default: by its magnitude); integers as integers
+    unless decimals are given; nan as blank; a sign when ``signed``."""
+    if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
+        return "" if v is None else str(v)
+    if not math.isfinite(v):
+        return "" if math.isnan(v) else str(v)
+    if decimals is None:
+        if float(v).is_integer() and not signed:
+            return f"{int(v)}"
+        decimals = magnitude_decimals([v])
+    return f"{v:{'+' if signed else ''}.{decimals}f}"
+
+
+def _metric(col: str) -> str:
+    """The metric a paper / ours / delta column belongs to (the column itself otherwise)."""
+    return next((col[: -len(g)] for g in GROUP if col.endswith(g)), col)
+
+
+def _formatters(df: pd.DataFrame) -> dict[str, callable]:
+    """Per column: the paper-vs-ours triplets at the paper's precision, the rest by magnitude."""
+    out = {}
+    for col in df.columns:
+        paper = f"{_metric(col)} paper" if col.endswith(GROUP) else None
+        signed = any(s in col.lower() for s in SIGNED)
+        numeric = pd.api.types.is_numeric_dtype(df[col]) and not pd.api.types.is_bool_dtype(df[col])
+        integral = numeric and not signed and all(float(v).is_integer() for v in df[col].dropna())
+        if paper in df.columns:
+            decimals = printed_decimals(df[paper])
+        elif numeric and not integral:
+            decimals = magnitude_decimals(df[col].tolist())
+        else:
+            decimals = None
+        out[col] = (lambda v, d=decimals, s=signed, i=integral:
+                    format_number(int(v) if i and isinstance(v, float) and math.isfinite(v) else v, d, s))
+    return out
+
+
+LONG = ("paper", "ours", "delta")  # a long paper-vs-ours table: one metric per row
+
+
+def formatted(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` as strings, every number at its display precision (the CSV files keep full precision).
+    A long table's paper / ours / delta take each row's paper precision (rows hold different metrics)."""
+    fmt = _formatters(df)
+    out = pd.DataFrame({c: [fmt[c](v) for v in df[c].tolist()] for c in df.columns}, columns=df.columns)
+    if set(LONG) <= set(df.columns):
+        for i, (paper, *values) in enumerate(df[list(LONG)].itertuples(index=False)):
+            if isinstance(paper, (int, float)) and math.isfinite(paper):
+                d = printed_decimals([paper])
+                out.iloc[i, [df.columns.get_loc(c) for c in LONG]] = [format_number(v, d, c == "delta") for c, v in zip(LONG, (paper, *values))]
+    return out
+
+
+def _width(strings: pd.Series, header: str) -> int:
+    """A column's rendered width in characters: its longest value or its header's longest word."""
+    return max([len(s) for s in strings] + [len(w) for w in str(header).split()] + [1]) + 3
+
+
+def column_parts(data: pd.DataFrame, text: pd.DataFrame, width: int = WIDTH_CHARS) -> list[list[str]]:
+    """Split a wide table's columns into parts that each fit ``width`` characters: the leading
+    non-numeric columns of ``data`` (the row keys) repeat in every part; paper / ours / delta
+    triplets stay together. ``text``: ``data`` formatted for display."""
+    cols = list(text.columns)
+    keys = []
+    for c in cols:
+        if c.endswith(GROUP) or pd.api.types.is_numeric_dtype(data[c]):
+            break
+        keys.append(c)
+    groups: list[list[str]] = []
+    for c in cols[len(keys):]:
+        if groups and _metric(groups[-1][0]) == _metric(c):
+            groups[-1].append(c)
+        else:
+            groups.append([c])
+    key_width = sum(_width(text[c], c) for c in keys)
+    parts, current, used = [], [], key_width
+    for g in groups:
+        w = sum(_width(text[c], c) for c in g)
+        if current and used + w > width:
+            parts.append(keys + current)
+            current, used = [], key_width
+        current += g
+        used += w
+    return parts + [keys + current] if current or not parts else parts
+
+
+def markdown_table(data: pd.DataFrame, text: pd.DataFrame | None = None) -> str:
+    """``data`` as a Markdown table at display precision (``text``: already formatted), numbers
+    right-aligned and printed exactly as formatted (tabulate would re-parse them)."""
+    text = formatted(data) if text is None else text
+    align = tuple("right" if pd.api.types.is_numeric_dtype(data[c]) else "left" for c in data.columns)
+    return text.to_markdown(index=False, disable_numparse=True, colalign=align)
+
+
+class Table:
+    """A written table as the notebook shows it: caption, then Markdown at display precision, split
+    into parts when too wide for the page. ``data`` is the full-precision DataFrame."""
+
+    def __init__(self, data: pd.DataFrame, caption: str = ""):
+        self.data, self.caption = data, caption
+
+    def markdown(self, width: int = WIDTH_CHARS) -> str:
+        text = formatted(self.data)
+        parts = column_parts(self.data, text, width)
+        tables = [markdown_table(self.data[cols], text[cols]) for cols in parts]
+        head = f"**{self.caption}**\n\n" if self.caption else ""
+        if len(tables) > 1:
+            tables = [f"*Part {i} of {len(tables)}*\n\n{t}" for i, t in enumerate(tables, 1)]
+        return head + "\n\n".join(tables)
+
+    def _repr_markdown_(self) -> str:
+        return self.markdown()
+
+    def __repr__(self) -> str:
+        return f"{self.caption}\n{formatted(self.data).to_string(index=False)}"
 
 
 class ResultsWriter:
@@ -83,13 +229,14 @@ class ResultsWriter:
         (self.root / "figures").mkdir(parents=True, exist_ok=True)
         (self.root / "tables").mkdir(parents=True, exist_ok=True)
 
-    def table(self, name: str, df: pd.DataFrame, caption: str, meta: dict | None = None) -> pd.DataFrame:
-        """Write ``tables/<name>.csv`` and ``.md`` (caption and setting line above the table)."""
+    def table(self, name: str, df: pd.DataFrame, caption: str, meta: dict | None = None) -> Table:
+        """Write ``tables/<name>.csv`` (full precision) and ``.md`` (caption, setting line, display
+        precision); return the :class:`Table` the notebook displays."""
         _atomic_write(self.root / "tables" / f"{name}.csv", lambda p: df.to_csv(p, index=False, float_format="%.6g"))
         head = f"**{caption}**\n\n" + (f"{setting_line(meta)}\n\n" if meta else "")
-        text = head + df.map(_fmt).to_markdown(index=False) + "\n"
+        text = head + markdown_table(df) + "\n"
         _atomic_write(self.root / "tables" / f"{name}.md", lambda p: p.write_text(text))
-        return df
+        return Table(df, caption)
 
     def figure(self, name: str, fig: plt.Figure) -> Path:
         """Save ``figures/<name>.png`` and close the figure."""
@@ -97,15 +244,21 @@ class ResultsWriter:
         plt.close(fig)
         return path
 
-    def metrics(self, metrics: dict, meta: dict) -> dict:
-        """Write ``metrics.json`` = {"meta": meta + attack libraries used, **metrics} (NaN as null),
-        and ``training.json``: every model the run trained or loaded, with its training wall time."""
-        blob = {"meta": {**meta, "attack_libraries": attack_libraries()}, **metrics}
-        text = json.dumps(_clean(blob), indent=2, sort_keys=False) + "\n"
-        _atomic_write(self.root / "metrics.json", lambda p: p.write_text(text))
+    def metrics(self, headline: dict[str, float], details: dict, meta: dict) -> str:
+        """Write ``metrics.json``: the stage's headline numbers only (flat, named, what DVC shows);
+        ``details.json``: {"meta": meta + attack libraries used, **details} (every number, the config);
+        ``training.json``: every model the run trained or loaded, with its training wall time.
+        Returns a one-line confirmation for the notebook."""
+        bad = [k for k, v in headline.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+        require(not bad, f"headline metrics must be flat numbers; not numbers: {', '.join(bad)}")
+        require(len(headline) <= MAX_HEADLINE, f"{len(headline)} headline metrics; keep at most {MAX_HEADLINE} (the rest go to details)")
+        blob = {"meta": {**meta, "attack_libraries": attack_libraries()}, **details}
+        _atomic_write(self.root / "details.json", lambda p: p.write_text(json.dumps(_clean(blob), indent=2) + "\n"))
+        _atomic_write(self.root / "metrics.json", lambda p: p.write_text(json.dumps(_clean(headline), indent=2) + "\n"))
         models = json.dumps({"models": runs()}, indent=2) + "\n"  # the pipeline adds the plan and the total
         _atomic_write(self.root / "training.json", lambda p: p.write_text(models))
-        return blob
+        return (f"Wrote metrics.json ({len(headline)} headline numbers, what `dvc metrics show` lists), details.json "
+                "(every number, the configuration and the metadata) and training.json (every model and its training time).")
 
 
 def _clean(obj):

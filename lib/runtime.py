@@ -161,7 +161,7 @@ def attack_libraries() -> dict[str, str]:
 
 
 def metadata(profile: str, dataset: str, samples: dict, seed: int, started: float) -> dict:
-    """The block stored in every metrics.json: where and how the numbers were produced.
+    """The block stored in every details.json: where and how the numbers were produced.
 
     The pipeline adds ``provenance`` (commit, dirty tree, parameter hash, tool versions)."""
     return {

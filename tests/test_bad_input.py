@@ -26,6 +26,7 @@ from lib.errors import ConfigError
 from lib.runtime import REPO_ROOT
 
 PARAMS = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+PROFILES = {f.stem: yaml.safe_load(f.read_text()) for f in (REPO_ROOT / "profiles").glob("*.yaml")}
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -50,10 +51,11 @@ class Workspace:
         self.before = _digest(self.results)
 
     def write_params(self, change) -> None:
-        params = copy.deepcopy(PARAMS)
-        params["profile"] = "smoke"
-        change(params)
+        """params.yaml (profile smoke, no overrides) and profiles/, after ``change(params, profiles)``."""
+        params, profiles = {**copy.deepcopy(PARAMS), "profile": "smoke"}, copy.deepcopy(PROFILES)
+        change(params, profiles)
         self.params.write_text(yaml.safe_dump(params, sort_keys=False))
+        write_profiles(self.params.parent, profiles)
 
     def argv(self, stage: str | None = None) -> list[str]:
         return [stage or self.stage, "--params", str(self.params), "--results", str(self.results), "--data", str(self.data)]
@@ -67,26 +69,38 @@ class Workspace:
         assert _digest(self.results) == self.before, "results changed or a temporary folder was left"
 
 
-def _smoke(stage: str, **changes):
-    def change(params):
-        params[stage]["smoke"].update(changes)
+def write_profiles(root: Path, profiles: dict) -> None:
+    (root / "profiles").mkdir(exist_ok=True)
+    for stage, blocks in profiles.items():
+        (root / "profiles" / f"{stage}.yaml").write_text(yaml.safe_dump(blocks, sort_keys=False))
+
+
+def _override(stage: str, **changes):
+    """Values set in params.yaml's section of ``stage`` (what ``dvc exp run -S +stage.key=value`` writes)."""
+    def change(params, profiles):
+        params[stage] = {**(params.get(stage) or {}), **changes}
     return change
 
 
 def _rename(stage: str, old: str, new: str):
-    def change(params):
-        block = params[stage]["smoke"]
+    def change(params, profiles):
+        block = profiles[stage]["smoke"]
         block[new] = block.pop(old)
     return change
 
 
 def _drop(*path: str):
-    def change(params):
-        node = params
+    """Remove a stage's profiles (one name) or a block or key of them."""
+    def change(params, profiles):
+        node = profiles
         for key in path[:-1]:
             node = node[key]
         del node[path[-1]]
     return change
+
+
+def _unchanged(params, profiles) -> None:
+    pass
 
 
 P5, P3, COMPARE = "p5_mnist_gan", "p3_single_step_reuse", "compare"
@@ -94,35 +108,36 @@ P5, P3, COMPARE = "p5_mnist_gan", "p3_single_step_reuse", "compare"
 # id -> (stage, change to params.yaml, fragments of the one error line)
 BEFORE_THE_KERNEL = {
     "mistyped key": (P5, _rename(P5, "g_epochs", "g_epoch"),
-                     ["unknown key p5_mnist_gan.smoke.g_epoch", "did you mean g_epochs?", "missing key g_epochs"]),
-    "extra key": (P3, _smoke(P3, learning_rate_decay=0.1),
-                  ["unknown key p3_single_step_reuse.smoke.learning_rate_decay (is not a parameter)"]),
-    "key the pipeline sets": (P3, _smoke(P3, results_dir="elsewhere"), ["unknown key p3_single_step_reuse.smoke.results_dir (is set by the pipeline"]),
-    "missing key": (P3, _drop(P3, "smoke", "epochs"), ["missing key epochs (set it in p3_single_step_reuse.common or p3_single_step_reuse.smoke)"]),
-    "string for a number": (P3, _smoke(P3, lr="1e-3"),
-                            ["p3_single_step_reuse.smoke.lr must be float, got '1e-3' (str)", "write 1.0e-3"]),
-    "list for a scalar": (P5, _smoke(P5, g_lr=[0.1, 0.01]), ["p5_mnist_gan.smoke.g_lr must be float, got [0.1, 0.01] (list)"]),
-    "NaN size": (P5, _smoke(P5, n_train=float("nan")), ["p5_mnist_gan.smoke.n_train must be int | None, got nan (float)"]),
-    "non-integer size": (P5, _smoke(P5, n_test=2.5), ["p5_mnist_gan.smoke.n_test must be int | None, got 2.5 (float)"]),
-    "NaN rate": (P5, _smoke(P5, g_lr=float("nan")), ["g_lr must be float, got nan (float)"]),
-    "several problems at once": (P5, lambda p: (_rename(P5, "g_epochs", "g_epoch")(p), _smoke(P5, d_lr="fast")(p)),
+                     ["unknown key p5_mnist_gan.smoke.g_epoch in", "profiles/p5_mnist_gan.yaml (is not a parameter; did you mean g_epochs?)", "missing key g_epochs"]),
+    "extra key": (P3, _override(P3, learning_rate_decay=0.1),
+                  ["unknown key p3_single_step_reuse.learning_rate_decay in", "params.yaml (is not a parameter)"]),
+    "key the pipeline sets": (P3, _override(P3, results_dir="elsewhere"), ["unknown key p3_single_step_reuse.results_dir in", "params.yaml (is set by the pipeline"]),
+    "missing key": (P3, _drop(P3, "smoke", "epochs"), ["missing key epochs (set it in the common or smoke block of", "profiles/p3_single_step_reuse.yaml)"]),
+    "string for a number": (P3, _override(P3, lr="1e-3"),
+                            ["p3_single_step_reuse.lr must be float, got '1e-3' (str)", "write 1.0e-3"]),
+    "list for a scalar": (P5, _override(P5, g_lr=[0.1, 0.01]), ["p5_mnist_gan.g_lr must be float, got [0.1, 0.01] (list)"]),
+    "NaN size": (P5, _override(P5, n_train=float("nan")), ["p5_mnist_gan.n_train must be int | None, got nan (float)"]),
+    "non-integer size": (P5, _override(P5, n_test=2.5), ["p5_mnist_gan.n_test must be int | None, got 2.5 (float)"]),
+    "NaN rate": (P5, _override(P5, g_lr=float("nan")), ["g_lr must be float, got nan (float)"]),
+    "several problems at once": (P5, lambda p, f: (_rename(P5, "g_epochs", "g_epoch")(p, f), _override(P5, d_lr="fast")(p, f)),
                                  ["unknown key p5_mnist_gan.smoke.g_epoch", "missing key g_epochs", "d_lr must be float, got 'fast'"]),
-    "missing section": (P5, _drop(P5), ["has no section 'p5_mnist_gan'"]),
-    "missing profile block": (P5, _drop(P5, "smoke"), ["section 'p5_mnist_gan' of", "has no 'smoke' block"]),
-    "unknown profile": (P5, lambda p: p.update(profile="huge"), ["unknown profile 'huge'; choose one of smoke, cpu, paper"]),
+    "missing profiles file": (P5, _drop(P5), ["no profiles file", "profiles/p5_mnist_gan.yaml for stage 'p5_mnist_gan'"]),
+    "missing profile block": (P5, _drop(P5, "smoke"), ["profiles/p5_mnist_gan.yaml has no 'smoke' block"]),
+    "override section not a mapping": (P5, lambda p, f: p.update(p5_mnist_gan=[1]), ["section 'p5_mnist_gan' of", "must be a mapping"]),
+    "unknown profile": (P5, lambda p, f: p.update(profile="huge"), ["unknown profile 'huge'; choose one of smoke, cpu, paper"]),
 }
 
 # ids -> (stage, change, fragments): these are caught by the notebook's own validation, in its first cells
 IN_THE_NOTEBOOK = {
-    "negative size": (P5, _smoke(P5, n_train=-5), ["ConfigError: n_train must be positive"]),
-    "zero size": (P5, _smoke(P5, n_test=0), ["ConfigError: n_test must be positive"]),
-    "size larger than the data": (P5, _smoke(P5, n_train=1_000_000_000),
+    "negative size": (P5, _override(P5, n_train=-5), ["ConfigError: n_train must be positive"]),
+    "zero size": (P5, _override(P5, n_test=0), ["ConfigError: n_test must be positive"]),
+    "size larger than the data": (P5, _override(P5, n_train=1_000_000_000),
                                   ["ConfigError: 1000000000 examples asked of mnist5k train, which has 4000 (null means all)"]),
-    "unknown dataset": (P5, _smoke(P5, dataset="mnist9"), ["ConfigError: unknown dataset 'mnist9'; known:"]),
-    "unknown optimizer": (P5, _smoke(P5, g_optimizer="adamw"), ["ConfigError: g_optimizer must be sgd or adam, got 'adamw'"]),
-    "unknown model": (COMPARE, _smoke(COMPARE, model="resnet999"), ["ConfigError: unknown model 'resnet999'; known:"]),
+    "unknown dataset": (P5, _override(P5, dataset="mnist9"), ["ConfigError: unknown dataset 'mnist9'; known:"]),
+    "unknown optimizer": (P5, _override(P5, g_optimizer="adamw"), ["ConfigError: g_optimizer must be sgd or adam, got 'adamw'"]),
+    "unknown model": (COMPARE, _override(COMPARE, model="resnet999"), ["ConfigError: unknown model 'resnet999'; known:"]),
     # no parameter names an attack; the training attacks of compare are named by its defences
-    "unknown defence (training attack)": (COMPARE, _smoke(COMPARE, strengths={**PARAMS[COMPARE]["smoke"]["strengths"], "pgd_att": [0.1]}),
+    "unknown defence (training attack)": (COMPARE, _override(COMPARE, strengths={**PROFILES[COMPARE]["smoke"]["strengths"], "pgd_att": [0.1]}),
                                           ["ConfigError: unknown defences ['pgd_att']"]),
 }
 
@@ -148,7 +163,7 @@ def test_bad_values_stop_the_notebook_with_one_message(case, tmp_path, capfd):
 
 def test_unknown_stage(tmp_path, capfd):
     ws = Workspace(tmp_path, P5)
-    ws.write_params(lambda p: None)
+    ws.write_params(_unchanged)
     code = P.main(ws.argv("p9_nothing"))
     ws.assert_stopped_cleanly(code, capfd.readouterr().err, "unknown stage 'p9_nothing'; notebooks: compare, p1_conv_generator_ensemble")
 
@@ -167,7 +182,7 @@ def _prepared_mnist5k(folder: Path) -> Path:
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
 def test_corrupt_prepared_data_names_the_file_and_the_rebuild_command(damage, tmp_path, capfd):
     ws = Workspace(tmp_path, P5)
-    ws.write_params(lambda p: None)
+    ws.write_params(_unchanged)
     path = _prepared_mnist5k(ws.data)
     blob = path.read_bytes()
     path.write_bytes(b"not a torch file" * 64 if damage == "garbage" else blob[: len(blob) // 2])
@@ -186,7 +201,7 @@ def test_prepared_data_of_the_wrong_structure_is_reported_as_corrupt(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
 def test_a_signal_mid_run_removes_the_temporary_folder_and_keeps_results(sig, tmp_path):
     ws = Workspace(tmp_path, P5)
-    ws.write_params(lambda p: None)
+    ws.write_params(_unchanged)
     proc = subprocess.Popen([sys.executable, "-m", "lib.pipeline", *ws.argv()], cwd=REPO_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     running = ws.results / f".{P5}.tmp" / "figures"  # the notebook's first cells have run
@@ -205,12 +220,13 @@ def test_data_stage_rejects_a_bad_section_and_leaves_its_output(tmp_path, capfd)
     out.mkdir()
     (out / "keep.pt").write_bytes(b"old")
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"profile": "cpu", "data": {"cpu": {"datasets": ["mnist9"], "extra": 1}}}))
+    params.write_text(yaml.safe_dump({"profile": "cpu", "data": {}}))
+    write_profiles(tmp_path, {"data": {"cpu": {"datasets": ["mnist9"], "extra": 1}}})
     assert D.main(["--params", str(params), "--out", str(out)]) == 2
     assert capfd.readouterr().err.strip().splitlines() == [
-        f"error: {params} does not match the data stage's parameters (profile cpu): unknown key data.cpu.extra (is not a parameter)"]
+        f"error: the parameters of data do not match the data stage's (profile cpu): unknown key data.cpu.extra in {tmp_path}/profiles/data.yaml (is not a parameter)"]
     assert [p.name for p in out.iterdir()] == ["keep.pt"] and not (tmp_path / "prepared.tmp").exists()
-    params.write_text(yaml.safe_dump({"profile": "cpu", "data": {"cpu": {"datasets": ["mnist9"]}}}))
+    write_profiles(tmp_path, {"data": {"cpu": {"datasets": ["mnist9"]}}})
     assert D.main(["--params", str(params), "--out", str(out)]) == 2
     assert "unknown dataset 'mnist9'" in capfd.readouterr().err
     assert [p.name for p in out.iterdir()] == ["keep.pt"]

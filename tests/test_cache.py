@@ -34,12 +34,16 @@ def _same_weights(a, b) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
-def test_second_run_loads_the_same_model_history_and_random_state(store):
+def test_second_run_loads_the_same_model_history_and_random_state(store, capsys):
     split = _split()
     m1, r1, draw1 = _fit(split)
     assert not r1.loaded and len(list(store.root.glob("tiny-*.pt"))) == 1
+    epochs, acc = len(r1.history), 100 * r1.history[-1]["train_acc"]
     m2, r2, draw2 = _fit(split)
     assert r2.loaded
+    trained, loaded = capsys.readouterr().out.strip().splitlines()[-2:]  # one line per model, name first
+    assert trained.startswith("tiny: trained in") and f", {epochs} epochs, final train acc {acc:.1f}%" in trained
+    assert loaded.startswith(f"tiny: loaded, {epochs} epochs, final train acc {acc:.1f}% (trained in")
     assert _same_weights(m1, m2)
     assert r1.history == r2.history and r1.seconds == r2.seconds
     assert torch.equal(draw1, draw2)

@@ -50,7 +50,7 @@ def test_the_paper_profile_runs_end_to_end_on_full_size_synthetic_data(stage):
     out = run_stage(stage, "paper", dry_run=True, batch_size=BATCH.get(stage), examples=EXAMPLES)
     assert out == dryrun.ROOT / "results" / stage
     assert _tree_digest(REPO_ROOT / "results" / stage) == committed  # results/ never touched
-    for name in ("metrics.json", "claims.md", f"{stage}.ipynb", f"{stage}.html"):
+    for name in ("metrics.json", "details.json", "claims.md", f"{stage}.ipynb", f"{stage}.html"):
         assert (out / name).stat().st_size > 0, name
     assert list((out / "tables").glob("*.csv")) and list((out / "figures").glob("*.png"))
     training = json.loads((out / "training.json").read_text())
@@ -58,7 +58,7 @@ def test_the_paper_profile_runs_end_to_end_on_full_size_synthetic_data(stage):
     assert not any(m["loaded"] for m in training["models"])  # a dry run trains from scratch
     assert _masked(trained) == _masked(m["name"] for m in training["plan"]["models"])  # the plan lists what runs
     assert training["plan"]["profile"] == "paper" and training["wall_time_s"] > 0
-    meta = json.loads((out / "metrics.json").read_text())["meta"]
+    meta = json.loads((out / "details.json").read_text())["meta"]
     assert meta["profile"] == "paper"
     notebook = (out / f"{stage}.ipynb").read_text()
     assert "DRY RUN" in notebook and "synthetic" in notebook

@@ -29,6 +29,12 @@ def test_there_are_notebooks():
     assert NOTEBOOKS
 
 
+def test_params_yaml_is_the_switch_and_empty_overrides():
+    """Main runs the profiles as written; params.yaml stays small enough for `dvc exp show`."""
+    assert PARAMS["profile"] in PROFILES and set(PARAMS) == {"profile", "data", *(p.stem for p in NOTEBOOKS)}
+    assert all(PARAMS[stage] == {} for stage in PARAMS if stage != "profile")
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_is_stored_stripped(path):
     nb = json.loads(path.read_text())
@@ -55,7 +61,7 @@ def test_notebook_defaults_are_smoke_and_every_profile_meets_the_contract(path):
 def test_dvc_stage_lists_only_its_own_params_and_its_outputs(path):
     stage = DVC[path.stem]
     assert sorted(stage["params"]) == sorted(["profile", path.stem])
-    assert f"notebooks/{path.name}" in stage["deps"]
+    assert f"notebooks/{path.name}" in stage["deps"] and f"profiles/{path.stem}.yaml" in stage["deps"]
     assert stage["cmd"] == f"python -m lib.pipeline {path.stem}"
     outs = [o for key in ("outs", "metrics", "plots") for o in stage.get(key, [])]
     for out in outs:  # DVC deletes non-persistent outputs before a run; results must survive a failure
@@ -96,12 +102,11 @@ def test_bad_parameter_stops_the_notebook_and_leaves_previous_results(tmp_path, 
     old.mkdir()
     (old / "metrics.json").write_text("{}")
     params = tmp_path / "params.yaml"
-    bad = dict(PARAMS)
-    bad[stage] = {**PARAMS[stage], "smoke": {**PARAMS[stage]["smoke"], **wrong}}
-    params.write_text(yaml.safe_dump(bad))
+    params.write_text(yaml.safe_dump({**PARAMS, stage: wrong}))  # an override, as `dvc exp run -S +stage.key=...` writes
+    shutil.copytree(REPO_ROOT / "profiles", tmp_path / "profiles")
     with pytest.raises(ConfigError, match=message):
         run_stage(stage, "smoke", results_root=tmp_path, params_file=params)
-    assert {p.name for p in tmp_path.iterdir()} == {"params.yaml", stage}
+    assert {p.name for p in tmp_path.iterdir()} == {"params.yaml", "profiles", stage}
     assert [p.name for p in old.iterdir()] == ["metrics.json"]
 
 

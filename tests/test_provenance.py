@@ -71,10 +71,10 @@ def test_readme_marks_results_from_a_dirty_tree(tmp_path):
     (stage / "tables" / "headline.csv").write_text("metric,paper,ours,delta\nD clean,98.4,97.1,-1.3\n")
     meta = {"profile": "cpu", "reduced": True, "device": "CPU: X", "wall_time_s": 60,
             "provenance": {"commit": "abc1234", "dirty": True, "changed_files": ["lib/train.py"]}}
-    (stage / "metrics.json").write_text(json.dumps({"meta": meta}))
+    (stage / "details.json").write_text(json.dumps({"meta": meta}))
     assert "commit abc1234 **with uncommitted changes (dirty tree: `lib/train.py`)**" in readme.render(tmp_path)
     meta["provenance"].update(dirty=False, changed_files=[])
-    (stage / "metrics.json").write_text(json.dumps({"meta": meta}))
+    (stage / "details.json").write_text(json.dumps({"meta": meta}))
     text = readme.render(tmp_path)
     assert "commit abc1234." in text and "dirty" not in text
 
@@ -85,7 +85,7 @@ def test_a_stage_run_records_provenance_and_no_machine_path():
     shutil.rmtree(root, ignore_errors=True)
     try:
         out = run_stage("p5_mnist_gan", "smoke", results_root=root, models_root=models)
-        meta = json.loads((out / "metrics.json").read_text())["meta"]
+        meta = json.loads((out / "details.json").read_text())["meta"]
         assert meta["provenance"]["commit"] == git_state()["commit"] and len(meta["provenance"]["params_sha256"]) == 16
         assert meta["attack_libraries"] == {}  # p5 uses only our attacks
         nb = json.loads((out / "p5_mnist_gan.ipynb").read_text())
@@ -94,7 +94,7 @@ def test_a_stage_run_records_provenance_and_no_machine_path():
         assert (paths["input_path"], paths["output_path"]) == ("notebooks/p5_mnist_gan.ipynb", "build/test-provenance/p5_mnist_gan/p5_mnist_gan.ipynb")
         assert injected == {"results_dir": "build/test-provenance/.p5_mnist_gan.tmp", "data_dir": "data/prepared",
                             "models_dir": "build/test-provenance-models/p5_mnist_gan"}
-        assert str(REPO_ROOT) not in (out / "metrics.json").read_text() + (out / "claims.md").read_text()
+        assert str(REPO_ROOT) not in "".join((out / n).read_text() for n in ("metrics.json", "details.json", "claims.md"))
         assert [p.name for p in root.iterdir()] == ["p5_mnist_gan"]
     finally:
         shutil.rmtree(root, ignore_errors=True)

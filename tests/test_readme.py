@@ -14,9 +14,10 @@ def test_committed_readme_results_section_is_regenerated_from_the_results_files(
 def test_section_reflects_the_files_and_says_when_a_stage_has_none(tmp_path):
     (tmp_path / "p5_mnist_gan" / "tables").mkdir(parents=True)
     (tmp_path / "p5_mnist_gan" / "tables" / "headline.csv").write_text("metric,paper,ours,delta\nD clean,98.4,97.123456,-1.3\n")
-    (tmp_path / "p5_mnist_gan" / "metrics.json").write_text('{"meta": {"profile": "cpu", "reduced": true, "device": "CPU: X", "wall_time_s": 120}}')
+    (tmp_path / "p5_mnist_gan" / "details.json").write_text('{"meta": {"profile": "cpu", "reduced": true, "device": "CPU: X", "wall_time_s": 120}}')
     text = readme.render(tmp_path)
-    assert "97.12" in text and "REDUCED" in text and "CPU: X" in text and "| p5_mnist_gan | cpu       |                 2 | CPU: X     |" in text
+    assert "| D clean  |    98.4 |   97.1 |    -1.3 |" in text  # at the paper's precision, delta signed
+    assert "REDUCED" in text and "CPU: X" in text and "| p5_mnist_gan | cpu       |                 2 | CPU: X     |" in text
     assert "No results yet: run `dvc repro p2_pgn`" in text
     page = tmp_path / "README.md"
     page.write_text(f"intro\n{readme.START}\nold\n{readme.END}\noutro\n")

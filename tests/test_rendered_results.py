@@ -1,5 +1,6 @@
 """The committed executed notebooks read as results, not as a training log (#16): almost no stderr
-(no progress bars), and no machine's absolute path anywhere under results/."""
+(no progress bars), no machine's absolute path anywhere under results/, tables at display
+precision, verdicts first, and DVC metrics that are headline numbers only."""
 
 from __future__ import annotations
 
@@ -30,3 +31,50 @@ def test_no_file_under_results_holds_a_machine_path():
                  if f.is_file() and f.suffix in {".ipynb", ".html", ".json", ".md", ".csv"}
                  and MACHINE_PATH.search(f.read_text(errors="replace"))]
     assert not offenders, offenders
+
+
+TABLE_ROW = re.compile(r"^\|.*\|$", re.M)
+LONG_DECIMAL = re.compile(r"\d\.\d{5,}")
+STAGES = ("p1_conv_generator_ensemble", "p2_pgn", "p3_single_step_reuse", "p4_resnet_transfer_augmentation", "p5_mnist_gan", "compare")
+
+
+def _displayed(notebook) -> list[str]:
+    """Every rich output of a notebook as the reader sees it (Markdown / HTML / plain text)."""
+    cells = json.loads(notebook.read_text())["cells"]
+    return ["".join(o["data"].get("text/markdown") or o["data"].get("text/html") or o["data"].get("text/plain", ""))
+            for c in cells for o in c.get("outputs", []) if "data" in o]
+
+
+def test_displayed_tables_show_at_most_four_decimals_and_no_raw_dataframe():
+    for notebook in sorted(RESULTS.glob("*/*.ipynb")):
+        shown = _displayed(notebook)
+        rows = [row for text in shown for row in TABLE_ROW.findall(text)]
+        assert rows, f"{notebook.name} displays no table"
+        assert not [r for r in rows if LONG_DECIMAL.search(r)], notebook.name
+        assert not [t for t in shown if "<table" in t or "rows ×" in t], f"{notebook.name} displays a raw DataFrame"
+
+
+def test_each_notebook_opens_with_its_verdicts():
+    for stage in STAGES:
+        cells = json.loads((RESULTS / stage / f"{stage}.ipynb").read_text())["cells"]
+        first_output = next(i for i, c in enumerate(cells) if c.get("outputs"))
+        summary = "".join("".join(o.get("data", {}).get("text/markdown", "")) for o in cells[first_output]["outputs"])
+        assert summary.startswith("## Verdicts of this run") and "Profile `" in summary, stage
+        claims = (RESULTS / stage / "claims.md").read_text().strip()
+        assert claims and claims in summary, stage
+
+
+def test_the_html_shows_the_values_the_run_used_not_the_smoke_defaults():
+    for stage in STAGES:
+        html = (RESULTS / stage / f"{stage}.html").read_text()
+        assert "build/smoke/" not in html and f"results/.{stage}.tmp" in html, stage  # injected cell kept, defaults cell left out
+
+
+def test_dvc_metrics_hold_a_few_flat_headline_numbers_and_no_config():
+    for stage in STAGES:
+        metrics = json.loads((RESULTS / stage / "metrics.json").read_text())
+        assert 0 < len(metrics) <= 20, stage
+        assert all(isinstance(v, (int, float)) or v is None for v in metrics.values()), stage  # flat: no nesting
+        details = json.loads((RESULTS / stage / "details.json").read_text())
+        assert {"meta", "config", "results"} <= details.keys(), stage
+        assert not set(metrics) & set(details["config"]), stage

@@ -24,7 +24,7 @@ from lib.augment import random_hflip
 from lib.cache import cached
 from lib.errors import require
 from lib.evaluate import accuracy, accuracy_vs_eps, adversarial_examples, relative_cost
-from lib.report import comparison
+from lib.report import comparison, evaluation
 from lib.runtime import device, seed_everything
 from lib.train import AttackSource, GeneratorSource, TrainConfig, TrainResult, train
 
@@ -36,7 +36,7 @@ MODELS = ("base", "min-max", "proposed")
 
 @dataclass
 class Config:
-    """Parameters of the p1 stage (see params.yaml; defaults = the paper's setting)."""
+    """Parameters of the p1 stage (see profiles/<stage>.yaml; defaults = the paper's setting)."""
 
     profile: str = "smoke"
     dataset: str = "cifar10"
@@ -258,9 +258,10 @@ def evaluate(models: dict[str, nn.Module], surrogate: nn.Module, test: tuple, cf
     transferred = {e: adversarial_examples(surrogate, x, y, A.pgd, eps=e, steps=cfg.eval_steps, norm="l2") for e in cfg.eval_eps if e > 0}
     out = {}
     for name, m in models.items():
-        l2 = accuracy_vs_eps(m, x, y, A.pgd, cfg.eval_eps, steps=cfg.eval_steps, norm="l2")
-        linf = accuracy_vs_eps(m, x, y, A.pgd, cfg.linf_eps, steps=cfg.eval_steps, norm="linf")
-        transfer = [accuracy(m, transferred[e] if e > 0 else x, y) for e in cfg.eval_eps]
+        with evaluation(name):
+            l2 = accuracy_vs_eps(m, x, y, A.pgd, cfg.eval_eps, steps=cfg.eval_steps, norm="l2")
+            linf = accuracy_vs_eps(m, x, y, A.pgd, cfg.linf_eps, steps=cfg.eval_steps, norm="linf")
+            transfer = [accuracy(m, transferred[e] if e > 0 else x, y) for e in cfg.eval_eps]
         out[name] = {"pgd_l2": dict(zip(cfg.eval_eps, l2)), "pgd_linf": dict(zip(cfg.linf_eps, linf)), "transfer_l2": dict(zip(cfg.eval_eps, transfer))}
     return out
 
@@ -357,3 +358,23 @@ def summary_metrics(r: dict) -> dict:
         "sec_per_epoch_this_run": {m: tr.sec_per_epoch for m, tr in r["trained"].items()} | {"base": r["base"].sec_per_epoch},
         "surrogate_clean_accuracy": r["surrogate_accuracy"],
     }
+
+
+def headline_metrics(r: dict, cfg: Config) -> dict[str, float]:
+    """metrics.json: the numbers the claims rest on (accuracy in %, cost as a ratio)."""
+    l2 = {m: res["pgd_l2"] for m, res in r["results"].items()}
+    top = max(e for e in cfg.eval_eps)
+    out = {}
+    for m, key in (("base", "base"), ("proposed", "proposed"), ("min-max", "minmax")):
+        if m in l2:
+            if 0.0 in l2[m]:
+                out[f"clean_acc_{key}"] = round(100 * l2[m][0.0], 2)
+            out[f"pgd_l2_acc_at_max_eps_{key}"] = round(100 * l2[m][top], 2)
+    eps = [e for e in cfg.eval_eps if e > 0]
+    if {"proposed", "min-max"} <= l2.keys() and eps:
+        out["pgd_l2_max_gap_proposed_minmax"] = round(100 * max(abs(l2["proposed"][e] - l2["min-max"][e]) for e in eps), 2)
+    split = next(v for k, v in r["per_batch"].items() if "split" in k)
+    minmax = next(v for k, v in r["per_batch"].items() if k.startswith("min-max"))
+    out["epoch_time_proposed_over_minmax"] = round(split / minmax, 3)
+    out["epoch_time_proposed_over_clean"] = round(split / r["per_batch"]["clean"], 3)
+    return out

@@ -31,7 +31,7 @@ from lib.attacks import eval_mode
 from lib.cache import cached
 from lib.errors import require
 from lib.evaluate import accuracy, adversarial_examples, predict, robust_accuracy
-from lib.report import comparison, widen
+from lib.report import comparison, evaluation, widen
 from lib.runtime import Acceleration, DryRun, device, progress, seed_everything
 from lib.train import Clean, TrainConfig, TrainResult, train, training_precision
 
@@ -45,7 +45,7 @@ UNITS = ("normalized", "pixel")
 
 @dataclass
 class Config:
-    """Parameters of the p5 stage (see params.yaml; defaults = the paper / reference code)."""
+    """Parameters of the p5 stage (see profiles/<stage>.yaml; defaults = the paper / reference code)."""
 
     profile: str = "smoke"
     dataset: str = "mnist"
@@ -424,12 +424,26 @@ def run(ds: D.Dataset, train_split: D.Split, test_split: D.Split, cfg: Config) -
     robust = {}
     for name, model in models.items():
         robust[name] = {}
-        for i in cfg.intensities:
-            gens = {"G trained vs clean D": generators[i]}
-            if i in alt_generators:
-                gens["G from alternating phase"] = alt_generators[i]
-            robust[name][i] = evaluate_attacks(model, test, pixel_eps(i, std, cfg.intensity_units), cfg, gens)
+        with evaluation(f"{name} (FGSM, PGD-{cfg.pgd_steps}, generators; intensities {', '.join(f'{i:g}' for i in cfg.intensities)})"):
+            for i in cfg.intensities:
+                gens = {"G trained vs clean D": generators[i]}
+                if i in alt_generators:
+                    gens["G from alternating phase"] = alt_generators[i]
+                robust[name][i] = evaluate_attacks(model, test, pixel_eps(i, std, cfg.intensity_units), cfg, gens)
     return {"std": std, "clean_accuracy": clean_accuracy, "frozen": frozen, "curves": curves, "generators": generators,
             "alternating": alternating, "alt_generators": alt_generators, "models": models, "robust": robust,
             "clean": {n: accuracy(m, *test) for n, m in models.items()}}
 
+
+
+def headline_metrics(r: dict, cfg: Config) -> dict[str, float]:
+    """metrics.json: the numbers the claims rest on (accuracy in %)."""
+    out = {"clean_acc_D": round(100 * r["clean_accuracy"], 2)}
+    for i, v in r["frozen"].items():
+        out[f"acc_under_G_intensity_{i:g}"] = round(100 * v["gan"], 2)
+        out[f"acc_under_fgsm_intensity_{i:g}"] = round(100 * v["fgsm"], 2)
+    for i, h in r["alternating"].items():
+        out[f"alternating_min_acc_on_G_{i:g}"] = round(100 * min(e["acc_on_G"] for e in h[1:]), 2) if len(h) > 1 else float("nan")
+        alt, base = r["robust"][f"alternating D ({i:g})"][i], r["robust"]["clean D"][i]
+        out[f"alternating_pgd_gain_{i:g}"] = round(100 * (alt[f"PGD-{cfg.pgd_steps}"] - base[f"PGD-{cfg.pgd_steps}"]), 2)
+    return out

@@ -40,7 +40,7 @@ from lib.evaluate import (
     relative_cost,
     rho_stats,
 )
-from lib.report import comparison, widen
+from lib.report import comparison, evaluation, widen
 from lib.runtime import Acceleration, DryRun, device, progress, seed_everything
 from lib.train import (
     AttackSource,
@@ -208,7 +208,7 @@ PAPER = {ds: {d: dict(zip(_PAPER_KEYS, v)) for d, v in rows.items()} for ds, row
 
 @dataclass
 class Config:
-    """Parameters of the p2 stage (see params.yaml; defaults = the paper's setting where it gives one)."""
+    """Parameters of the p2 stage (see profiles/<stage>.yaml; defaults = the paper's setting where it gives one)."""
 
     profile: str = "smoke"
     datasets: list = field(default_factory=lambda: ["cifar100", "cifar10"])
@@ -446,7 +446,10 @@ def run_dataset(name: str, cfg: Config, data_dir) -> dict:
         key, _ = closest_benign({k: t.benign for k, t in sweep.items() if k[0] == kind}, baseline.benign)
         matched[kind] = sweep[key]
     transfers = transfer_examples(surrogate, data, cfg)
-    table = {kind: protocol(t.model, data, cfg, t.cw_norms, transfers) for kind, t in matched.items()}
+    table = {}
+    for kind, t in matched.items():
+        with evaluation(f"{name} {_label(t)} (FGM, MIM, DeepFool, C&W, black-box)"):
+            table[kind] = protocol(t.model, data, cfg, t.cw_norms, transfers)
     ablation = {"all inputs": sweep[("PGN", cfg.main_c_l)]}
     if cfg.ablation:
         for drop in INPUTS:
@@ -737,3 +740,20 @@ def summary_metrics(r: dict) -> dict:
         "attack_strength": {k: {a: v[a] for a in ("FGM", "PGD", "PGN")} for k, v in r["strength"].items()},
         "surrogate_accuracy": r["surrogate_accuracy"],
     }
+
+
+def _headline_metrics(r: dict) -> dict[str, float]:
+    """metrics.json, one dataset: the numbers the claims rest on (accuracy in %, rho_cw, cost ratio)."""
+    m, tab = r["matched"], r["table"]
+    out = {"benign_acc_baseline": round(100 * m["Baseline"].benign, 2)}
+    for k in DEFENCES[1:]:
+        key = k.lower().replace("-", "_")
+        out[f"rho_cw_{key}"] = round(tab[k]["cw_mean"], 4)
+        out[f"mim_acc_{key}"] = round(100 * tab[k]["mim_acc"], 2)
+    out["epoch_time_pgn_over_baseline"] = round(relative_cost(m["PGN"].result.sec_per_epoch, m["Baseline"].result.sec_per_epoch), 3)
+    return out
+
+
+def headline_metrics(results: dict[str, dict]) -> dict[str, float]:
+    """metrics.json over every dataset (keys prefixed with the dataset when there are several)."""
+    return {(f"{name}_{k}" if len(results) > 1 else k): v for name, r in results.items() for k, v in _headline_metrics(r).items()}

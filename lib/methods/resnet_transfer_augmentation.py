@@ -22,7 +22,7 @@ from lib import attacks as A
 from lib.augment import Conventional
 from lib.errors import require
 from lib.evaluate import accuracy, adversarial_examples, robust_accuracy
-from lib.report import comparison
+from lib.report import comparison, evaluation
 from lib.runtime import device, seed_everything
 from lib.train import EarlyStopping, TrainConfig, TrainResult, train
 
@@ -45,7 +45,7 @@ PAPER_BEST_GAIN = ("mnist", "resnet50", 52.25)
 
 @dataclass
 class Config:
-    """Parameters of the p4 stage (see params.yaml; defaults = the paper's setting where it has one)."""
+    """Parameters of the p4 stage (see profiles/<stage>.yaml; defaults = the paper's setting where it has one)."""
 
     profile: str = "smoke"
     datasets: list = field(default_factory=lambda: ["mnist", "cifar10", "cats_vs_dogs"])
@@ -144,8 +144,10 @@ def run_dataset(name: str, cfg: Config, data_dir) -> dict:
         "proposed": {a: fit(a, ds, augmented, val, cfg, cfg.augmentation(), f"{name} {a} proposed") for a in cfg.archs},
     }
     for variant, models in trained.items():
-        out[variant] = {a: {**evaluate(m, test, cfg), "epochs": len(tr.history), "best_epoch": tr.best_epoch, "sec_per_epoch": tr.sec_per_epoch}
-                        for a, (m, tr, es) in models.items()}
+        out[variant] = {}
+        for a, (m, tr, _) in models.items():
+            with evaluation(f"{name} {a} {variant} (FGSM, PGD-{cfg.pgd_steps})"):
+                out[variant][a] = {**evaluate(m, test, cfg), "epochs": len(tr.history), "best_epoch": tr.best_epoch, "sec_per_epoch": tr.sec_per_epoch}
     return out
 
 
@@ -270,3 +272,15 @@ def claims(results: dict, cfg: Config) -> str:
 def summary_metrics(results: dict) -> dict:
     """Per dataset, variant and model: clean, FGSM and PGD accuracy (fractions), epochs, sec/epoch."""
     return {d: {k: v for k, v in r.items()} for d, r in results.items()}
+
+
+def headline_metrics(results: dict, cfg: Config) -> dict[str, float]:
+    """metrics.json: the numbers the claims rest on, per dataset (accuracy and gains in points)."""
+    out = {}
+    for dataset, r in results.items():
+        short = {"mnist5k": "mnist", "fashion_mnist": "fmnist"}.get(dataset, dataset)
+        out[f"{short}_clean_acc_before"] = round(100 * sum(r["before"][a]["clean"] for a in cfg.archs) / len(cfg.archs), 2)
+        for variant, attack, key in (("proposed", "fgsm", "fgsm_gain_proposed"), ("augmentation only", "fgsm", "fgsm_gain_augmentation_only"),
+                                     ("proposed", "pgd", "pgd_gain_proposed")):
+            out[f"{short}_{key}"] = round(_mean_attack(r, variant, attack, cfg) - _mean_attack(r, "before", attack, cfg), 2)
+    return out

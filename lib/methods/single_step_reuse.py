@@ -20,7 +20,7 @@ import lib.models as M
 from lib import attacks as A
 from lib.errors import require
 from lib.evaluate import accuracy, accuracy_per_iteration, relative_cost, robust_accuracy
-from lib.report import comparison, widen
+from lib.report import comparison, evaluation, widen
 from lib.runtime import device, seed_everything
 from lib.train import AttackSource, Clean, StoredPerturbation, TrainConfig, TrainResult, train
 
@@ -44,7 +44,7 @@ DATASET_LABEL = {"mnist": "MNIST", "mnist5k": "MNIST", "fashion_mnist": "F-MNIST
 
 @dataclass
 class Config:
-    """Parameters of the p3 stage (see params.yaml; defaults = the paper's setting where it has one)."""
+    """Parameters of the p3 stage (see profiles/<stage>.yaml; defaults = the paper's setting where it has one)."""
 
     profile: str = "smoke"
     datasets: dict = field(default_factory=lambda: {"mnist": 0.3, "fashion_mnist": 0.2})  # name -> L∞ eps
@@ -173,25 +173,30 @@ def evaluate_defences(models: dict[str, TrainResult], test: D.Split, eps: float,
     clean_sec = models["vanilla"].sec_per_epoch if "vanilla" in models else float("nan")
     res = {}
     for name, tr in models.items():
-        m = tr.final
-        t0 = time.perf_counter()
-        curve = {int(n): robust_accuracy(m, x, y, A.bim, eps=eps, steps=int(n)) for n in cfg.bim_iterations}
-        for n in (10, 30):
-            if n not in curve:
-                curve[n] = robust_accuracy(m, x, y, A.bim, eps=eps, steps=n)
-        res[name] = {
-            "original": accuracy(m, x, y),
-            "fgsm": robust_accuracy(m, x, y, A.fgsm, eps=eps),
-            "bim10": curve[10],
-            "bim30": curve[30],
-            "pgd": robust_accuracy(m, x, y, A.pgd, eps=eps, steps=cfg.pgd_steps, step_size=2.5 * eps / cfg.pgd_steps, restarts=cfg.pgd_restarts),
-            "bim_curve": {n: curve[n] for n in sorted(curve)},
-            "bim10_iterates": accuracy_per_iteration(m, x, y, eps, 10, eps / 10),
-            "sec_per_epoch": tr.sec_per_epoch,
-            "cost_vs_vanilla": relative_cost(tr.sec_per_epoch, clean_sec),
-            "eval_seconds": time.perf_counter() - t0,
-        }
+        with evaluation(f"{name} (eps {eps:g})"):
+            res[name] = _evaluate_defence(tr, x, y, eps, cfg, clean_sec)
     return res
+
+
+def _evaluate_defence(tr: TrainResult, x: torch.Tensor, y: torch.Tensor, eps: float, cfg: Config, clean_sec: float) -> dict:
+    m = tr.final
+    t0 = time.perf_counter()
+    curve = {int(n): robust_accuracy(m, x, y, A.bim, eps=eps, steps=int(n)) for n in cfg.bim_iterations}
+    for n in (10, 30):
+        if n not in curve:
+            curve[n] = robust_accuracy(m, x, y, A.bim, eps=eps, steps=n)
+    return {
+        "original": accuracy(m, x, y),
+        "fgsm": robust_accuracy(m, x, y, A.fgsm, eps=eps),
+        "bim10": curve[10],
+        "bim30": curve[30],
+        "pgd": robust_accuracy(m, x, y, A.pgd, eps=eps, steps=cfg.pgd_steps, step_size=2.5 * eps / cfg.pgd_steps, restarts=cfg.pgd_restarts),
+        "bim_curve": {n: curve[n] for n in sorted(curve)},
+        "bim10_iterates": accuracy_per_iteration(m, x, y, eps, 10, eps / 10),
+        "sec_per_epoch": tr.sec_per_epoch,
+        "cost_vs_vanilla": relative_cost(tr.sec_per_epoch, clean_sec),
+        "eval_seconds": time.perf_counter() - t0,
+    }
 
 
 def paper_key(dataset: str) -> str:
@@ -291,3 +296,21 @@ def summary_metrics(results: dict[str, dict]) -> dict:
     """The headline numbers for metrics.json (accuracies as fractions, seconds on this machine)."""
     keep = ("original", "fgsm", "bim10", "bim30", "pgd", "sec_per_epoch", "cost_vs_vanilla")
     return {ds: {d: {k: r[k] for k in keep} for d, r in per.items()} for ds, per in results.items()}
+
+
+def headline_metrics(results: dict[str, dict]) -> dict[str, float]:
+    """metrics.json: the numbers the claims rest on (accuracy in %, cost as a ratio)."""
+    out = {}
+    for dataset, r in results.items():
+        short = "mnist" if paper_key(dataset) == "mnist" else "fmnist"
+        for defence in ("proposed", "atda", "bim10_adv"):
+            if defence in r:
+                out[f"{short}_bim10_acc_{defence}"] = round(100 * r[defence]["bim10"], 2)
+        for defence in ("proposed", "atda"):
+            if defence in r:
+                out[f"{short}_pgd_acc_{defence}"] = round(100 * r[defence]["pgd"], 2)
+    first = next(iter(results.values()))
+    for rival in ("atda", "fgsm_adv"):
+        if {"proposed", rival} <= first.keys():
+            out[f"epoch_time_proposed_over_{rival}"] = round(first["proposed"]["sec_per_epoch"] / first[rival]["sec_per_epoch"], 3)
+    return out
