@@ -1,0 +1,51 @@
+"""AutoAttack behind our contract: at least as strong as our PGD, inside the budget, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lib.attacks as A
+from lib.errors import ConfigError
+from lib.evaluate import accuracy, robust_accuracy
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.5)])
+def test_autoattack_is_at_least_as_strong_as_our_pgd_and_stays_in_the_budget(trained_cnn, test_batch, norm, eps):
+    """The reference attacks (APGD-CE + APGD-T, 100 iterations each) on a CNN trained in the test
+    session: accuracy at most PGD-20's + 0.5 point; examples in [0, 1] and inside the budget."""
+    x, y = test_batch
+    trained_cnn.train()
+    x_adv = A.autoattack(trained_cnn, x, y, eps=eps, norm=norm, version="apgd-ce+t")
+    assert trained_cnn.training  # the model's mode restored
+    trained_cnn.eval()
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and x_adv.min() >= 0 and x_adv.max() <= 1
+    d = (x_adv - x).flatten(1)
+    size = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
+    assert (size <= eps * (1 + 1e-6)).all()
+    ours = robust_accuracy(trained_cnn, x, y, A.pgd, eps=eps, steps=20, norm=norm)
+    theirs = accuracy(trained_cnn, x_adv, y)
+    assert theirs <= ours + 0.005, (theirs, ours)
+    assert theirs < accuracy(trained_cnn, x, y)
+
+
+def test_misclassified_images_and_eps_zero_come_back_unchanged(trained_cnn, test_batch):
+    x, y = test_batch[0][:20], test_batch[1][:20]
+    assert torch.equal(A.autoattack(trained_cnn, x, y, eps=0.0, version="apgd-ce+t", iterations=5), x)
+    y_wrong = (y + 1) % 10
+    already = trained_cnn(x).argmax(1) != y_wrong  # misclassified under these labels: nothing to attack
+    x_adv = A.autoattack(trained_cnn, x, y_wrong, eps=0.1, version="apgd-ce+t", iterations=5)
+    assert already.any() and torch.equal(x_adv[already], x[already])
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(eps=-0.1), "eps must be a finite number >= 0"),
+    (dict(eps=0.1, norm="l1"), "unknown norm 'l1' for AutoAttack"),
+    (dict(eps=0.1, version="plus"), "unknown AutoAttack version 'plus'"),
+    (dict(eps=0.1, iterations=0), "iterations must be an integer >= 1"),
+])
+def test_bad_input_is_one_clear_error(trained_cnn, test_batch, kwargs, message):
+    x, y = test_batch[0][:4], test_batch[1][:4]
+    with pytest.raises(ConfigError, match=message):
+        A.autoattack(trained_cnn, x, y, **kwargs)
+    with pytest.raises(ConfigError, match="must lie in"):
+        A.autoattack(trained_cnn, x * 2, y, eps=0.1)
