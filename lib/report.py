@@ -6,7 +6,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -122,7 +122,7 @@ def _metric(col: str) -> str:
     return next((col[: -len(g)] for g in GROUP if col.endswith(g)), col)
 
 
-def _formatters(df: pd.DataFrame) -> dict[str, callable]:
+def _formatters(df: pd.DataFrame) -> dict[str, Callable[[object], str]]:
     """Per column: the paper-vs-ours triplets at the paper's precision, the rest by magnitude."""
     out = {}
     for col in df.columns:
