@@ -52,6 +52,7 @@ def test_displayed_tables_show_at_most_four_decimals_and_no_raw_dataframe():
         assert rows, f"{notebook.name} displays no table"
         assert not [r for r in rows if LONG_DECIMAL.search(r)], notebook.name
         assert not [t for t in shown if "<table" in t or "rows ×" in t], f"{notebook.name} displays a raw DataFrame"
+        assert not [t for t in shown if t.lstrip().startswith(("{", "["))], f"{notebook.name} dumps a dict or list"
 
 
 def test_each_notebook_opens_with_its_verdicts():
