@@ -1,7 +1,8 @@
 """``python -m lib.readme``: regenerate the README's results section from the files in ``results/``.
 
 The section between the two markers is never typed by hand: per paper, its headline table (paper
-vs ours) with the profile, dataset, samples and hardware it came from; the compare leaderboard;
+vs ours) and its robustness table (our PGD beside AutoAttack) with the profile, dataset, samples and
+hardware they came from; the compare leaderboard;
 the measured wall time of every stage. ``--check`` exits 1 when the README is out of date.
 """
 
@@ -32,6 +33,13 @@ HEADLINES = {
     "p5_mnist_gan": ("p5 — Xia & Liu, MNIST GAN perturbations: headline", ["headline"], None),
     "compare": ("compare — all defences under one threat model: leaderboard", ["leaderboard"], None),
 }
+# stage -> its robustness table beside our PGD and AutoAttack (the compare leaderboard has both already)
+ROBUSTNESS = {
+    "p1_conv_generator_ensemble": ("p1 — accuracy (%) under AutoAttack-L2 (PGD-L2's table: `accuracy_pgd_l2.md`)", ["accuracy_autoattack_l2"], None),
+    "p3_single_step_reuse": ("p3 — BIM, PGD and AutoAttack accuracy (%), the gradient-masking check", ["pgd_check"], None),
+    "p4_resnet_transfer_augmentation": ("p4 — Table 4 layout after retraining (proposed): FGSM, PGD and AutoAttack accuracy (%)", ["table4_proposed"], None),
+    "p5_mnist_gan": ("p5 — robustness of each classifier: FGSM, PGD, AutoAttack and G's images (%)", ["robustness"], None),
+}
 
 
 def _meta(stage_dir: Path) -> dict:
@@ -56,19 +64,21 @@ def _setting(meta: dict) -> str:
             f"hardware: {meta.get('device')}; torch {meta.get('torch')}; {_commit(meta)}.")
 
 
-def headline(stage: str, results: Path) -> str:
-    """One stage's headline table as markdown, with its setting line; a note if the stage has no results yet."""
-    title, names, keep = HEADLINES[stage]
+def headline(stage: str, results: Path, tables: dict = HEADLINES) -> str:
+    """One stage's headline table (or its entry in ``tables``) as markdown, with its setting line; a
+    note if the stage has no results yet."""
+    title, names, keep = tables[stage]
     stage_dir = results / stage
     table = next((stage_dir / "tables" / f"{n}.csv" for n in names if (stage_dir / "tables" / f"{n}.csv").exists()), None)
     if table is None:
-        return f"### {title}\n\nNo results yet: run `dvc repro {stage}`.\n"
+        return f"### {title}\n\nNo results yet: run `dvc repro {stage}`.\n" if tables is HEADLINES else ""
     df = pd.read_csv(table)
     if keep:
         df = df[[c for c in df.columns if re.match(keep, c)]]
     links = f"Source: `{table.relative_to(results.parent)}`; all outputs in `results/{stage}/` (executed notebook: `{stage}.html`"
     links += ", claims: `claims.md`)." if (stage_dir / "claims.md").exists() else ")."
-    return f"### {title}\n\n{_setting(_meta(stage_dir))}\n\n{markdown_table(df)}\n\n{links}\n"
+    setting = _setting(_meta(stage_dir)) if tables is HEADLINES else "The same run as the table above."
+    return f"### {title}\n\n{setting}\n\n{markdown_table(df)}\n\n{links}\n"
 
 
 def wall_times(results: Path) -> str:
@@ -88,7 +98,9 @@ def wall_times(results: Path) -> str:
 
 def render(results: Path = REPO_ROOT / "results") -> str:
     """The whole generated section, markers included."""
-    parts = [headline(stage, results) for stage in HEADLINES] + [wall_times(results)]
+    parts = [part for stage in HEADLINES
+             for part in (headline(stage, results), headline(stage, results, ROBUSTNESS) if stage in ROBUSTNESS else "") if part]
+    parts.append(wall_times(results))
     return "\n".join([START, "", *parts, END])
 
 

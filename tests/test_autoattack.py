@@ -8,15 +8,17 @@ import torch
 import lib.attacks as A
 from lib.errors import ConfigError
 from lib.evaluate import accuracy, robust_accuracy
+from lib.runtime import DryRun
 
 
 @pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.5)])
 def test_autoattack_is_at_least_as_strong_as_our_pgd_and_stays_in_the_budget(trained_cnn, test_batch, norm, eps):
-    """The reference attacks (APGD-CE + APGD-T, 100 iterations each) on a CNN trained in the test
-    session: accuracy at most PGD-20's + 0.5 point; examples in [0, 1] and inside the budget."""
+    """The reference attacks (APGD-CE + APGD-T, 30 iterations each: on this model as strong as 100
+    at a third of the time) on a CNN trained in the test session: accuracy at most PGD-20's + 0.5
+    point; examples in [0, 1] and inside the budget."""
     x, y = test_batch
     trained_cnn.train()
-    x_adv = A.autoattack(trained_cnn, x, y, eps=eps, norm=norm, version="apgd-ce+t")
+    x_adv = A.autoattack(trained_cnn, x, y, eps=eps, norm=norm, version="apgd-ce+t", iterations=30)
     assert trained_cnn.training  # the model's mode restored
     trained_cnn.eval()
     assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and x_adv.min() >= 0 and x_adv.max() <= 1
@@ -29,6 +31,29 @@ def test_autoattack_is_at_least_as_strong_as_our_pgd_and_stays_in_the_budget(tra
     assert theirs < accuracy(trained_cnn, x, y)
 
 
+def test_standard_version_runs_all_four_attacks_inside_the_budget(trained_cnn, test_batch, monkeypatch):
+    """The standard version at CI size (a dry run: 2 iterations per APGD/FAB run, 2 Square queries)
+    on 20 digits that survive such weak attacks: APGD-CE, APGD-T, FAB-T and Square all run."""
+    from pyautoattack.fab_pt import FABAttack_PT
+    from pyautoattack.square import SquareAttack
+
+    monkeypatch.setattr(DryRun, "on", True)
+    ran = []
+    for cls in (FABAttack_PT, SquareAttack):
+        monkeypatch.setattr(cls, "perturb", _recorded(cls.perturb, cls.__name__, ran))
+    x, y = test_batch[0][:20], test_batch[1][:20]
+    x_adv = A.autoattack(trained_cnn, x, y, eps=0.1, version="standard")
+    assert ran == ["FABAttack_PT", "SquareAttack"]
+    assert (x_adv - x).abs().amax() <= 0.1 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+def _recorded(method, name: str, ran: list):
+    def wrapper(self, *args, **kwargs):
+        ran.append(name)
+        return method(self, *args, **kwargs)
+    return wrapper
+
+
 def test_misclassified_images_and_eps_zero_come_back_unchanged(trained_cnn, test_batch):
     x, y = test_batch[0][:20], test_batch[1][:20]
     assert torch.equal(A.autoattack(trained_cnn, x, y, eps=0.0, version="apgd-ce+t", iterations=5), x)
@@ -36,6 +61,7 @@ def test_misclassified_images_and_eps_zero_come_back_unchanged(trained_cnn, test
     already = trained_cnn(x).argmax(1) != y_wrong  # misclassified under these labels: nothing to attack
     x_adv = A.autoattack(trained_cnn, x, y_wrong, eps=0.1, version="apgd-ce+t", iterations=5)
     assert already.any() and torch.equal(x_adv[already], x[already])
+
 
 @pytest.mark.parametrize("kwargs,message", [
     (dict(eps=-0.1), "eps must be a finite number >= 0"),

@@ -15,8 +15,11 @@ def test_section_reflects_the_files_and_says_when_a_stage_has_none(tmp_path):
     (tmp_path / "p5_mnist_gan" / "tables").mkdir(parents=True)
     (tmp_path / "p5_mnist_gan" / "tables" / "headline.csv").write_text("metric,paper,ours,delta\nD clean,98.4,97.123456,-1.3\n")
     (tmp_path / "p5_mnist_gan" / "details.json").write_text('{"meta": {"profile": "cpu", "reduced": true, "device": "CPU: X", "wall_time_s": 120}}')
+    (tmp_path / "p5_mnist_gan" / "tables" / "robustness.csv").write_text("classifier,PGD-40 %,AutoAttack %\nclean D,1.25,0.5\n")
     text = readme.render(tmp_path)
-    assert "| D clean  |    98.4 |   97.1 |    -1.3 |" in text  # at the paper's precision, delta signed
+    assert "| D clean  |    98.4 |   97.1 |    -1.3 |" in text
+    assert "| clean D      |       1.25 |          0.500 |" in text and "p5 — robustness" in text  # the robustness table follows
+    assert text.count("No results yet: run `dvc repro p3_single_step_reuse`") == 1  # once per stage  # at the paper's precision, delta signed
     assert "REDUCED" in text and "CPU: X" in text and "| p5_mnist_gan | cpu       |                 2 | CPU: X     |" in text
     assert "No results yet: run `dvc repro p2_pgn`" in text
     page = tmp_path / "README.md"

@@ -68,7 +68,9 @@ def test_paper_profile_is_the_papers_setting():
 # builds every ResNet at 1x28x28); the whole paper profile at all three sizes: `make dry-run` (README).
 @pytest.mark.parametrize("name,shape,classes,n", [("cifar10", (3, 32, 32), 10, 30)])
 def test_paper_profile_code_path_one_batch_per_architecture(synthetic, monkeypatch, name, shape, classes, n):
-    cfg = _config("paper", datasets=[name], max_epochs=1, max_batches=1, pgd_steps=1, batch_size=4, eps=[0.03])  # a code-path test: small batch
+    cfg = _config("paper", datasets=[name], max_epochs=1, max_batches=1, pgd_steps=1, batch_size=4, eps=[0.03],
+                  autoattack="apgd-ce+t", autoattack_iterations=1)  # a code-path test: small batch, one iteration per attack
+    # (the standard version's own path, FAB-T and Square included: tests/test_autoattack.py)
     ds = synthetic(name, shape, n, classes)  # pooled train + test = 2n, split 70/10/20
     monkeypatch.setattr(p4.D, "load", lambda n, data_dir=None: ds)
     r = p4.run_dataset(name, cfg, None)
@@ -76,7 +78,7 @@ def test_paper_profile_code_path_one_batch_per_architecture(synthetic, monkeypat
     results = {name: r}
     assert len(p4.table1(results, cfg)) == 3 * 2 * 3  # this dataset + the two not run, per model, before/after
     assert {"paper", "ours", "delta"} <= set(p4.gains(results, cfg).columns)
-    assert "FGSM 0.03 %" in p4.attack_table(results, "proposed", cfg).columns
+    assert {"FGSM 0.03 %", "AutoAttack 0.03 %"} <= set(p4.attack_table(results, "proposed", cfg).columns)
     assert "ResNet18" in p4.claims(results, cfg)
 
 

@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from lib.attacks.common import attack, check_inputs
 from lib.errors import require
+from lib.runtime import DryRun
 
 VERSIONS = ("standard", "apgd-ce+t")
 NORMS = {"linf": "Linf", "l2": "L2"}
@@ -38,7 +39,7 @@ def autoattack(
 ) -> torch.Tensor:
     """Adversarial examples of AutoAttack at ``eps`` (``norm`` linf | l2) for images in [0, 1].
 
-    ``iterations`` (per APGD run, the reference 100) and ``targets`` (APGD-T's target classes, the
+    ``iterations`` (per APGD and FAB run, the reference 100; a dry run caps it and Square's queries) and ``targets`` (APGD-T's target classes, the
     reference 9, at most classes - 1) exist for CI-sized runs; the defaults are the reference's.
     Images the model already misclassifies come back unchanged.
     """
@@ -58,7 +59,8 @@ def autoattack(
                     attacks=None if version == "standard" else ["apgd-ce", "apgd-t"])
     aa.verbose = False
     aa.apgd.n_restarts, aa.apgd_targeted.n_restarts = 1, 1  # the standard version's settings
-    aa.apgd.n_iter = aa.apgd_targeted.n_iter = iterations
+    aa.apgd.n_iter = aa.apgd_targeted.n_iter = aa.fab.n_iter = DryRun.iterations(iterations)
+    aa.square.n_queries = DryRun.iterations(aa.square.n_queries)  # 5,000 in a real run
     aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = min(targets, classes - 1)
     x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=batch_size)
     return _inside(x_adv.to(x.dtype), x, eps, norm)

@@ -5,7 +5,8 @@ ResNet101 with early stopping on the validation split ("before"); attack each wi
 eps 0.01/0.02/0.03; add ResNet18's FGSM examples of the training set (all three eps) to the
 training set, balance classes by undersampling, apply conventional augmentation and retrain all
 three ("proposed"); the ablation retrains on the clean training set with the same augmentation
-and balancing only ("augmentation only"). We add PGD-L∞ at the same eps, which the paper lacks.
+and balancing only ("augmentation only"). We add PGD-L∞ and AutoAttack (L∞) at the same eps, which
+the paper lacks.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ class Config:
     lr: float = 1e-3
     eps: list = field(default_factory=lambda: [0.01, 0.02, 0.03])
     pgd_steps: int = 20
+    autoattack: str = "standard"  # AutoAttack beside PGD: "standard" or "apgd-ce+t" (its first two attacks)
+    autoattack_iterations: int = 100
+    autoattack_eps: list | None = None  # the eps AutoAttack runs at (None = every eps; a CPU budget keeps the largest)
     rotation_degrees: float = 15.0
     flip: bool = True
     scale_min: float = 0.9
@@ -84,7 +88,16 @@ class Config:
         require(0 < self.scale_min <= self.scale_max, "need 0 < scale_min <= scale_max")
         require(min(self.rotation_degrees, self.shift, self.brightness, self.noise_std) >= 0, "augmentation strengths must be >= 0")
         require(self.limit is None or self.limit >= 100, "limit must be >= 100 (or null)")
+        require(self.autoattack in A.autoattack_versions(), f"autoattack must be one of {', '.join(A.autoattack_versions())}, got '{self.autoattack}'")
+        require(int(self.autoattack_iterations) >= 1, f"autoattack_iterations must be >= 1, got {self.autoattack_iterations}")
+        require(self.autoattack_eps is None or (len(self.autoattack_eps) > 0 and set(self.autoattack_eps) <= set(self.eps)),
+                f"autoattack_eps must be a non-empty subset of eps {self.eps} (or null), got {self.autoattack_eps}")
         return self
+
+    @property
+    def aa_eps(self) -> list:
+        """The eps AutoAttack runs at."""
+        return list(self.eps if self.autoattack_eps is None else self.autoattack_eps)
 
     def augmentation(self) -> Conventional:
         return Conventional(self.rotation_degrees, self.flip, (self.scale_min, self.scale_max), self.shift, self.brightness, self.noise_std)
@@ -119,12 +132,15 @@ def balanced(train_split: D.Split, cfg: Config) -> D.Split:
 
 
 def evaluate(model: torch.nn.Module, test: tuple, cfg: Config) -> dict:
-    """Clean accuracy, FGSM and PGD-L∞ (random start) accuracy at every eps, crafted on ``model`` itself."""
+    """Clean accuracy, FGSM and PGD-L∞ (random start) accuracy at every eps and AutoAttack's at
+    ``cfg.aa_eps``, all crafted on ``model`` itself."""
     x, y = test
     return {
         "clean": accuracy(model, x, y),
         "fgsm": {e: robust_accuracy(model, x, y, A.fgsm, eps=e) for e in cfg.eps},
         "pgd": {e: robust_accuracy(model, x, y, A.pgd, eps=e, steps=cfg.pgd_steps) for e in cfg.eps},
+        "autoattack": {e: robust_accuracy(model, x, y, A.autoattack, eps=e, norm="linf", version=cfg.autoattack,
+                                          iterations=cfg.autoattack_iterations) for e in cfg.aa_eps},
     }
 
 
@@ -146,7 +162,7 @@ def run_dataset(name: str, cfg: Config, data_dir) -> dict:
     for variant, models in trained.items():
         out[variant] = {}
         for a, (m, tr, _) in models.items():
-            with evaluation(f"{name} {a} {variant} (FGSM, PGD-{cfg.pgd_steps})"):
+            with evaluation(f"{name} {a} {variant} (FGSM, PGD-{cfg.pgd_steps}, AutoAttack)"):
                 out[variant][a] = {**evaluate(m, test, cfg), "epochs": len(tr.history), "best_epoch": tr.best_epoch, "sec_per_epoch": tr.sec_per_epoch}
     return out
 
@@ -179,7 +195,8 @@ def table1(results: dict, cfg: Config) -> pd.DataFrame:
 
 
 def attack_table(results: dict, variant: str, cfg: Config) -> pd.DataFrame:
-    """Tables 2-4 layout: accuracy (%) under FGSM at each eps per model (and PGD, which the paper lacks).
+    """Tables 2-4 layout: accuracy (%) under FGSM at each eps per model (and PGD and AutoAttack, which
+    the paper lacks).
 
     The paper's per-cell values did not survive in its text; its quoted averages are in :func:`gains`.
     """
@@ -188,17 +205,26 @@ def attack_table(results: dict, variant: str, cfg: Config) -> pd.DataFrame:
         for arch in cfg.archs:
             m = r[variant][arch]
             rows.append({"dataset": LABEL[dataset], "model": arch, "clean %": 100 * m["clean"],
-                         **{f"FGSM {e:g} %": 100 * m["fgsm"][e] for e in cfg.eps}, **{f"PGD-{cfg.pgd_steps} {e:g} %": 100 * m["pgd"][e] for e in cfg.eps}})
+                         **{f"FGSM {e:g} %": 100 * m["fgsm"][e] for e in cfg.eps}, **{f"PGD-{cfg.pgd_steps} {e:g} %": 100 * m["pgd"][e] for e in cfg.eps},
+                         **{f"AutoAttack {e:g} %": 100 * m["autoattack"][e] for e in cfg.aa_eps}})
     return pd.DataFrame(rows)
 
 
-def _mean_attack(r: dict, variant: str, attack: str, cfg: Config) -> float:
-    return 100 * sum(r[variant][a][attack][e] for a in cfg.archs for e in cfg.eps) / (len(cfg.archs) * len(cfg.eps))
+def _mean_attack(r: dict, variant: str, attack: str, cfg: Config, eps: list | None = None) -> float:
+    """Mean accuracy (%) of ``variant`` under ``attack`` over the architectures and ``eps`` (default: all)."""
+    eps = cfg.eps if eps is None else eps
+    return 100 * sum(r[variant][a][attack][e] for a in cfg.archs for e in eps) / (len(cfg.archs) * len(eps))
+
+
+def _gain(r: dict, variant: str, attack: str, cfg: Config, eps: list | None = None) -> float:
+    """Mean accuracy gain (points) of ``variant`` over "before" under ``attack``."""
+    return _mean_attack(r, variant, attack, cfg, eps) - _mean_attack(r, "before", attack, cfg, eps)
 
 
 def gains(results: dict, cfg: Config) -> pd.DataFrame:
     """The paper's averages: clean and FGSM average before (Table 2), average gain of the proposed
-    method (Table 4 - Table 2) and of augmentation only (Table 3 - Table 2); ours also under PGD."""
+    method (Table 4 - Table 2) and of augmentation only (Table 3 - Table 2); ours also under PGD, and
+    under FGSM and AutoAttack at AutoAttack's eps."""
     rows = []
     for dataset, r in results.items():
         pk = STANDS_FOR[dataset]
@@ -209,16 +235,24 @@ def gains(results: dict, cfg: Config) -> pd.DataFrame:
         ]
         for attack in ("fgsm", "pgd"):
             for variant in ("proposed", "augmentation only"):
-                gain = _mean_attack(r, variant, attack, cfg) - _mean_attack(r, "before", attack, cfg)
                 paper = PAPER_AVERAGE_GAIN.get(pk) if (attack, variant) == ("fgsm", "proposed") else None
-                rows.append({"dataset": LABEL[dataset], "metric": f"average {attack.upper()} gain, {variant} (points)", "paper": paper, "ours": gain})
+                rows.append({"dataset": LABEL[dataset], "metric": f"average {attack.upper()} gain, {variant} (points)", "paper": paper, "ours": _gain(r, variant, attack, cfg)})
+        at = _eps_label(cfg.aa_eps)
+        for attack, name in (("fgsm", "FGSM"), ("autoattack", "AutoAttack")):
+            rows.append({"dataset": LABEL[dataset], "metric": f"average {name} gain at {at}, proposed (points)", "paper": None,
+                         "ours": _gain(r, "proposed", attack, cfg, cfg.aa_eps)})
     for missing in _not_run(cfg):
         rows.append({"dataset": f"{LABEL[missing]} — not run: no offline source", "metric": "average FGSM gain, proposed (points)", "paper": PAPER_AVERAGE_GAIN[missing], "ours": None})
     return comparison(rows, ["dataset"])
 
 
+def _eps_label(eps: list) -> str:
+    return "eps " + ", ".join(f"{e:g}" for e in eps)
+
+
 def figure(results: dict, cfg: Config, subtitle: str) -> plt.Figure:
-    """Accuracy vs eps per dataset and model: before / after (proposed), FGSM solid, PGD dashed."""
+    """Accuracy vs eps per dataset and model: before / after (proposed), FGSM solid, PGD dashed,
+    AutoAttack as stars."""
     fig, axes = plt.subplots(len(results), len(cfg.archs), figsize=(4.2 * len(cfg.archs), 3.4 * len(results)), squeeze=False)
     eps = [0.0, *cfg.eps]
     for row, (dataset, r) in zip(axes, results.items()):
@@ -227,6 +261,7 @@ def figure(results: dict, cfg: Config, subtitle: str) -> plt.Figure:
                 m = r[variant][arch]
                 ax.plot(eps, [100 * m["clean"], *(100 * m["fgsm"][e] for e in cfg.eps)], marker="o", ms=3, color=color, label=f"{variant}, FGSM")
                 ax.plot(eps, [100 * m["clean"], *(100 * m["pgd"][e] for e in cfg.eps)], ls="--", marker="x", ms=3, color=color, label=f"{variant}, PGD-{cfg.pgd_steps}")
+                ax.plot(cfg.aa_eps, [100 * m["autoattack"][e] for e in cfg.aa_eps], ls="none", marker="*", ms=7, color=color, label=f"{variant}, AutoAttack")
             ax.set(title=f"{LABEL[dataset]} — {arch}", xlabel="eps (L∞)", ylabel="test accuracy (%)", ylim=(-2, 102))
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(f"Accuracy vs eps before and after retraining ({subtitle})")
@@ -245,15 +280,17 @@ def claims(results: dict, cfg: Config) -> str:
                          f"(up to {max(short.values()):.1f} points below the paper's): these models are under-trained in this profile "
                          f"(best epochs {', '.join(str(r['before'][a]['best_epoch']) for a in cfg.archs)} of at most {cfg.max_epochs}), "
                          "so the gains below say little about the paper's setting.")
-        g_fgsm = _mean_attack(r, "proposed", "fgsm", cfg) - _mean_attack(r, "before", "fgsm", cfg)
-        g_pgd = _mean_attack(r, "proposed", "pgd", cfg) - _mean_attack(r, "before", "pgd", cfg)
-        g_aug = _mean_attack(r, "augmentation only", "fgsm", cfg) - _mean_attack(r, "before", "fgsm", cfg)
+        g_fgsm, g_pgd, g_aug = _gain(r, "proposed", "fgsm", cfg), _gain(r, "proposed", "pgd", cfg), _gain(r, "augmentation only", "fgsm", cfg)
+        g_fgsm_aa, g_aa = _gain(r, "proposed", "fgsm", cfg, cfg.aa_eps), _gain(r, "proposed", "autoattack", cfg, cfg.aa_eps)
         lines.append(f"- {label}: average FGSM gain of the proposed retraining {g_fgsm:+.2f} points (paper {PAPER_AVERAGE_GAIN[pk]:+.2f} on {LABEL[pk]}) — "
                      f"'retraining with ResNet18's FGSM examples improves FGSM accuracy' **{'held' if g_fgsm > 0 else 'did NOT hold'}**.")
         lines.append(f"- {label}: augmentation only gains {g_aug:+.2f} points; the adversarial examples add {g_fgsm - g_aug:+.2f} on top — "
                      f"'the gain is not just augmentation' **{'held' if g_fgsm > g_aug else 'did NOT hold'}**.")
         lines.append(f"- {label}, not in the paper: under PGD-{cfg.pgd_steps} the average gain is {g_pgd:+.2f} points — the FGSM gain "
                      f"**{'survives' if g_pgd > 0.5 * g_fgsm and g_pgd > 1 else 'does NOT survive'}** an iterative attack (survives = over half of it and over 1 point).")
+        lines.append(f"- {label}, not in the paper: at {_eps_label(cfg.aa_eps)} the average gain under AutoAttack is {g_aa:+.2f} points against "
+                     f"{g_fgsm_aa:+.2f} under FGSM — the FGSM gain **{'survives' if g_aa > 0.5 * g_fgsm_aa and g_aa > 1 else 'does NOT survive'}** "
+                     "the reference evaluation (same rule).")
         others = [a for a in cfg.archs if a != cfg.source_arch]
         transfer = {a: 100 * (sum(r["proposed"][a]["fgsm"].values()) - sum(r["before"][a]["fgsm"].values())) / len(cfg.eps) for a in others}
         if transfer:
@@ -270,7 +307,7 @@ def claims(results: dict, cfg: Config) -> str:
 
 
 def summary_metrics(results: dict) -> dict:
-    """Per dataset, variant and model: clean, FGSM and PGD accuracy (fractions), epochs, sec/epoch."""
+    """Per dataset, variant and model: clean, FGSM, PGD and AutoAttack accuracy (fractions), epochs, sec/epoch."""
     return {d: {k: v for k, v in r.items()} for d, r in results.items()}
 
 
@@ -282,5 +319,6 @@ def headline_metrics(results: dict, cfg: Config) -> dict[str, float]:
         out[f"{short}_clean_acc_before"] = round(100 * sum(r["before"][a]["clean"] for a in cfg.archs) / len(cfg.archs), 2)
         for variant, attack, key in (("proposed", "fgsm", "fgsm_gain_proposed"), ("augmentation only", "fgsm", "fgsm_gain_augmentation_only"),
                                      ("proposed", "pgd", "pgd_gain_proposed")):
-            out[f"{short}_{key}"] = round(_mean_attack(r, variant, attack, cfg) - _mean_attack(r, "before", attack, cfg), 2)
+            out[f"{short}_{key}"] = round(_gain(r, variant, attack, cfg), 2)
+        out[f"{short}_autoattack_gain_proposed"] = round(_gain(r, "proposed", "autoattack", cfg, cfg.aa_eps), 2)
     return out
