@@ -1,0 +1,161 @@
+"""Claims, their verdicts, and the validity gates that say whether a test could mean anything.
+
+A claim's test is run in every profile, but it only means something when its preconditions hold:
+the models it compares converged, their clean accuracy is near the paper's, the method's own
+mechanism ran. Each precondition is a :class:`Gate` computed from the run. The verdict rule:
+``not testable`` if and only if a gate failed (naming it and its number); otherwise ``held`` or
+``did not hold``. ``claims.json`` holds ``[{claim, verdict, paper, ours, gates: [{gate, value,
+threshold, pass}]}]``; ``claims.md`` and the notebook's summary render it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+VERDICTS = ("held", "did not hold", "not testable")
+
+# The thresholds of issue #18 (points of accuracy unless stated).
+MOVEMENT_POINTS = 0.5  # converged: validation accuracy moved less than this over the last two epochs
+PLATEAU_POINTS = 1.0  # a curve plateaued: it moved less than this over its last three epochs
+MNIST_FROM_PAPER = 2.0  # clean accuracy on MNIST within this of the paper's
+STAND_IN_FLOOR = 85.0  # clean accuracy of a baseline on a stand-in dataset (Fashion-MNIST)
+SAME_ARCH_POINTS = 3.0  # or within this of the same architecture's converged clean run
+PERTURBATION_RATIO = 2.0  # a generator's mean L2 perturbation within this factor of the matched budget
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One precondition of a claim's test: ``value`` against ``threshold``, and whether it passed."""
+
+    gate: str
+    value: float
+    threshold: float
+    passed: bool
+
+    def to_json(self) -> dict:
+        return {"gate": self.gate, "value": _number(self.value), "threshold": _number(self.threshold), "pass": self.passed}
+
+    def __str__(self) -> str:
+        return f"{self.gate}: {_fmt(self.value)} (threshold {_fmt(self.threshold)}) {'pass' if self.passed else 'FAIL'}"
+
+
+def at_least(gate: str, value: float, threshold: float) -> Gate:
+    """Passes when ``value >= threshold`` (a NaN value fails)."""
+    return Gate(gate, value, threshold, bool(value >= threshold))
+
+
+def at_most(gate: str, value: float, threshold: float) -> Gate:
+    """Passes when ``value <= threshold`` (a NaN value fails)."""
+    return Gate(gate, value, threshold, bool(value <= threshold))
+
+
+def movement(curve: Sequence[float], epochs: int) -> float:
+    """How far (max - min, in the curve's units) ``curve`` moved over its last ``epochs`` epochs;
+    NaN when it is shorter than ``epochs + 1`` points."""
+    tail = list(curve)[-(epochs + 1):]
+    return max(tail) - min(tail) if len(tail) == epochs + 1 else math.nan
+
+
+def converged(model: str, val_accuracy: Sequence[float], early_stopped: bool = False, points: float = MOVEMENT_POINTS) -> Gate:
+    """``model`` converged: early stopping fired on a validation split, or its validation accuracy
+    (%, one value per epoch) moved less than ``points`` over the last two epochs."""
+    moved = movement(val_accuracy, 2)
+    if early_stopped:
+        return Gate(f"{model} converged (early stopping fired on the validation split)", 1.0, 1.0, True)
+    return Gate(f"{model} converged (validation accuracy moved over the last two epochs, points)", moved, points, bool(moved < points))
+
+
+def plateaued(curve_name: str, curve: Sequence[float], points: float = PLATEAU_POINTS, epochs: int = 3) -> Gate:
+    """``curve`` (%, one value per epoch) moved less than ``points`` over its last ``epochs`` epochs."""
+    moved = movement(curve, epochs)
+    return Gate(f"{curve_name} plateaued (moved over the last {epochs} epochs, points)", moved, points, bool(moved < points))
+
+
+def clean_accuracy(model: str, ours: float, paper: float | None, dataset: str, stand_in: bool,
+                   same_arch_clean: float | None = None) -> Gate:
+    """Clean accuracy (%) high enough for a robustness claim to mean something: within 2 points of
+    the paper's on the paper's dataset; on a stand-in dataset at least 85%, or within 3 points of
+    ``same_arch_clean`` (the same architecture's converged clean run in this stage) when given."""
+    if not stand_in and paper is not None:
+        return at_least(f"{model} clean accuracy on {dataset} (%, paper {paper:g} - {MNIST_FROM_PAPER:g})", ours, paper - MNIST_FROM_PAPER)
+    if same_arch_clean is not None:
+        return at_least(f"{model} clean accuracy on {dataset} (%, this stage's clean run - {SAME_ARCH_POINTS:g})", ours,
+                        same_arch_clean - SAME_ARCH_POINTS)
+    return at_least(f"{model} clean accuracy on {dataset} (%)", ours, STAND_IN_FLOOR)
+
+
+@dataclass
+class Claim:
+    """A claim of the paper (or ours), the numbers it was tested on, and its gates.
+
+    ``held`` is the test's outcome; :attr:`verdict` reports it only when every gate passed.
+    ``paper`` / ``ours``: the numbers compared (a number or a short text)."""
+
+    claim: str
+    paper: float | str | None
+    ours: float | str | None
+    held: bool
+    gates: list[Gate] = field(default_factory=list)
+    detail: str = ""
+
+    @property
+    def failed_gates(self) -> list[Gate]:
+        return [g for g in self.gates if not g.passed]
+
+    @property
+    def verdict(self) -> str:
+        if self.failed_gates:
+            return "not testable"
+        return "held" if self.held else "did not hold"
+
+    def to_json(self) -> dict:
+        return {"claim": self.claim, "verdict": self.verdict, "paper": _number(self.paper), "ours": _number(self.ours),
+                "gates": [g.to_json() for g in self.gates]}
+
+    def markdown(self) -> str:
+        head = f"- **{self.verdict}** — {self.claim}: ours {_fmt(self.ours)}" + (f", paper {_fmt(self.paper)}" if self.paper is not None else "")
+        head += f". {self.detail}" if self.detail else "."
+        if self.failed_gates:
+            head += " Not testable because: " + "; ".join(str(g) for g in self.failed_gates) + "."
+        passed = [g for g in self.gates if g.passed]
+        if passed:
+            head += " Gates passed: " + "; ".join(str(g) for g in passed) + "."
+        return head
+
+
+def counts(claims: Iterable[Claim]) -> dict[str, int]:
+    """How many claims held, did not hold, and were not testable (DVC metrics names)."""
+    verdicts = [c.verdict for c in claims]
+    return {f"claims_{v.replace(' ', '_')}": verdicts.count(v) for v in VERDICTS}
+
+
+def markdown(claims: Sequence[Claim]) -> str:
+    """``claims.md``: the counts, then one line per claim."""
+    n = counts(claims)
+    total = ", ".join(f"{n['claims_' + v.replace(' ', '_')]} {v}" for v in VERDICTS)
+    return "\n".join([f"**{len(claims)} claims: {total}.**", "", *(c.markdown() for c in claims)])
+
+
+def write(claims: Sequence[Claim], root: Path | str) -> None:
+    """``claims.json`` and ``claims.md`` in ``root``."""
+    root = Path(root)
+    (root / "claims.json").write_text(json.dumps([c.to_json() for c in claims], indent=2, ensure_ascii=False) + "\n")
+    (root / "claims.md").write_text(markdown(claims) + "\n")
+
+
+def _number(v):
+    if isinstance(v, float):
+        return None if math.isnan(v) or math.isinf(v) else round(v, 4)
+    return v
+
+
+def _fmt(v) -> str:
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, float):
+        return "n/a" if math.isnan(v) else f"{v:.4g}"
+    return str(v)

@@ -1,0 +1,69 @@
+"""Validity gates and the verdict rule, on hand cases."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from lib import claims as C
+
+
+def test_a_converged_and_an_unconverged_history():
+    flat = C.converged("BIM(10)-Adv", [90.0, 95.0, 97.1, 97.3, 97.4])  # moved 0.3 over the last two epochs
+    rising = C.converged("Proposed", [40.0, 44.0, 47.0, 51.0])  # moved 7.0
+    assert flat.passed and flat.value == pytest.approx(0.3) and flat.threshold == 0.5
+    assert not rising.passed and rising.value == pytest.approx(7.0)
+    assert not C.converged("short", [50.0, 50.1]).passed  # two epochs cannot show convergence
+    stopped = C.converged("ResNet18", [50.0, 60.0], early_stopped=True)
+    assert stopped.passed and "early stopping" in stopped.gate
+
+
+def test_movement_counts_the_whole_tail_not_only_its_ends():
+    assert C.movement([10, 20, 10], 2) == 10  # back where it was two epochs ago, but it moved
+    assert math.isnan(C.movement([1.0], 2))
+    assert not C.plateaued("G's accuracy", [80, 60, 50, 45, 44.5]).passed  # 60 -> 44.5 over three epochs
+    assert C.plateaued("G's accuracy", [80, 45, 44.8, 44.6, 44.5]).passed
+
+
+@pytest.mark.parametrize("ours,paper,stand_in,same,passed,threshold", [
+    (97.5, 99.2, False, None, True, 97.2),  # MNIST: within 2 points of the paper's
+    (96.9, 99.2, False, None, False, 97.2),
+    (86.0, 75.4, True, None, True, 85.0),  # stand-in: the 85% floor, whatever the paper's number
+    (84.9, None, True, None, False, 85.0),
+    (80.0, None, True, 82.5, True, 79.5),  # or within 3 points of this stage's converged clean run
+    (79.0, None, True, 82.5, False, 79.5),
+])
+def test_clean_accuracy_floor_met_and_missed(ours, paper, stand_in, same, passed, threshold):
+    g = C.clean_accuracy("Baseline", ours, paper, "MNIST" if not stand_in else "Fashion-MNIST", stand_in, same)
+    assert g.passed is passed and g.threshold == pytest.approx(threshold)
+
+
+def test_not_testable_if_and_only_if_a_gate_failed():
+    ok, bad = C.at_least("clean acc (%)", 98.0, 97.0), C.at_least("clean acc (%)", 90.0, 97.0)
+    assert C.Claim("x", 1.0, 2.0, held=True, gates=[ok]).verdict == "held"
+    assert C.Claim("x", 1.0, 2.0, held=False, gates=[ok]).verdict == "did not hold"
+    assert C.Claim("x", 1.0, 2.0, held=False, gates=[ok, bad]).verdict == "not testable"
+    assert C.Claim("x", 1.0, 2.0, held=True, gates=[bad]).verdict == "not testable"
+    assert C.Claim("x", None, 2.0, held=True).verdict == "held"  # no precondition: always testable
+    assert not C.at_least("nan", math.nan, 0.0).passed and not C.at_most("nan", math.nan, 1.0).passed
+
+
+def test_claims_json_md_and_counts(tmp_path):
+    claims = [
+        C.Claim("Proposed within 5 points of BIM(10)-Adv under BIM(10)", -3.1, -7.5, held=False,
+                gates=[C.converged("Proposed", [60, 70, 70.2, 70.4]), C.at_least("BIM(10)-Adv under BIM(10) (%)", 71.8, 80.0)]),
+        C.Claim("cheaper than min-max", 0.19, 0.21, held=True, gates=[C.at_least("epochs timed", 2, 2)]),
+        C.Claim("degrades slower than the base", None, "5 of 5 eps", held=False),
+    ]
+    C.write(claims, tmp_path)
+    blob = json.loads((tmp_path / "claims.json").read_text())
+    assert [c["verdict"] for c in blob] == ["not testable", "held", "did not hold"]
+    assert set(blob[0]) == {"claim", "verdict", "paper", "ours", "gates"}
+    assert blob[0]["gates"][1] == {"gate": "BIM(10)-Adv under BIM(10) (%)", "value": 71.8, "threshold": 80.0, "pass": False}
+    assert C.counts(claims) == {"claims_held": 1, "claims_did_not_hold": 1, "claims_not_testable": 1}
+    md = (tmp_path / "claims.md").read_text()
+    assert md.startswith("**3 claims: 1 held, 1 did not hold, 1 not testable.**")
+    assert "- **not testable** — Proposed within 5 points" in md
+    assert "Not testable because: BIM(10)-Adv under BIM(10) (%): 71.8 (threshold 80) FAIL" in md
