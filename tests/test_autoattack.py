@@ -54,9 +54,12 @@ def _recorded(method, name: str, ran: list):
     return wrapper
 
 
-def test_misclassified_images_and_eps_zero_come_back_unchanged(trained_cnn, test_batch):
+def test_misclassified_images_and_eps_zero_come_back_unchanged_and_the_random_state_is_kept(trained_cnn, test_batch):
     x, y = test_batch[0][:20], test_batch[1][:20]
     assert torch.equal(A.autoattack(trained_cnn, x, y, eps=0.0, version="apgd-ce+t", iterations=5), x)
+    state = torch.get_rng_state()
+    A.autoattack(trained_cnn, x, y, eps=0.1, version="apgd-ce+t", iterations=2, seed=123)
+    assert torch.equal(torch.get_rng_state(), state)  # the reference reseeds torch; our caller's random state is kept
     y_wrong = (y + 1) % 10
     already = trained_cnn(x).argmax(1) != y_wrong  # misclassified under these labels: nothing to attack
     x_adv = A.autoattack(trained_cnn, x, y_wrong, eps=0.1, version="apgd-ce+t", iterations=5)

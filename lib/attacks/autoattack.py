@@ -41,7 +41,8 @@ def autoattack(
 
     ``iterations`` (per APGD and FAB run, the reference 100; a dry run caps it and Square's queries) and ``targets`` (APGD-T's target classes, the
     reference 9, at most classes - 1) exist for CI-sized runs; the defaults are the reference's.
-    Images the model already misclassifies come back unchanged.
+    Images the model already misclassifies come back unchanged. The caller's random state is left
+    as it was (the reference reseeds torch's generators with ``seed``).
     """
     require(norm in NORMS, f"unknown norm '{norm}' for AutoAttack; choose one of {', '.join(NORMS)}")
     require(version in VERSIONS, f"unknown AutoAttack version '{version}'; choose one of {', '.join(VERSIONS)}")
@@ -62,7 +63,8 @@ def autoattack(
     aa.apgd.n_iter = aa.apgd_targeted.n_iter = aa.fab.n_iter = DryRun.iterations(iterations)
     aa.square.n_queries = DryRun.iterations(aa.square.n_queries)  # 5,000 in a real run
     aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = min(targets, classes - 1)
-    x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=batch_size)
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):  # it reseeds torch's generators
+        x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=batch_size)
     return _inside(x_adv.to(x.dtype), x, eps, norm)
 
 
