@@ -81,19 +81,28 @@ def headline(stage: str, results: Path, tables: dict = HEADLINES) -> str:
     return f"### {title}\n\n{setting}\n\n{markdown_table(df)}\n\n{links}\n"
 
 
+def _models(stage_dir: Path) -> list[dict]:
+    path = stage_dir / "training.json"
+    return json.loads(path.read_text()).get("models", []) if path.exists() else []
+
+
 def wall_times(results: Path) -> str:
     """Each stage's measured wall time (from its details.json), with the hardware and profile."""
     rows = []
     for stage in HEADLINES:
         meta = _meta(results / stage)
         if meta:
+            models = _models(results / stage)
             rows.append({"stage": stage, "profile": meta.get("profile"), "wall time (min)": round(meta.get("wall_time_s", float("nan")) / 60, 1),
+                         "models trained": sum(not m.get("loaded") for m in models), "models loaded from the store": sum(bool(m.get("loaded")) for m in models),
                          "hardware": meta.get("device")})
     if not rows:
         return ""
     total = sum(r["wall time (min)"] for r in rows)
     return ("### Measured wall times (notebook execution, per stage)\n\n" + markdown_table(pd.DataFrame(rows))
-            + f"\n\nSum over these stages: {total:.0f} min (the data stage and notebook-to-HTML conversion add about a minute).\n")
+            + f"\n\nSum over these stages: {total:.0f} min (the data stage and notebook-to-HTML conversion add about a minute). "
+            "A stage whose models came from the model store spent its time on evaluation only; each model's training time "
+            "is in its `training.json`.\n")
 
 
 def render(results: Path = REPO_ROOT / "results") -> str:

@@ -20,7 +20,10 @@ def test_section_reflects_the_files_and_says_when_a_stage_has_none(tmp_path):
     assert "| D clean  |    98.4 |   97.1 |    -1.3 |" in text
     assert "| clean D      |       1.25 |          0.500 |" in text and "p5 — robustness" in text  # the robustness table follows
     assert text.count("No results yet: run `dvc repro p3_single_step_reuse`") == 1  # once per stage  # at the paper's precision, delta signed
-    assert "REDUCED" in text and "CPU: X" in text and "| p5_mnist_gan | cpu       |                 2 | CPU: X     |" in text
+    (tmp_path / "p5_mnist_gan" / "training.json").write_text('{"models": [{"name": "D", "loaded": true}, {"name": "G", "loaded": false}]}')
+    text = readme.render(tmp_path)
+    assert "REDUCED" in text and "CPU: X" in text
+    assert "| p5_mnist_gan | cpu       |                 2 |                1 |                              1 | CPU: X     |" in text
     assert "No results yet: run `dvc repro p2_pgn`" in text
     page = tmp_path / "README.md"
     page.write_text(f"intro\n{readme.START}\nold\n{readme.END}\noutro\n")
