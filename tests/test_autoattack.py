@@ -78,3 +78,16 @@ def test_bad_input_is_one_clear_error(trained_cnn, test_batch, kwargs, message):
         A.autoattack(trained_cnn, x, y, **kwargs)
     with pytest.raises(ConfigError, match="must lie in"):
         A.autoattack(trained_cnn, x * 2, y, eps=0.1)
+
+
+@pytest.mark.parametrize("args,message", [
+    (("plus", 10), "autoattack must be one of standard, apgd-ce\\+t, got 'plus'"),
+    (("standard", 0), "autoattack_iterations must be >= 1, got 0"),
+    (("standard", 10, [], [0.1, 0.3]), "autoattack_eps must be a non-empty subset"),
+    (("standard", 10, [0.2], [0.1, 0.3]), "autoattack_eps must be a non-empty subset of \\[0.1, 0.3\\]"),
+])
+def test_a_stage_configs_autoattack_settings_are_checked_in_one_place(args, message):
+    with pytest.raises(ConfigError, match=message):
+        A.check_autoattack_settings(*args)
+    A.check_autoattack_settings("apgd-ce+t", 5, [0.3], [0.1, 0.3])  # valid settings pass
+    assert A.autoattack_budgets(None, [0.1, 0.3]) == [0.1, 0.3] and A.autoattack_budgets([0.3], [0.1, 0.3]) == [0.3]

@@ -127,18 +127,23 @@ BEFORE_THE_KERNEL = {
     "unknown profile": (P5, lambda p, f: p.update(profile="huge"), ["unknown profile 'huge'; choose one of smoke, cpu, paper"]),
 }
 
-# ids -> (stage, change, fragments): these are caught by the notebook's own validation, in its first cells
-IN_THE_NOTEBOOK = {
-    "negative size": (P5, _override(P5, n_train=-5), ["ConfigError: n_train must be positive"]),
-    "zero size": (P5, _override(P5, n_test=0), ["ConfigError: n_test must be positive"]),
-    "size larger than the data": (P5, _override(P5, n_train=1_000_000_000),
-                                  ["ConfigError: 1000000000 examples asked of mnist5k train, which has 4000 (null means all)"]),
-    "unknown dataset": (P5, _override(P5, dataset="mnist9"), ["ConfigError: unknown dataset 'mnist9'; known:"]),
-    "unknown optimizer": (P5, _override(P5, g_optimizer="adamw"), ["ConfigError: g_optimizer must be sgd or adam, got 'adamw'"]),
-    "unknown model": (COMPARE, _override(COMPARE, model="resnet999"), ["ConfigError: unknown model 'resnet999'; known:"]),
+# Bad values of the right type: caught by the method's own Config.validate(), which the pipeline
+# runs before any kernel starts (and the notebook again in its first cells)
+BEFORE_THE_KERNEL |= {
+    "negative size": (P5, _override(P5, n_train=-5), ["n_train must be positive"]),
+    "zero size": (P5, _override(P5, n_test=0), ["n_test must be positive"]),
+    "unknown dataset": (P5, _override(P5, dataset="mnist9"), ["unknown dataset 'mnist9'; known:"]),
+    "unknown optimizer": (P5, _override(P5, g_optimizer="adamw"), ["g_optimizer must be sgd or adam, got 'adamw'"]),
+    "unknown model": (COMPARE, _override(COMPARE, model="resnet999"), ["unknown model 'resnet999'; known:"]),
     # no parameter names an attack; the training attacks of compare are named by its defences
     "unknown defence (training attack)": (COMPARE, _override(COMPARE, strengths={**PROFILES[COMPARE]["smoke"]["strengths"], "pgd_att": [0.1]}),
-                                          ["ConfigError: unknown defences ['pgd_att']"]),
+                                          ["unknown defences ['pgd_att']"]),
+}
+
+# ids -> (stage, change, fragments): what only the data can tell, caught by the notebook in its first cells
+IN_THE_NOTEBOOK = {
+    "size larger than the data": (P5, _override(P5, n_train=1_000_000_000),
+                                  ["ConfigError: 1000000000 examples asked of mnist5k train, which has 4000 (null means all)"]),
 }
 
 

@@ -32,3 +32,14 @@ def test_every_paper_defence_and_the_references_are_in_every_profile():
 def test_bad_config_is_rejected(bad):
     with pytest.raises(ConfigError):
         compare.Config(**{"dataset": "fashion_mnist", **bad}).validate()
+
+
+def test_sanity_checks_are_decided_by_counts_not_float_rounding():
+    # 400 images: a 4-image gap is exactly one point, but 0.3925 - 0.3825 is 0.010000000000000009 in floats
+    ok = dict(curve=[0.9, 0.5, 0.01], near_zero=0.05, linf=0.3925, linf_2x=0.3925, l2=0.5, aa={"linf": 0.3825, "l2": 0.49},
+              black_box=0.3825, ours_subset=0.3925, foolbox=0.3825)
+    checks = compare.sanity_checks(**ok)
+    assert all(checks.values()), checks
+    worse = compare.sanity_checks(**{**ok, "aa": {"linf": 0.3800, "l2": 0.49}, "black_box": 0.3800, "ours_subset": 0.3950,
+                                     "linf_2x": 0.4025, "curve": [0.9, 0.5, 0.06]})  # 4-5 images off, no fall to zero
+    assert not any(worse.values()), worse

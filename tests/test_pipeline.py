@@ -96,8 +96,9 @@ def test_every_stage_has_a_bad_parameter_case():
 
 
 @pytest.mark.parametrize("stage", sorted(BAD_PARAMETERS))
-def test_bad_parameter_stops_the_notebook_and_leaves_previous_results(tmp_path, stage):
+def test_bad_parameter_stops_before_the_kernel_and_leaves_previous_results(tmp_path, stage, monkeypatch):
     wrong, message = BAD_PARAMETERS[stage]
+    monkeypatch.setattr("papermill.execute_notebook", lambda *a, **k: pytest.fail("a kernel was started"))
     old = tmp_path / stage
     old.mkdir()
     (old / "metrics.json").write_text("{}")

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 
 import pytest
 
 from lib import readme
 from lib.params import params_hash
-from lib.pipeline import provenance, run_stage
+from lib.pipeline import provenance
 from lib.runtime import REPO_ROOT, git_state
 
 
@@ -79,23 +78,18 @@ def test_readme_marks_results_from_a_dirty_tree(tmp_path):
     assert "commit abc1234." in text and "dirty" not in text
 
 
-def test_a_stage_run_records_provenance_and_no_machine_path():
-    root = REPO_ROOT / "build" / "test-provenance"  # inside the checkout (git-ignored), as results/ is
-    models = REPO_ROOT / "build" / "test-provenance-models"
-    shutil.rmtree(root, ignore_errors=True)
-    try:
-        out = run_stage("p5_mnist_gan", "smoke", results_root=root, models_root=models)
-        meta = json.loads((out / "details.json").read_text())["meta"]
-        assert meta["provenance"]["commit"] == git_state()["commit"] and len(meta["provenance"]["params_sha256"]) == 16
-        assert meta["attack_libraries"] == {}  # p5 uses only our attacks
-        nb = json.loads((out / "p5_mnist_gan.ipynb").read_text())
-        paths = nb["metadata"]["papermill"]
-        injected = {k: v for k, v in paths["parameters"].items() if k.endswith("_dir")}
-        assert (paths["input_path"], paths["output_path"]) == ("notebooks/p5_mnist_gan.ipynb", "build/test-provenance/p5_mnist_gan/p5_mnist_gan.ipynb")
-        assert injected == {"results_dir": "build/test-provenance/.p5_mnist_gan.tmp", "data_dir": "data/prepared",
-                            "models_dir": "build/test-provenance-models/p5_mnist_gan"}
-        assert str(REPO_ROOT) not in "".join((out / n).read_text() for n in ("metrics.json", "details.json", "claims.md"))
-        assert [p.name for p in root.iterdir()] == ["p5_mnist_gan"]
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-        shutil.rmtree(models, ignore_errors=True)
+def test_a_stage_run_records_provenance_and_no_machine_path(p5_smoke_runs):
+    results, _ = p5_smoke_runs["first"]  # a run inside the checkout (git-ignored build/), as results/ is
+    out = results / "p5_mnist_gan"
+    meta = json.loads((out / "details.json").read_text())["meta"]
+    assert meta["provenance"]["commit"] == git_state()["commit"] and len(meta["provenance"]["params_sha256"]) == 16
+    assert meta["attack_libraries"] == {}  # p5 uses only our attacks
+    nb = json.loads((out / "p5_mnist_gan.ipynb").read_text())
+    paths = nb["metadata"]["papermill"]
+    injected = {k: v for k, v in paths["parameters"].items() if k.endswith("_dir")}
+    rel = results.relative_to(REPO_ROOT)
+    assert (paths["input_path"], paths["output_path"]) == ("notebooks/p5_mnist_gan.ipynb", f"{rel}/p5_mnist_gan/p5_mnist_gan.ipynb")
+    assert injected == {"results_dir": f"{rel}/.p5_mnist_gan.tmp", "data_dir": "data/prepared",
+                        "models_dir": f"{rel.parent.parent}/models/p5_mnist_gan"}
+    assert str(REPO_ROOT) not in "".join((out / n).read_text() for n in ("metrics.json", "details.json", "claims.md"))
+    assert [p.name for p in results.iterdir()] == ["p5_mnist_gan"]

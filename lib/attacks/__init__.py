@@ -4,8 +4,9 @@
 the model's train/eval mode and ``requires_grad`` flags are restored; no loop runs over samples.
 """
 
-from lib.attacks.autoattack import VERSIONS as AUTOATTACK_VERSIONS
 from lib.attacks.autoattack import autoattack
+from lib.attacks.autoattack import budgets as autoattack_budgets
+from lib.attacks.autoattack import check_settings as check_autoattack_settings
 from lib.attacks.common import eval_mode
 from lib.attacks.gradient import bim, fgm, fgsm, iterates, mim, pgd
 from lib.attacks.minimal import cw_l2, deepfool
@@ -15,11 +16,6 @@ from lib.errors import require
 ATTACKS = {"fgsm": fgsm, "fgm": fgm, "bim": bim, "pgd": pgd, "mim": mim, "deepfool": deepfool, "cw_l2": cw_l2, "autoattack": autoattack}
 
 
-def autoattack_versions() -> tuple[str, ...]:
-    """The AutoAttack versions :func:`autoattack` runs."""
-    return AUTOATTACK_VERSIONS
-
-
 def get(name: str):
     """The attack function called ``name``."""
     require(name in ATTACKS, f"unknown attack '{name}'; known: {', '.join(sorted(ATTACKS))}")
@@ -27,6 +23,6 @@ def get(name: str):
 
 
 __all__ = [
-    "ATTACKS", "get", "autoattack_versions", "fgsm", "fgm", "bim", "pgd", "mim", "deepfool", "cw_l2", "autoattack", "iterates",
+    "ATTACKS", "get", "fgsm", "fgm", "bim", "pgd", "mim", "deepfool", "cw_l2", "autoattack", "autoattack_budgets", "check_autoattack_settings", "iterates",
     "eval_mode", "LinfBall", "L2Ball", "threat", "per_sample_norm", "l2_distance",
 ]

@@ -88,16 +88,13 @@ class Config:
         require(0 <= self.clean_weight < 1, f"clean_weight must be in [0, 1), got {self.clean_weight}")
         require(self.n_train is None or self.n_train > 0, "n_train must be positive")
         require(self.n_test is None or self.n_test > 0, "n_test must be positive")
-        require(self.autoattack in A.autoattack_versions(), f"autoattack must be one of {', '.join(A.autoattack_versions())}, got '{self.autoattack}'")
-        require(self.autoattack_iterations >= 1, f"autoattack_iterations must be >= 1, got {self.autoattack_iterations}")
-        require(self.autoattack_eps is None or (len(self.autoattack_eps) > 0 and set(self.autoattack_eps) <= set(self.eval_eps) - {0.0}),
-                f"autoattack_eps must be a non-empty subset of eval_eps above 0 (or null), got {self.autoattack_eps}")
+        A.check_autoattack_settings(self.autoattack, self.autoattack_iterations, self.autoattack_eps, [e for e in self.eval_eps if e > 0])
         return self
 
     @property
     def aa_eps(self) -> list:
         """The L2 eps AutoAttack runs at."""
-        return [e for e in self.eval_eps if e > 0] if self.autoattack_eps is None else list(self.autoattack_eps)
+        return A.autoattack_budgets(self.autoattack_eps, [e for e in self.eval_eps if e > 0])
 
 
 class GeneratorEnsemble(nn.Module):

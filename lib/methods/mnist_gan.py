@@ -87,8 +87,7 @@ class Config:
         require(0 <= self.clean_weight < 1, f"clean_weight must be in [0, 1), got {self.clean_weight}")
         require(self.n_train is None or self.n_train > 0, "n_train must be positive")
         require(self.n_test is None or self.n_test > 0, "n_test must be positive")
-        require(self.autoattack in A.autoattack_versions(), f"autoattack must be one of {', '.join(A.autoattack_versions())}, got '{self.autoattack}'")
-        require(self.autoattack_iterations >= 1, f"autoattack_iterations must be >= 1, got {self.autoattack_iterations}")
+        A.check_autoattack_settings(self.autoattack, self.autoattack_iterations)
         return self
 
 

@@ -88,16 +88,13 @@ class Config:
         require(0 < self.scale_min <= self.scale_max, "need 0 < scale_min <= scale_max")
         require(min(self.rotation_degrees, self.shift, self.brightness, self.noise_std) >= 0, "augmentation strengths must be >= 0")
         require(self.limit is None or self.limit >= 100, "limit must be >= 100 (or null)")
-        require(self.autoattack in A.autoattack_versions(), f"autoattack must be one of {', '.join(A.autoattack_versions())}, got '{self.autoattack}'")
-        require(int(self.autoattack_iterations) >= 1, f"autoattack_iterations must be >= 1, got {self.autoattack_iterations}")
-        require(self.autoattack_eps is None or (len(self.autoattack_eps) > 0 and set(self.autoattack_eps) <= set(self.eps)),
-                f"autoattack_eps must be a non-empty subset of eps {self.eps} (or null), got {self.autoattack_eps}")
+        A.check_autoattack_settings(self.autoattack, self.autoattack_iterations, self.autoattack_eps, self.eps)
         return self
 
     @property
     def aa_eps(self) -> list:
         """The eps AutoAttack runs at."""
-        return list(self.eps if self.autoattack_eps is None else self.autoattack_eps)
+        return A.autoattack_budgets(self.autoattack_eps, self.eps)
 
     def augmentation(self) -> Conventional:
         return Conventional(self.rotation_degrees, self.flip, (self.scale_min, self.scale_max), self.shift, self.brightness, self.noise_std)
