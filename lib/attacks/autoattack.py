@@ -80,21 +80,6 @@ def _inside(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torc
     return (x + delta.view_as(x)).clamp(0, 1)
 
 
-def check_settings(version: str, iterations: int, eps: list | None = None, allowed: list | None = None) -> None:
-    """Validate a stage config's AutoAttack settings: its version, its iteration count and, where the
-    stage runs AutoAttack at chosen budgets, that ``eps`` is null or a non-empty subset of ``allowed``."""
-    require(version in VERSIONS, f"autoattack must be one of {', '.join(VERSIONS)}, got '{version}'")
-    require(int(iterations) >= 1, f"autoattack_iterations must be >= 1, got {iterations}")
-    if allowed is not None:
-        require(eps is None or (len(eps) > 0 and set(eps) <= set(allowed)),
-                f"autoattack_eps must be a non-empty subset of {sorted(allowed)} (or null), got {eps}")
-
-
-def budgets(eps: list | None, allowed: list) -> list:
-    """The budgets AutoAttack runs at: ``eps`` where chosen, else every one of ``allowed``."""
-    return list(allowed if eps is None else eps)
-
-
 def cost(version: str, classes: int = 10, iterations: int = 100, targets: int = 9) -> float:
     """Forward-backward passes per image that survives every attack (the budgeting unit): APGD-CE
     ``iterations``, APGD-T ``targets`` x ``iterations``; the standard version adds FAB-T and Square."""
