@@ -69,6 +69,13 @@ def converged(model: str, val_accuracy: Sequence[float], early_stopped: bool = F
     return Gate(f"{model} converged (validation accuracy moved over the last two epochs, points)", moved, points, bool(moved < points))
 
 
+def converged_history(model: str, history: Sequence[dict], points: float = MOVEMENT_POINTS) -> Gate:
+    """:func:`converged` from a training history (``lib.train``: ``val_acc`` per epoch as a fraction,
+    ``early_stopped`` on the record where early stopping fired)."""
+    val = [100 * h["val_acc"] for h in history if "val_acc" in h]
+    return converged(model, val, any(h.get("early_stopped") for h in history), points)
+
+
 def plateaued(curve_name: str, curve: Sequence[float], points: float = PLATEAU_POINTS, epochs: int = 3) -> Gate:
     """``curve`` (%, one value per epoch) moved less than ``points`` over its last ``epochs`` epochs."""
     moved = movement(curve, epochs)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from IPython import get_ipython
 from IPython.display import Markdown, display
 
+from lib import claims as C
 from lib.cache import open_store
+from lib.claims import Claim
 from lib.params import check_profile
 from lib.report import ResultsWriter, set_style, setting_line
 from lib.runtime import Acceleration, DryRun, device_name, metadata, repo_path, seed_everything
@@ -47,11 +50,13 @@ class StageRun:
         tag = "DRY RUN" if DryRun.on else "paper setting" if self.profile == "paper" else "REDUCED"
         return f"{dataset}; profile {self.profile}, {tag}"
 
-    def write_claims(self, text: str) -> Markdown:
-        """Store the verdicts as ``claims.md`` and show them in the summary at the notebook's top
-        (the cell :class:`StageRun` displayed); returns a pointer to it for the last cell."""
-        (Path(self.out.root) / "claims.md").write_text(text + "\n")
-        summary = f"## Verdicts of this run\n\n{setting_line(self._meta)}\n\n{text}\n\n*Tables, figures and the method's details follow.*"
+    def write_claims(self, claims: Sequence[Claim]) -> Markdown:
+        """Store the verdicts (``claims.json``, ``claims.md``), add their counts to ``metrics.json``
+        and show them in the summary at the notebook's top (the cell :class:`StageRun` displayed);
+        returns a pointer to it for the last cell."""
+        C.write(claims, self.out.root)
+        self.out.add_metrics(C.counts(claims))
+        summary = f"## Verdicts of this run\n\n{setting_line(self._meta)}\n\n{C.markdown(claims)}\n\n*Tables, figures and the method's details follow.*"
         if self._summary is not None:
             self._summary.update(Markdown(summary))
-        return Markdown("The verdicts open this notebook (the summary at the top) and are in `claims.md`.")
+        return Markdown("The verdicts open this notebook (the summary at the top) and are in `claims.md` and `claims.json`.")

@@ -105,9 +105,36 @@ def wall_times(results: Path) -> str:
             "is in its `training.json`.\n")
 
 
+def verdict_counts(results: Path) -> str:
+    """How many claims held, did not hold and were not testable, per stage (from its
+    ``claims.json``) and in total; a stage without one is named."""
+    from lib.claims import VERDICTS
+
+    rows, missing = [], []
+    for stage in HEADLINES:
+        path = results / stage / "claims.json"
+        if not path.exists():
+            missing.append(stage)
+            continue
+        verdicts = [c["verdict"] for c in json.loads(path.read_text())]
+        rows.append({"stage": stage, "claims": len(verdicts), **{v: verdicts.count(v) for v in VERDICTS}})
+    if not rows:
+        return ""
+    df = pd.DataFrame(rows)
+    total = {"stage": "**total**", **{c: int(df[c].sum()) for c in df.columns if c != "stage"}}
+    df = pd.concat([df, pd.DataFrame([total])], ignore_index=True)
+    note = f" No `claims.json` yet: {', '.join(missing)}." if missing else ""
+    return ("### Verdicts: how many claims held, did not hold, were not testable\n\n"
+            "A claim is `not testable` when one of its validity gates failed (the models it compares had not converged, "
+            "their clean accuracy was too low, or the method's own mechanism did not run); each stage's `claims.md` names "
+            f"the gate and its number.{note}\n\n" + markdown_table(df) + "\n")
+
+
 def render(results: Path = REPO_ROOT / "results") -> str:
     """The whole generated section, markers included."""
-    parts = [part for stage in HEADLINES
+    counts = verdict_counts(results)
+    parts = [counts] if counts else []
+    parts += [part for stage in HEADLINES
              for part in (headline(stage, results), headline(stage, results, ROBUSTNESS) if stage in ROBUSTNESS else "") if part]
     parts.append(wall_times(results))
     return "\n".join([START, "", *parts, END])

@@ -260,6 +260,17 @@ class ResultsWriter:
         return (f"Wrote metrics.json ({len(headline)} headline numbers, what `dvc metrics show` lists), details.json "
                 "(every number, the configuration and the metadata) and training.json (every model and its training time).")
 
+    def add_metrics(self, extra: dict[str, float]) -> None:
+        """Add ``extra`` (flat numbers, such as the claims' counts) to the ``metrics.json`` that
+        :meth:`metrics` wrote, under the same rules."""
+        path = self.root / "metrics.json"
+        require(path.exists(), "add_metrics needs metrics.json: call metrics() first")
+        headline = {**json.loads(path.read_text()), **extra}
+        bad = [k for k, v in extra.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+        require(not bad, f"headline metrics must be flat numbers; not numbers: {', '.join(bad)}")
+        require(len(headline) <= MAX_HEADLINE, f"{len(headline)} headline metrics; keep at most {MAX_HEADLINE} (the rest go to details)")
+        _atomic_write(path, lambda p: p.write_text(json.dumps(_clean(headline), indent=2) + "\n"))
+
 
 def _clean(obj):
     if isinstance(obj, float):

@@ -280,27 +280,42 @@ def _train(model, loader, cfg: TrainConfig, source: Clean, ema, on_epoch_end, ma
         }
         if on_epoch_end is not None:
             record.update(on_epoch_end(epoch, result.final))
-        stop = record.pop("stop", False)
-        result.history.append(record)
-        if stop:
+        if record.pop("stop", False):
+            record["early_stopped"] = True
+            result.history.append(record)
             break
+        result.history.append(record)
     if isinstance(on_epoch_end, EarlyStopping):
         on_epoch_end.restore(model)
     model.eval()
     return result
 
 
-class EarlyStopping:
+class Validation:
+    """``on_epoch_end`` hook: the model's accuracy on a held-out validation split after every epoch
+    (``val_acc`` in the history), what the convergence gates of :mod:`lib.claims` read."""
+
+    def __init__(self, x_val: torch.Tensor, y_val: torch.Tensor):
+        require(len(y_val) > 0, "the validation split is empty")
+        self.x_val, self.y_val = x_val, y_val
+
+    def __call__(self, epoch: int, model: nn.Module) -> dict:
+        return {"val_acc": accuracy(model, self.x_val, self.y_val)}
+
+
+class EarlyStopping(Validation):
     """``on_epoch_end`` hook: validation accuracy each epoch; stop after ``patience`` epochs without
-    improvement. :meth:`restore` then loads the best weights seen."""
+    improvement (the last record then says ``early_stopped``). :meth:`restore` then loads the best
+    weights seen."""
 
     def __init__(self, x_val: torch.Tensor, y_val: torch.Tensor, patience: int):
         require(patience >= 1, f"patience must be >= 1, got {patience}")
-        self.x_val, self.y_val, self.patience = x_val, y_val, patience
+        super().__init__(x_val, y_val)
+        self.patience = patience
         self.best, self.best_epoch, self.state, self.waited = -1.0, 0, None, 0
 
     def __call__(self, epoch: int, model: nn.Module) -> dict:
-        acc = accuracy(model, self.x_val, self.y_val)
+        acc = super().__call__(epoch, model)["val_acc"]
         if acc > self.best:
             self.best, self.best_epoch, self.waited = acc, epoch + 1, 0
             self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}

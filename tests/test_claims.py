@@ -8,6 +8,7 @@ import math
 import pytest
 
 from lib import claims as C
+from lib.errors import ConfigError
 
 
 def test_a_converged_and_an_unconverged_history():
@@ -67,3 +68,24 @@ def test_claims_json_md_and_counts(tmp_path):
     assert md.startswith("**3 claims: 1 held, 1 did not hold, 1 not testable.**")
     assert "- **not testable** — Proposed within 5 points" in md
     assert "Not testable because: BIM(10)-Adv under BIM(10) (%): 71.8 (threshold 80) FAIL" in md
+
+
+def test_convergence_from_a_training_history():
+    moving = [{"epoch": e, "val_acc": a} for e, a in enumerate([0.80, 0.90, 0.94, 0.96], 1)]
+    flat = [{"epoch": e, "val_acc": a} for e, a in enumerate([0.80, 0.95, 0.953, 0.951], 1)]
+    stopped = [*moving[:3], {**moving[3], "early_stopped": True}]
+    assert not C.converged_history("m", moving).passed and C.converged_history("m", moving).value == pytest.approx(6.0)
+    assert C.converged_history("m", flat).passed
+    assert C.converged_history("m", stopped).passed and "early stopping" in C.converged_history("m", stopped).gate
+    assert not C.converged_history("m", [{"epoch": 1, "train_acc": 0.5}]).passed  # no validation record: NaN fails
+
+
+def test_metrics_take_the_claims_counts(tmp_path):
+    from lib.report import ResultsWriter
+
+    out = ResultsWriter(tmp_path)
+    out.metrics({"a": 1.0}, {}, {})
+    out.add_metrics({"claims_held": 2, "claims_did_not_hold": 0, "claims_not_testable": 1})
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"a": 1.0, "claims_held": 2, "claims_did_not_hold": 0, "claims_not_testable": 1}
+    with pytest.raises(ConfigError, match="at most 20"):
+        out.add_metrics({f"m{i}": 1.0 for i in range(20)})

@@ -29,3 +29,18 @@ def test_section_reflects_the_files_and_says_when_a_stage_has_none(tmp_path):
     page.write_text(f"intro\n{readme.START}\nold\n{readme.END}\noutro\n")
     assert readme.update(page, tmp_path) and not readme.update(page, tmp_path)
     assert page.read_text().startswith("intro\n") and page.read_text().endswith("\noutro\n") and "old" not in page.read_text()
+
+
+def test_verdict_counts_per_stage_and_in_total(tmp_path):
+    import json
+
+    for stage, verdicts in {"p5_mnist_gan": ["held", "not testable", "not testable"], "p3_single_step_reuse": ["did not hold", "held"]}.items():
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / "claims.json").write_text(json.dumps([{"claim": "c", "verdict": v, "gates": []} for v in verdicts]))
+    text = readme.verdict_counts(tmp_path)
+    assert "| p3_single_step_reuse |        2 |      1 |              1 |              0 |" in text
+    assert "| p5_mnist_gan         |        3 |      1 |              0 |              2 |" in text
+    assert "| **total**            |        5 |      2 |              1 |              2 |" in text
+    assert "No `claims.json` yet: p1_conv_generator_ensemble, p2_pgn, p4_resnet_transfer_augmentation, compare." in text
+    assert readme.render(tmp_path).index("### Verdicts") < readme.render(tmp_path).index("### p1")
+    assert readme.verdict_counts(tmp_path / "none") == ""

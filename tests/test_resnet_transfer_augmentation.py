@@ -7,6 +7,7 @@ import torch
 
 import lib.data as D
 import lib.models as M
+from lib import claims as C
 from lib.augment import Conventional
 from lib.errors import ConfigError
 from lib.methods import resnet_transfer_augmentation as p4
@@ -52,7 +53,8 @@ def test_early_stopping_stops_and_restores_the_best_weights(synthetic):
     x, y = D.tensors(ds.test)
     stopper = EarlyStopping(x, torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(1)), patience=1)
     res = train(model, D.loader(ds.train, 32, True, with_index=True), TrainConfig(epochs=20, lr=1e-3), on_epoch_end=stopper)
-    assert len(res.history) < 20 and "val_acc" in res.history[0] and "stop" not in res.history[-1]
+    assert len(res.history) < 20 and "val_acc" in res.history[0] and "stop" not in res.history[-1] and res.history[-1]["early_stopped"]
+    assert C.converged_history("tiny", res.history).passed
     stopper.restore(model)
     assert p4.accuracy(model, x, stopper.y_val) == pytest.approx(stopper.best)
 
