@@ -181,6 +181,15 @@ def train_val_test(ds: Dataset, fractions: tuple[float, float, float], seed: int
     return Split(x[train], y[train]), Split(x[val], y[val]), Split(x[test], y[test])
 
 
+def hold_out(split: Split, n: int, seed: int, what: str = "the training split") -> tuple[Split, Split]:
+    """``split`` without ``n`` examples, and those ``n`` (stratified by class, deterministic): a
+    validation split held out of the training data."""
+    require(isinstance(n, int) and not isinstance(n, bool) and 0 < n < len(split),
+            f"a validation split of {n!r} examples asked of {what}, which has {len(split)}: use 1 to {len(split) - 1}")
+    keep, val = stratified_split(split.y, n / len(split), seed)
+    return Split(split.x[keep], split.y[keep]), Split(split.x[val], split.y[val])
+
+
 def undersample(x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Class balancing by undersampling: keep a random ``min class count`` examples of every class."""
     g = torch.Generator().manual_seed(seed)

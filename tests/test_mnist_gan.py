@@ -83,3 +83,28 @@ def test_paper_profile_is_the_papers_setting():
 def test_bad_config_is_rejected(bad):
     with pytest.raises(ConfigError):
         p5.Config(**bad).validate()
+
+
+def _results(d_val, curve_03, clean=0.98, alt_val=(0.97, 0.971, 0.972)):
+    """A hand-made run: D's validation history, G's curves (0.3 as given, the others flat) and one alternating run."""
+    flat = [0.9, 0.6, 0.5, 0.5, 0.5, 0.5]
+    alt = [{"epoch": 0, "acc_on_G": 0.5, "acc_clean": clean, "val_acc": clean}] + [
+        {"epoch": e, "acc_on_G": 0.96, "acc_clean": clean, "val_acc": v} for e, v in enumerate(alt_val, 1)]
+    robust = {"clean D": {0.3: {"PGD-20": 0.40, "AutoAttack": 0.38}}, "alternating D (0.3)": {0.3: {"PGD-20": 0.50, "AutoAttack": 0.45}}}
+    return {"d_history": [{"epoch": e, "val_acc": v} for e, v in enumerate(d_val, 1)], "clean_accuracy": clean,
+            "frozen": {0.1: {"gan": 0.95, "fgsm": 0.94}, 0.3: {"gan": curve_03[-1], "fgsm": 0.72}, 0.5: {"gan": 0.3, "fgsm": 0.31}, 0.7: {"gan": 0.1, "fgsm": 0.12}},
+            "curves": {0.1: [0.98, 0.96, 0.95, 0.95, 0.95, 0.95], 0.3: curve_03, 0.5: flat, 0.7: flat}, "alternating": {0.3: alt}, "robust": robust}
+
+
+def test_claims_are_not_testable_exactly_when_a_gate_fails():
+    cfg = _config("cpu")
+    good = p5.claims(_results([0.97, 0.98, 0.981, 0.982], [0.9, 0.7, 0.555, 0.55, 0.551, 0.549]), cfg)
+    # G wins at 0.3, 0.5, 0.7; G at 0.1 settles in 1 epoch, the others in 2: "larger converges faster" did not hold
+    assert [c.verdict for c in good] == ["held", "held", "did not hold", "held", "held"], [c.markdown() for c in good]
+    assert good[1].ours == "0.3, 0.5, 0.7" and good[4].ours == "PGD-20 +10.0, AutoAttack +7.0"
+    unplateaued = p5.claims(_results([0.97, 0.98, 0.981, 0.982], [0.9, 0.8, 0.7, 0.6, 0.55, 0.5]), cfg)
+    assert [c.verdict for c in unplateaued][:3] == ["not testable"] * 3 and unplateaued[3].verdict == "held"
+    assert "G's curve at intensity 0.3 plateaued" in unplateaued[0].markdown()
+    low = p5.claims(_results([0.90, 0.93, 0.95, 0.96], [0.9, 0.7, 0.555, 0.55, 0.551, 0.549], clean=0.95), cfg)
+    assert all(c.verdict == "not testable" for c in low[:2]) and "D clean accuracy" in low[0].markdown()
+    assert "D (phase 1) converged" in low[0].markdown()  # moved 3 points over its last two epochs

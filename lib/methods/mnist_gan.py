@@ -27,13 +27,14 @@ import torch.nn.functional as F
 import lib.data as D
 import lib.models as M
 from lib import attacks as A
+from lib import claims as C
 from lib.attacks import eval_mode
 from lib.cache import cached
 from lib.errors import require
 from lib.evaluate import accuracy, adversarial_examples, predict, robust_accuracy
 from lib.report import comparison, evaluation, widen
 from lib.runtime import Acceleration, DryRun, device, progress, seed_everything
-from lib.train import Clean, TrainConfig, TrainResult, train, training_precision
+from lib.train import Clean, TrainConfig, TrainResult, Validation, train, training_precision
 
 # Table 1 of the paper: intensity -> (accuracy under one FGSM step, accuracy under G), D trained 70 epochs.
 PAPER_TABLE1 = {0.1: (0.96, 0.97), 0.3: (0.76, 0.55), 0.5: (0.37, 0.15), 0.7: (0.06, 0.05)}
@@ -51,6 +52,7 @@ class Config:
     dataset: str = "mnist"
     n_train: int | None = None
     n_test: int | None = None
+    n_val: int = 5000  # validation digits held out of the training split (the convergence gates read D's accuracy on them)
     intensities: list = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7])
     intensity_units: str = "normalized"
     d_epochs: int = 70
@@ -68,6 +70,7 @@ class Config:
     pgd_steps: int = 40
     autoattack: str = "standard"  # AutoAttack beside FGSM and PGD: "standard" or "apgd-ce+t" (its first two attacks)
     autoattack_iterations: int = 100
+    autoattack_intensities: list | None = None  # the intensities AutoAttack runs at (None = every intensity)
     n_examples: int = 8
     seed: int = 0
     max_batches: int | None = None  # cap batches per epoch (tests only)
@@ -87,8 +90,14 @@ class Config:
         require(0 <= self.clean_weight < 1, f"clean_weight must be in [0, 1), got {self.clean_weight}")
         require(self.n_train is None or self.n_train > 0, "n_train must be positive")
         require(self.n_test is None or self.n_test > 0, "n_test must be positive")
-        A.check_autoattack_settings(self.autoattack, self.autoattack_iterations)
+        A.check_autoattack_settings(self.autoattack, self.autoattack_iterations, self.autoattack_intensities, self.intensities)
+        require(int(self.n_val) >= 1, f"n_val must be >= 1, got {self.n_val}")
         return self
+
+    @property
+    def aa_intensities(self) -> list:
+        """The intensities AutoAttack runs at."""
+        return A.autoattack_budgets(self.autoattack_intensities, self.intensities)
 
 
 class PerturbationGenerator(nn.Module):
@@ -186,19 +195,21 @@ def pixel_eps(intensity: float, std: float, units: str) -> float:
     return intensity * std if units == "normalized" else intensity
 
 
-def load_data(cfg: Config, data_dir) -> tuple[D.Dataset, D.Split, D.Split]:
-    """The dataset and the (sub)sampled train and test splits the run uses."""
+def load_data(cfg: Config, data_dir) -> tuple[D.Dataset, D.Split, D.Split, D.Split]:
+    """The dataset and the (sub)sampled train, validation (held out of train) and test splits the run uses."""
     ds = D.load(cfg.dataset, data_dir)
-    return ds, D.subset(ds.train, cfg.n_train, cfg.seed, f"{ds.name} train"), D.subset(ds.test, cfg.n_test, cfg.seed + 1, f"{ds.name} test")
+    train_split, val_split = D.hold_out(D.subset(ds.train, cfg.n_train, cfg.seed, f"{ds.name} train"), cfg.n_val, cfg.seed, f"{ds.name} train")
+    return ds, train_split, val_split, D.subset(ds.test, cfg.n_test, cfg.seed + 1, f"{ds.name} test")
 
 
-def train_classifier(ds: D.Dataset, train_split: D.Split, std: float, cfg: Config) -> TrainResult:
-    """Phase 1: D on clean data (reference: SGD without momentum, lr 0.05, batch 10)."""
+def train_classifier(ds: D.Dataset, train_split: D.Split, val: tuple, std: float, cfg: Config) -> TrainResult:
+    """Phase 1: D on clean data (reference: SGD without momentum, lr 0.05, batch 10); its validation
+    accuracy after every epoch in the history."""
     mean = float(D.as_float(train_split.x).mean())
     model = M.build("tanh_cnn", ds.shape, ds.num_classes, seed=cfg.seed, mean=mean, std=std).to(device())
     tc = TrainConfig(epochs=cfg.d_epochs, batch_size=cfg.d_batch_size, lr=cfg.d_lr, optimizer="sgd", momentum=0.0, seed=cfg.seed)
     loader = D.loader(train_split, cfg.d_batch_size, shuffle=True, seed=cfg.seed, with_index=True)
-    return train(model, loader, tc, max_batches=cfg.max_batches, desc="phase 1: D on clean data", cache_as="phase 1: D")
+    return train(model, loader, tc, on_epoch_end=Validation(*val), max_batches=cfg.max_batches, desc="phase 1: D on clean data", cache_as="phase 1: D")
 
 
 def train_frozen(classifier: nn.Module, train_split: D.Split, test: tuple, eps: float, cfg: Config, desc: str = "") -> tuple[PerturbationGenerator, list[float]]:
@@ -227,10 +238,11 @@ def train_frozen(classifier: nn.Module, train_split: D.Split, test: tuple, eps: 
     return G.eval(), record["curve"]
 
 
-def train_alternating(classifier: nn.Module, train_split: D.Split, test: tuple, eps: float, cfg: Config) -> tuple[TrainResult, PerturbationGenerator]:
+def train_alternating(classifier: nn.Module, train_split: D.Split, val: tuple, test: tuple, eps: float, cfg: Config) -> tuple[TrainResult, PerturbationGenerator]:
     """Phase 3: a copy of the clean D and a fresh G trained alternately, batch by batch.
 
-    The history holds, per epoch, D's test accuracy on G's images and on clean images.
+    The history holds, per epoch, D's test accuracy on G's images and on clean images, and its
+    validation accuracy.
     """
     x_test, y_test = test
     d = copy.deepcopy(classifier)
@@ -238,7 +250,8 @@ def train_alternating(classifier: nn.Module, train_split: D.Split, test: tuple, 
     source = AlternatingGenerator(G, generator_optimizer(G, cfg.g_optimizer, cfg.g_lr))
 
     def record(epoch: int, model: nn.Module) -> dict:
-        return {"acc_on_G": robust_accuracy(model, x_test, y_test, generator_attack, generator=G), "acc_clean": accuracy(model, x_test, y_test)}
+        return {"acc_on_G": robust_accuracy(model, x_test, y_test, generator_attack, generator=G), "acc_clean": accuracy(model, x_test, y_test),
+                "val_acc": accuracy(model, *val)}
 
     start = {"epoch": 0, **record(-1, d)}
     tc = TrainConfig(epochs=cfg.alt_epochs, batch_size=cfg.batch_size, lr=cfg.alt_lr, optimizer="sgd", momentum=0.0, clean_weight=cfg.clean_weight, seed=cfg.seed)
@@ -249,14 +262,16 @@ def train_alternating(classifier: nn.Module, train_split: D.Split, test: tuple, 
     return result, G.eval()
 
 
-def evaluate_attacks(model: nn.Module, test: tuple, eps: float, cfg: Config, generators: dict[str, PerturbationGenerator]) -> dict:
-    """Accuracy of ``model`` under one FGSM step, PGD-L∞ (random start) and each named generator."""
+def evaluate_attacks(model: nn.Module, test: tuple, eps: float, cfg: Config, generators: dict[str, PerturbationGenerator],
+                     autoattack: bool = True) -> dict:
+    """Accuracy of ``model`` under one FGSM step, PGD-L∞ (random start), AutoAttack (when asked) and each named generator."""
     x, y = test
     out = {
         "FGSM": robust_accuracy(model, x, y, A.fgsm, eps=eps),
         f"PGD-{cfg.pgd_steps}": robust_accuracy(model, x, y, A.pgd, eps=eps, steps=cfg.pgd_steps, random_start=True),
-        "AutoAttack": robust_accuracy(model, x, y, A.autoattack, eps=eps, norm="linf", version=cfg.autoattack, iterations=cfg.autoattack_iterations),
     }
+    if autoattack:
+        out["AutoAttack"] = robust_accuracy(model, x, y, A.autoattack, eps=eps, norm="linf", version=cfg.autoattack, iterations=cfg.autoattack_iterations)
     for name, G in generators.items():
         out[name] = robust_accuracy(model, x, y, generator_attack, generator=G)
     return out
@@ -360,40 +375,52 @@ def figure5_6(x: torch.Tensor, frozen_G: PerturbationGenerator, alternating_G: P
     return _image_grid(rows, None, f"Figs. 5/6 — perturbation patterns, red + / blue − (row 1: image, rescaled) ({subtitle})", signed=True)
 
 
-def claims(r: dict, cfg: Config) -> str:
-    """Markdown: which of the paper's claims held in this run (``r`` from :func:`run`), in numbers."""
-    frozen, curves, alternating, robust, clean_accuracy = r["frozen"], r["curves"], r["alternating"], r["robust"], r["clean_accuracy"]
-    lines = [f"- D's clean test accuracy: {100 * clean_accuracy:.2f}% (paper 98.4% after 70 epochs)."]
+def gates_of_d(r: dict, cfg: Config) -> list[C.Gate]:
+    """The clean D every claim rests on: converged on its validation digits, and clean accuracy within
+    2 points of the paper's 98.4% (the digits are MNIST's)."""
+    return [C.converged_history("D (phase 1)", r["d_history"]),
+            C.clean_accuracy("D", 100 * r["clean_accuracy"], 100 * PAPER_CLEAN_ACCURACY, cfg.dataset, stand_in=False)]
+
+
+def g_plateaued(r: dict, intensities) -> list[C.Gate]:
+    """G's curve against the frozen D (its test accuracy under G per epoch) flat over its last three epochs."""
+    return [C.plateaued(f"G's curve at intensity {i:g}", [100 * v for v in r["curves"][i]]) for i in intensities]
+
+
+def claims(r: dict, cfg: Config) -> list[C.Claim]:
+    """The paper's claims (and ours) tested on this run (``r`` from :func:`run`), each with its gates."""
+    frozen, curves, alternating, robust = r["frozen"], r["curves"], r["alternating"], r["robust"]
+    d_gates = gates_of_d(r, cfg)
+    out = []
     if HEADLINE_INTENSITY in frozen:
-        r = frozen[HEADLINE_INTENSITY]
-        ok = r["gan"] < r["fgsm"]
-        lines.append(f"- Headline (intensity 0.3): D falls to {100 * r['gan']:.1f}% under G vs {100 * r['fgsm']:.1f}% under one FGSM step "
-                     f"(paper 55.1% vs 76.5%) — 'G beats one fast-gradient step' **{'held' if ok else 'did NOT hold'}**.")
-    wins = [i for i, r in frozen.items() if r["gan"] < r["fgsm"]]
-    lines.append(f"- G is stronger than one FGSM step at intensities {', '.join(f'{i:g}' for i in wins) or 'none'} of "
-                 f"{', '.join(f'{i:g}' for i in frozen)} (paper: 0.3, 0.5, 0.7 of the four).")
-    conv = {i: convergence_epoch(c) for i, c in curves.items() if c[0] - c[-1] > 0.01}
-    stalled = ", ".join(f"{i:g}" for i in curves if i not in conv)
-    monotone = len(conv) >= 2 and all(a >= b for a, b in zip(list(conv.values()), list(conv.values())[1:]))
-    epochs = ", ".join(f"{i:g}: {e}" for i, e in conv.items()) or "n/a"
-    note = f" (G gained under 1 point at intensity {stalled})" if stalled else ""
-    lines.append(f"- Epochs until G's curve is within 1 point of its final value: {epochs}{note} — "
-                 f"'larger intensity converges in fewer epochs' **{'held' if monotone else 'did NOT hold'}** (Fig. 1a).")
+        h = frozen[HEADLINE_INTENSITY]
+        out.append(C.Claim("At intensity 0.3, D falls further under G than under one FGSM step (accuracy %, G vs FGSM)",
+                           f"{100 * PAPER_HEADLINE['after G']:.1f} vs {100 * PAPER_HEADLINE['after FGSM']:.1f}",
+                           f"{100 * h['gan']:.1f} vs {100 * h['fgsm']:.1f}", held=h["gan"] < h["fgsm"],
+                           gates=[*d_gates, *g_plateaued(r, [HEADLINE_INTENSITY])]))
+    wins = [i for i, v in frozen.items() if v["gan"] < v["fgsm"]]
+    paper_wins = [i for i in (0.3, 0.5, 0.7) if i in frozen]
+    out.append(C.Claim("G is stronger than one FGSM step at intensities 0.3, 0.5 and 0.7 (intensities where it is)",
+                       ", ".join(f"{i:g}" for i in paper_wins), ", ".join(f"{i:g}" for i in wins) or "none",
+                       held=set(paper_wins) <= set(wins), gates=[*d_gates, *g_plateaued(r, frozen)]))
+    conv = {i: convergence_epoch(c) for i, c in curves.items()}
+    order = [conv[i] for i in sorted(conv)]
+    out.append(C.Claim("A larger intensity converges in fewer epochs (Fig. 1a; epoch where G's curve is within 1 point of its end)",
+                       "decreasing", ", ".join(f"{i:g}: {e}" for i, e in sorted(conv.items())),
+                       held=len(order) >= 2 and all(a >= b for a, b in zip(order, order[1:])), gates=g_plateaued(r, curves)))
     for i, h in alternating.items():
-        on_g = [r["acc_on_G"] for r in h[1:]]
-        near = min(on_g) >= h[-1]["acc_clean"] - 0.05
-        lines.append(f"- Alternating training at intensity {i:g}: D's accuracy on G's images stays in {100 * min(on_g):.1f}–{100 * max(on_g):.1f}% "
-                     f"(clean {100 * h[-1]['acc_clean']:.1f}% at the end) — 'D stays near its clean accuracy on G's examples' "
-                     f"**{'held' if near else 'did NOT hold'}** (Fig. 1b).")
+        on_g = [e["acc_on_G"] for e in h[1:]]
+        out.append(C.Claim(f"Trained alternately with G at intensity {i:g}, D stays within 5 points of its clean accuracy on G's images (Fig. 1b; min %, clean %)",
+                           "near clean", f"{100 * min(on_g):.1f} vs {100 * h[-1]['acc_clean']:.1f}", held=min(on_g) >= h[-1]["acc_clean"] - 0.05,
+                           gates=[*d_gates, C.converged_history(f"D alternating with G ({i:g})", h[1:])]))
         alt, base = robust[f"alternating D ({i:g})"][i], robust["clean D"][i]
         pgd = f"PGD-{cfg.pgd_steps}"
-        gain_f, gain_p = 100 * (alt["FGSM"] - base["FGSM"]), 100 * (alt[pgd] - base[pgd])
-        gain_a = 100 * (alt["AutoAttack"] - base["AutoAttack"])
-        lines.append(f"- Not measured in the paper: at intensity {i:g}, the alternately trained D gains {gain_f:+.1f} points under FGSM, "
-                     f"{gain_p:+.1f} under {pgd} ({100 * alt[pgd]:.1f}% vs {100 * base[pgd]:.1f}%) and {gain_a:+.1f} under AutoAttack "
-                     f"({100 * alt['AutoAttack']:.1f}% vs {100 * base['AutoAttack']:.1f}%) over the clean D — robustness to gradient attacks "
-                     f"it never trained on **{'held' if min(gain_p, gain_a) > 5 else 'did NOT hold'}** (threshold: +5 points under both PGD and AutoAttack).")
-    return "\n".join(lines)
+        gains = {a: 100 * (alt[a] - base[a]) for a in (pgd, "AutoAttack") if a in alt}
+        out.append(C.Claim(f"Ours, not the paper's: at intensity {i:g} the alternately trained D gains at least 5 points over the clean D under "
+                           f"gradient attacks it never trained on ({' and '.join(gains)}, points)", None,
+                           ", ".join(f"{a} {g:+.1f}" for a, g in gains.items()), held=len(gains) == 2 and min(gains.values()) >= 5,
+                           gates=[*d_gates, C.converged_history(f"D alternating with G ({i:g})", h[1:])]))
+    return out
 
 
 def summary_metrics(r: dict, cfg: Config) -> dict:
@@ -408,12 +435,13 @@ def summary_metrics(r: dict, cfg: Config) -> dict:
     }
 
 
-def run(ds: D.Dataset, train_split: D.Split, test_split: D.Split, cfg: Config) -> dict:
+def run(ds: D.Dataset, train_split: D.Split, val_split: D.Split, test_split: D.Split, cfg: Config) -> dict:
     """All three phases and every evaluation; returns the results the notebook reports."""
     seed_everything(cfg.seed)
-    test = D.tensors(test_split)
+    test, val = D.tensors(test_split), D.tensors(val_split)
     std = pixel_std(train_split)
-    d_clean = train_classifier(ds, train_split, std, cfg).final
+    phase1 = train_classifier(ds, train_split, val, std, cfg)
+    d_clean = phase1.final
     clean_accuracy = accuracy(d_clean, *test)
     frozen, curves, generators = {}, {}, {}
     for i in cfg.intensities:
@@ -424,7 +452,7 @@ def run(ds: D.Dataset, train_split: D.Split, test_split: D.Split, cfg: Config) -
                      "fgsm_pixel_units": robust_accuracy(d_clean, *test, A.fgsm, eps=i)}
     alternating, alt_generators, models = {}, {}, {"clean D": d_clean}
     for i in cfg.alternating_intensities:
-        tr, alt_generators[i] = train_alternating(d_clean, train_split, test, pixel_eps(i, std, cfg.intensity_units), cfg)
+        tr, alt_generators[i] = train_alternating(d_clean, train_split, val, test, pixel_eps(i, std, cfg.intensity_units), cfg)
         alternating[i] = tr.history
         models[f"alternating D ({i:g})"] = tr.final
     robust = {}
@@ -435,8 +463,8 @@ def run(ds: D.Dataset, train_split: D.Split, test_split: D.Split, cfg: Config) -
                 gens = {"G trained vs clean D": generators[i]}
                 if i in alt_generators:
                     gens["G from alternating phase"] = alt_generators[i]
-                robust[name][i] = evaluate_attacks(model, test, pixel_eps(i, std, cfg.intensity_units), cfg, gens)
-    return {"std": std, "clean_accuracy": clean_accuracy, "frozen": frozen, "curves": curves, "generators": generators,
+                robust[name][i] = evaluate_attacks(model, test, pixel_eps(i, std, cfg.intensity_units), cfg, gens, i in cfg.aa_intensities)
+    return {"std": std, "clean_accuracy": clean_accuracy, "d_history": phase1.history, "frozen": frozen, "curves": curves, "generators": generators,
             "alternating": alternating, "alt_generators": alt_generators, "models": models, "robust": robust,
             "clean": {n: accuracy(m, *test) for n, m in models.items()}}
 
