@@ -79,9 +79,10 @@ class StagePlan:
                 "models": [{**asdict(m), "model": m.model.label()} for m in self.models]}
 
 
-def train_size(name: str, n: int | None) -> int:
-    """The training examples a run uses: ``n`` or the dataset's full training split."""
-    return n if n is not None else IMAGE_SIZES[name][0]
+def train_size(name: str, n: int | None, held_out: int = 0) -> int:
+    """The training examples a run uses: ``n`` or the dataset's full training split, less the
+    ``held_out`` validation examples."""
+    return (n if n is not None else IMAGE_SIZES[name][0]) - held_out
 
 
 def _shape(name: str) -> tuple:
@@ -93,23 +94,21 @@ def _classes(name: str) -> int:
 
 
 def plan_p3(p: dict) -> StagePlan:
-    from lib.methods.single_step_reuse import DEFENCES
-
     names = list(p["datasets"])
-    n = train_size(names[0], p["n_train"])
+    n = train_size(names[0], p["n_train"], p["n_val"])
     plan = StagePlan("p3_single_step_reuse", p["profile"], n)
     both = 1 + (p["clean_weight"] > 0)  # adversarial (+ clean) forward-backward
     passes = {"vanilla": 1, "fgsm_adv": 1 + both, "atda": 1 + both, "proposed": 1 + both, "bim10_adv": 10 + both, "bim30_adv": 30 + both}
     for name in names:
         model = Model("mnist_cnn", _shape(name), _classes(name), (("width", p["model_width"]), ("hidden", p["model_hidden"])))
-        for d in DEFENCES:
-            plan.add(f"{name} {d}", model, p["epochs"], train_size(name, p["n_train"]), passes[d], p["batch_size"])
+        for d in p["defences"]:
+            plan.add(f"{name} {d}", model, p["epochs"], train_size(name, p["n_train"], p["n_val"]), passes[d], p["batch_size"])
     return plan
 
 
 def plan_p5(p: dict) -> StagePlan:
     name = p["dataset"]
-    n = train_size(name, p["n_train"])
+    n = train_size(name, p["n_train"], p["n_val"])
     plan = StagePlan("p5_mnist_gan", p["profile"], n)
     model = Model("tanh_cnn", _shape(name), _classes(name))
     plan.add("phase 1: D", model, p["d_epochs"], n, 1, p["d_batch_size"])

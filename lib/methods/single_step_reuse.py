@@ -18,11 +18,20 @@ import torch.nn.functional as F
 import lib.data as D
 import lib.models as M
 from lib import attacks as A
+from lib import claims as C
 from lib.errors import require
 from lib.evaluate import accuracy, accuracy_per_iteration, relative_cost, robust_accuracy
 from lib.report import comparison, evaluation, widen
 from lib.runtime import device, seed_everything
-from lib.train import AttackSource, Clean, StoredPerturbation, TrainConfig, TrainResult, train
+from lib.train import (
+    AttackSource,
+    Clean,
+    StoredPerturbation,
+    TrainConfig,
+    TrainResult,
+    Validation,
+    train,
+)
 
 DEFENCES = ["vanilla", "fgsm_adv", "atda", "proposed", "bim10_adv", "bim30_adv"]
 LABELS = {
@@ -50,6 +59,7 @@ class Config:
     datasets: dict = field(default_factory=lambda: {"mnist": 0.3, "fashion_mnist": 0.2})  # name -> L∞ eps
     n_train: int | None = None
     n_test: int | None = None
+    n_val: int = 5000  # validation examples held out of each training split (the convergence gates read them)
     model_width: int = 64
     model_hidden: int = 128
     epochs: int = 40
@@ -84,6 +94,7 @@ class Config:
         require(self.n_train is None or self.n_train > 0, "n_train must be positive")
         require(self.n_test is None or self.n_test > 0, "n_test must be positive")
         A.check_autoattack_settings(self.autoattack, self.autoattack_iterations)
+        require(int(self.n_val) >= 1, f"n_val must be >= 1, got {self.n_val}")
         return self
 
     def train_config(self) -> TrainConfig:
@@ -151,21 +162,24 @@ def make_source(defence: str, eps: float, num_examples: int, shape: tuple, num_c
     raise ValueError(defence)
 
 
-def load_data(name: str, cfg: Config, data_dir) -> tuple[D.Dataset, D.Split, D.Split]:
-    """The dataset and the (sub)sampled train and test splits the run uses."""
+def load_data(name: str, cfg: Config, data_dir) -> tuple[D.Dataset, D.Split, D.Split, D.Split]:
+    """The dataset and the (sub)sampled train, validation (held out of train) and test splits the run uses."""
     ds = D.load(name, data_dir)
-    return ds, D.subset(ds.train, cfg.n_train, cfg.seed, f"{ds.name} train"), D.subset(ds.test, cfg.n_test, cfg.seed + 1, f"{ds.name} test")
+    train_split, val_split = D.hold_out(D.subset(ds.train, cfg.n_train, cfg.seed, f"{ds.name} train"), cfg.n_val, cfg.seed, f"{ds.name} train")
+    return ds, train_split, val_split, D.subset(ds.test, cfg.n_test, cfg.seed + 1, f"{ds.name} test")
 
 
-def train_defences(ds: D.Dataset, train_split: D.Split, eps: float, cfg: Config, desc: str = "") -> dict[str, TrainResult]:
-    """Train every configured defence from the same initial weights; returns name -> TrainResult."""
+def train_defences(ds: D.Dataset, train_split: D.Split, val_split: D.Split, eps: float, cfg: Config, desc: str = "") -> dict[str, TrainResult]:
+    """Train every configured defence from the same initial weights, its validation accuracy after
+    every epoch in its history; returns name -> TrainResult."""
     out = {}
+    val = Validation(*D.tensors(val_split))
     for defence in cfg.defences:
         seed_everything(cfg.seed)
         model = M.build("mnist_cnn", ds.shape, ds.num_classes, seed=cfg.seed, width=cfg.model_width, hidden=cfg.model_hidden).to(device())
         source = make_source(defence, eps, len(train_split), ds.shape, ds.num_classes, cfg)
         loader = D.loader(train_split, cfg.batch_size, shuffle=True, seed=cfg.seed, with_index=True)
-        out[defence] = train(model, loader, cfg.train_config(), source, max_batches=cfg.max_batches, desc=f"{desc} {defence}",
+        out[defence] = train(model, loader, cfg.train_config(), source, on_epoch_end=val, max_batches=cfg.max_batches, desc=f"{desc} {defence}",
                              cache_as=f"{desc} {defence}")
     return out
 
@@ -198,6 +212,7 @@ def _evaluate_defence(tr: TrainResult, x: torch.Tensor, y: torch.Tensor, eps: fl
         "bim_curve": {n: curve[n] for n in sorted(curve)},
         "bim10_iterates": accuracy_per_iteration(m, x, y, eps, 10, eps / 10),
         "sec_per_epoch": tr.sec_per_epoch,
+        "history": tr.history,
         "cost_vs_vanilla": relative_cost(tr.sec_per_epoch, clean_sec),
         "eval_seconds": time.perf_counter() - t0,
     }
@@ -272,35 +287,61 @@ def figure2(results: dict[str, dict], subtitle: str) -> plt.Figure:
     return _curves(results, "bim10_iterates", "BIM(10) iteration i", f"Fig. 2 — accuracy on intermediate BIM(10) examples ({subtitle})")
 
 
-def claims(results: dict[str, dict]) -> str:
-    """Markdown: which of the paper's claims held in this run, in numbers."""
-    lines = []
+PAPER_GAINS = {("mnist", "bim10"): 7.61, ("mnist", "bim30"): 9.83, ("fashion_mnist", "bim10"): 13.94, ("fashion_mnist", "bim30"): 16.93}
+# The Iter-Adv reference must itself be robust for "same level as Iter-Adv" to mean anything: BIM(10)-Adv
+# under BIM(10) at least 80% on MNIST (issue #18); on F-MNIST (not set there) within 10 points of the paper's 67.45%.
+REFERENCE_FLOOR = {"mnist": 80.0, "fashion_mnist": PAPER_TABLE1["bim10_adv"]["fashion_mnist"][2] - 10}
+
+
+def defence_gates(dataset: str, r: dict, defences, cfg: Config) -> list[C.Gate]:
+    """What a comparison of ``defences`` on ``dataset`` needs: each converged (validation accuracy),
+    each within 2 points of the paper's clean accuracy (MNIST and F-MNIST are the paper's own
+    datasets), and the proposed method trained past at least one reset of its perturbations."""
+    pk, label = paper_key(dataset), DATASET_LABEL.get(dataset, dataset)
+    gates = []
+    for d in defences:
+        gates.append(C.converged_history(f"{LABELS[d]} ({label})", r[d]["history"]))
+        paper = PAPER_TABLE1.get(d, {}).get(pk, (None,))[0]
+        gates.append(C.clean_accuracy(LABELS[d], 100 * r[d]["original"], paper, label, stand_in=paper is None))
+    if "proposed" in defences:
+        gates.append(C.at_least(f"Proposed's epochs past one reset period ({cfg.reset_every} epochs; epochs trained)",
+                                len(r["proposed"]["history"]), cfg.reset_every + 1))
+    return gates
+
+
+def claims(results: dict[str, dict], cfg: Config) -> list[C.Claim]:
+    """The paper's claims (and ours) tested on this run, each with its gates."""
+    out = []
     for dataset, r in results.items():
-        label = DATASET_LABEL.get(dataset, dataset)
+        pk, label = paper_key(dataset), DATASET_LABEL.get(dataset, dataset)
         if {"proposed", "atda"} <= r.keys():
+            gates = defence_gates(dataset, r, ("proposed", "atda"), cfg)
             for n in ("bim10", "bim30"):
                 gain = 100 * (r["proposed"][n] - r["atda"][n])
-                paper = {("mnist", "bim10"): 7.61, ("mnist", "bim30"): 9.83, ("fashion_mnist", "bim10"): 13.94, ("fashion_mnist", "bim30"): 16.93}[(paper_key(dataset), n)]
-                verdict = "held" if gain > 0 else "did NOT hold"
-                lines.append(f"- {label}, {n.upper()}: Proposed − ATDA = {gain:+.2f} points (paper {paper:+.2f}) — claim that Proposed beats ATDA **{verdict}**.")
+                out.append(C.Claim(f"{label}: Proposed beats ATDA under {n.upper()} (Proposed − ATDA, points)", PAPER_GAINS[(pk, n)], gain,
+                                   held=gain > 0, gates=gates))
+            for attack, name in (("pgd", f"PGD-{cfg.pgd_steps}"), ("autoattack", "AutoAttack")):
+                gain = 100 * (r["proposed"][attack] - r["atda"][attack])
+                out.append(C.Claim(f"{label}, ours: Proposed beats ATDA under {name} (Proposed − ATDA, points)", None, gain, held=gain > 0, gates=gates))
         if {"proposed", "bim10_adv"} <= r.keys():
             gap = 100 * (r["proposed"]["bim10"] - r["bim10_adv"]["bim10"])
-            verdict = "held" if gap >= -5 else "did NOT hold"
-            lines.append(f"- {label}: Proposed vs BIM(10)-Adv on BIM(10) = {gap:+.2f} points — 'same level as Iter-Adv' (within 5 points) **{verdict}**.")
+            paper = PAPER_TABLE1["proposed"][pk][2] - PAPER_TABLE1["bim10_adv"][pk][2] if pk in PAPER_TABLE1["proposed"] else None
+            reference = C.at_least(f"BIM(10)-Adv under BIM(10) on {label} (%)", 100 * r["bim10_adv"]["bim10"], REFERENCE_FLOOR.get(pk, 80.0))
+            out.append(C.Claim(f"{label}: Proposed at the same level as Iter-Adv (within 5 points of BIM(10)-Adv under BIM(10); gap, points)",
+                               paper, gap, held=gap >= -5, gates=[*defence_gates(dataset, r, ("proposed", "bim10_adv"), cfg), reference]))
         masked = [LABELS[d] for d, v in r.items() if 100 * (min(v["bim10"], v["bim30"]) - strongest(v)) > 5]
-        lines.append(f"- {label}: BIM overstates the accuracy under PGD-50 / AutoAttack (the lower) by more than 5 points (gradient masking suspected) for: {', '.join(masked) or 'no defence'}.")
-        if {"proposed", "atda"} <= r.keys():
-            gain = 100 * (r["proposed"]["pgd"] - r["atda"]["pgd"])
-            lines.append(f"- {label}, PGD-50 (not in the paper): Proposed − ATDA = {gain:+.2f} points — Proposed {'beats' if gain > 0 else 'does not beat'} ATDA under the stronger attack.")
-            gain_aa = 100 * (r["proposed"]["autoattack"] - r["atda"]["autoattack"])
-            lines.append(f"- {label}, AutoAttack (not in the paper): Proposed − ATDA = {gain_aa:+.2f} points — Proposed {'beats' if gain_aa > 0 else 'does not beat'} ATDA under the reference evaluation.")
+        out.append(C.Claim(f"{label}, ours: no defence's BIM accuracy overstates the lower of PGD-{cfg.pgd_steps} and AutoAttack by more than "
+                           "5 points (no gradient masking; defences flagged)", None, ", ".join(masked) or "none", held=not masked,
+                           gates=[C.converged_history(f"{LABELS[d]} ({label})", v["history"]) for d, v in r.items()]))
     first = next(iter(results.values()))
     if {"proposed", "atda", "fgsm_adv"} <= first.keys():
+        timed = [C.at_least(f"{LABELS[d]}'s epochs timed", len(first[d]["history"]), 2) for d in ("proposed", "atda", "fgsm_adv")]
         vs_atda = first["proposed"]["sec_per_epoch"] / first["atda"]["sec_per_epoch"]
         vs_fgsm = first["proposed"]["sec_per_epoch"] / first["fgsm_adv"]["sec_per_epoch"]
-        lines.append(f"- Cost: Proposed / ATDA time per epoch = {vs_atda:.2f} (paper 18.68/26.21 = 0.71, i.e. 28.75% saved) — 'cheaper than ATDA' **{'held' if vs_atda < 1 else 'did NOT hold'}**.")
-        lines.append(f"- Cost: Proposed / FGSM-Adv time per epoch = {vs_fgsm:.2f} (paper 1.09) — 'within ~10% of FGSM-Adv' **{'held' if vs_fgsm <= 1.10 else 'did NOT hold'}**.")
-    return "\n".join(lines)
+        out.append(C.Claim("Proposed is cheaper than ATDA (time per epoch, Proposed / ATDA)", round(18.68 / 26.21, 2), vs_atda, held=vs_atda < 1, gates=timed))
+        out.append(C.Claim("Proposed costs within 10% of FGSM-Adv (time per epoch, Proposed / FGSM-Adv)", round(18.68 / 17.12, 2), vs_fgsm,
+                           held=vs_fgsm <= 1.10, gates=timed))
+    return out
 
 
 def summary_metrics(results: dict[str, dict]) -> dict:
