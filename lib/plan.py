@@ -122,7 +122,7 @@ def plan_p5(p: dict) -> StagePlan:
 
 def plan_p1(p: dict) -> StagePlan:
     name = p["dataset"]
-    n = train_size(name, p["n_train"])
+    n = train_size(name, p["n_train"], p["n_val"])
     plan = StagePlan("p1_conv_generator_ensemble", p["profile"], n)
     model = Model(p["model"], _shape(name), _classes(name))
     both = 1 + (p["clean_weight"] > 0)

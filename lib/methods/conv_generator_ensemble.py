@@ -20,16 +20,16 @@ import torch.nn as nn
 import lib.data as D
 import lib.models as M
 from lib import attacks as A
+from lib import claims as C
 from lib.augment import random_hflip
 from lib.cache import cached
 from lib.errors import require
 from lib.evaluate import accuracy, accuracy_vs_eps, adversarial_examples, relative_cost
 from lib.report import comparison, evaluation
 from lib.runtime import device, seed_everything
-from lib.train import AttackSource, GeneratorSource, TrainConfig, TrainResult, train
+from lib.train import AttackSource, GeneratorSource, TrainConfig, TrainResult, Validation, train
 
 PAPER_SEC_PER_EPOCH = {"proposed": 105.0, "min-max": 551.0}  # Table 1: CIFAR-10, 8 epochs, "the same computer"
-ROBUSTBENCH_L2_05 = 84.97  # best RobustBench CIFAR-10 L2 accuracy at eps 0.5 the paper cites (diffusion-augmented)
 ASSIGNMENTS = ("split", "all")
 MODELS = ("base", "min-max", "proposed")
 
@@ -42,6 +42,7 @@ class Config:
     dataset: str = "cifar10"
     n_train: int | None = None
     n_test: int | None = None
+    n_val: int = 5000  # validation images held out of the training split (the convergence gates read them)
     model: str = "resnet20"
     base_epochs: int = 100  # the paper starts from "a pre-trained ResNet-20"; we pre-train it ourselves
     base_lr: float = 0.05
@@ -89,6 +90,7 @@ class Config:
         require(self.n_train is None or self.n_train > 0, "n_train must be positive")
         require(self.n_test is None or self.n_test > 0, "n_test must be positive")
         A.check_autoattack_settings(self.autoattack, self.autoattack_iterations, self.autoattack_eps, [e for e in self.eval_eps if e > 0])
+        require(int(self.n_val) >= 1, f"n_val must be >= 1, got {self.n_val}")
         return self
 
     @property
@@ -170,10 +172,11 @@ class EnsembleSource(GeneratorSource):
         super().__init__(make_adv, torch.optim.SGD(ensemble.parameters(), lr=lr, momentum=momentum, maximize=True))
 
 
-def load_data(cfg: Config, data_dir) -> tuple[D.Dataset, D.Split, D.Split]:
-    """The dataset and the (sub)sampled train and test splits the run uses."""
+def load_data(cfg: Config, data_dir) -> tuple[D.Dataset, D.Split, D.Split, D.Split]:
+    """The dataset and the (sub)sampled train, validation (held out of train) and test splits the run uses."""
     ds = D.load(cfg.dataset, data_dir)
-    return ds, D.subset(ds.train, cfg.n_train, cfg.seed, f"{ds.name} train"), D.subset(ds.test, cfg.n_test, cfg.seed + 1, f"{ds.name} test")
+    train_split, val_split = D.hold_out(D.subset(ds.train, cfg.n_train, cfg.seed, f"{ds.name} train"), cfg.n_val, cfg.seed, f"{ds.name} train")
+    return ds, train_split, val_split, D.subset(ds.test, cfg.n_test, cfg.seed + 1, f"{ds.name} test")
 
 
 def _train_config(cfg: Config, epochs: int, lr: float, seed: int, clean_weight: float) -> TrainConfig:
@@ -188,20 +191,24 @@ def minmax_source(cfg: Config, steps: int | None = None) -> AttackSource:
                         norm="l2", random_start=cfg.minmax_random_start)
 
 
-def pretrain(ds: D.Dataset, train_split: D.Split, cfg: Config, seed: int, desc: str = "base") -> TrainResult:
-    """A clean classifier (the common base; with another seed, the black-box surrogate)."""
+def pretrain(ds: D.Dataset, train_split: D.Split, cfg: Config, seed: int, desc: str = "base", validation: Validation | None = None) -> TrainResult:
+    """A clean classifier (the common base; with another seed, the black-box surrogate), its
+    validation accuracy per epoch in the history when ``validation`` is given."""
     model = M.build(cfg.model, ds.shape, ds.num_classes, seed=seed).to(device())
     loader = D.loader(train_split, cfg.batch_size, shuffle=True, seed=seed, with_index=True)
-    return train(model, loader, _train_config(cfg, cfg.base_epochs, cfg.base_lr, seed, 0.0), max_batches=cfg.max_batches, desc=desc, cache_as=desc)
+    return train(model, loader, _train_config(cfg, cfg.base_epochs, cfg.base_lr, seed, 0.0), on_epoch_end=validation,
+                 max_batches=cfg.max_batches, desc=desc, cache_as=desc)
 
 
 def fine_tune(base: nn.Module, train_split: D.Split, cfg: Config, method: str, epochs: int | None = None,
               max_batches: int | None = None, k: int | None = None, minmax_steps: int | None = None,
-              assignment: str | None = None, cache_as: str | None = None) -> tuple[TrainResult, AttackSource | EnsembleSource]:
+              assignment: str | None = None, cache_as: str | None = None,
+              validation: Validation | None = None) -> tuple[TrainResult, AttackSource | EnsembleSource]:
     """``method`` ('proposed' or 'min-max') from a copy of ``base``; returns the result and its source.
 
     The overrides (epochs, batches, K, PGD iterations, assignment) serve the timing runs, which
-    are not stored; ``cache_as`` names the model in the model store.
+    are not stored; ``cache_as`` names the model in the model store; ``validation`` records the
+    validation accuracy per epoch.
     """
     model = copy.deepcopy(base)
     if method == "proposed":
@@ -210,7 +217,7 @@ def fine_tune(base: nn.Module, train_split: D.Split, cfg: Config, method: str, e
         source = minmax_source(cfg, minmax_steps)
     loader = D.loader(train_split, cfg.batch_size, shuffle=True, seed=cfg.seed, with_index=True)
     tc = _train_config(cfg, epochs or cfg.epochs, cfg.lr, cfg.seed, cfg.clean_weight)
-    return train(model, loader, tc, source, max_batches=max_batches or cfg.max_batches, desc=method, cache_as=cache_as), source
+    return train(model, loader, tc, source, on_epoch_end=validation, max_batches=max_batches or cfg.max_batches, desc=method, cache_as=cache_as), source
 
 
 def time_per_batch(base: nn.Module, train_split: D.Split, cfg: Config) -> dict[str, float]:
@@ -310,58 +317,57 @@ def figure3(results: dict, subtitle: str) -> plt.Figure:
     return fig
 
 
-def claims(results: dict, per_batch: dict[str, float], cfg: Config) -> str:
-    """Markdown: which of the paper's claims held in this run, in numbers."""
-    l2 = {m: r["pgd_l2"] for m, r in results.items()}
+def base_gates(r: dict, cfg: Config) -> list[C.Gate]:
+    """The base every claim compares against: converged before fine-tuning (validation accuracy), and
+    its clean accuracy high enough (at least 85%: the paper does not give its pre-trained ResNet-20's)."""
+    return [C.converged_history("base (clean pre-training)", r["base"].history),
+            C.clean_accuracy("base", 100 * r["results"]["base"]["pgd_l2"][0.0], None, cfg.dataset, stand_in=True)]
+
+
+def claims(r: dict, cfg: Config) -> list[C.Claim]:
+    """The paper's claims (and ours) tested on this run (``r`` from :func:`run`), each with its gates."""
+    results, per_batch = r["results"], r["per_batch"]
+    l2 = {m: res["pgd_l2"] for m, res in results.items()}
+    aa = {m: res["autoattack_l2"] for m, res in results.items()}
     eps = [e for e in cfg.eval_eps if e > 0]
-    lines = []
-    if {"base", "min-max", "proposed"} <= l2.keys() and eps:
-        gap = max(abs(l2["proposed"][e] - l2["min-max"][e]) for e in eps)
-        lines.append(f"- Proposed vs min-max under PGD-L2: largest gap over eps {eps[0]:g}–{eps[-1]:g} = {100 * gap:.1f} points — "
-                     f"'very similar accuracy' (within 5 points) **{'held' if gap <= 0.05 else 'did NOT hold'}**.")
-        for m in ("proposed", "min-max"):
-            better = [e for e in eps if l2[m][e] > l2["base"][e]]
-            lines.append(f"- {m} beats the base under PGD-L2 at {len(better)} of {len(eps)} eps values "
-                         f"(at eps {eps[-1]:g}: {100 * l2[m][eps[-1]]:.1f}% vs base {100 * l2['base'][eps[-1]]:.1f}%) — "
-                         f"'degrades much slower than the base' **{'held' if len(better) == len(eps) else 'did NOT hold'}**.")
-            drop = 100 * (l2["base"][0.0] - l2[m][0.0]) if 0.0 in l2[m] else float("nan")
-            lines.append(f"- {m} clean accuracy {100 * l2[m].get(0.0, float('nan')):.1f}% vs base {100 * l2['base'].get(0.0, float('nan')):.1f}% "
-                         f"(change {-drop:+.1f} points) — 'loses some clean accuracy' **{'held' if drop > 0 else 'did NOT hold'}**.")
-        if 0.5 in l2["proposed"]:
-            lines.append(f"- Context: at PGD-L2 eps 0.5 the proposed model keeps {100 * l2['proposed'][0.5]:.1f}%; the best RobustBench "
-                         f"CIFAR-10 entry the paper cites keeps {ROBUSTBENCH_L2_05}% (different data and budget here; the gap is the paper's own point).")
-        linf = {m: r["pgd_linf"] for m, r in results.items()}
-        e_inf = max(cfg.linf_eps)
-        lines.append(f"- Not in the paper: PGD-L∞ at eps {e_inf:.4g}: " + ", ".join(f"{m} {100 * linf[m][e_inf]:.1f}%" for m in linf) + ".")
-        aa = {m: r["autoattack_l2"] for m, r in results.items()}
-        white = {m: {e: min(l2[m][e], aa[m].get(e, 1.0)) for e in eps} for m in l2}  # the stronger white-box attack per eps
-        gap = max(100 * (aa[m][e] - l2[m][e]) for m in aa for e in cfg.aa_eps)
-        low = min(100 * (aa[m][e] - l2[m][e]) for m in aa for e in cfg.aa_eps)
-        lines.append(f"- Not in the paper: AutoAttack-L2 ({cfg.autoattack}) minus PGD-L2 accuracy over every model at eps {', '.join(f'{e:g}' for e in cfg.aa_eps)}: "
-                     f"{low:+.1f} to {gap:+.1f} points (negative: AutoAttack finds more).")
-        e_aa = max(cfg.aa_eps)
-        for m in ("proposed", "min-max"):
-            lines.append(f"- Not in the paper: under AutoAttack-L2 at eps {e_aa:g}, {m} {100 * aa[m][e_aa]:.1f}% vs base {100 * aa['base'][e_aa]:.1f}% — "
-                         f"'more robust than the base' under the reference evaluation **{'held' if aa[m][e_aa] > aa['base'][e_aa] else 'did NOT hold'}**.")
-        bb = {m: r["transfer_l2"] for m, r in results.items()}
-        masked = [m for m in bb if any(bb[m][e] < white[m][e] - 0.01 for e in eps)]
-        lines.append(f"- Black-box check: transfer accuracy below white-box accuracy (the lower of PGD-L2 and AutoAttack-L2; a gradient-masking sign) for: {', '.join(masked) or 'no model'}.")
+    base = base_gates(r, cfg)
+    tuned = {m: C.converged_history(f"{m} fine-tuning", r["trained"][m].history) for m in ("proposed", "min-max")}
+    out = []
+    gap = max(abs(l2["proposed"][e] - l2["min-max"][e]) for e in eps)
+    out.append(C.Claim(f"Proposed and min-max reach very similar accuracy under PGD-L2 (largest gap over eps {eps[0]:g}–{eps[-1]:g}, "
+                       "points; within 5)", "similar", 100 * gap, held=gap <= 0.05, gates=[*base, *tuned.values()]))
+    for m in ("proposed", "min-max"):
+        better = [e for e in eps if l2[m][e] > l2["base"][e]]
+        out.append(C.Claim(f"{m} degrades much slower than the base under PGD-L2 (eps where it is more accurate)", f"{len(eps)} of {len(eps)}",
+                           f"{len(better)} of {len(eps)}", held=len(better) == len(eps), gates=[*base, tuned[m]]))
+        change = 100 * (l2[m][0.0] - l2["base"][0.0])
+        out.append(C.Claim(f"{m} loses some clean accuracy against the base (change, points)", "< 0", change, held=change < 0, gates=[*base, tuned[m]]))
+    e_aa = max(cfg.aa_eps)
+    for m in ("proposed", "min-max"):
+        out.append(C.Claim(f"Ours: {m} is more robust than the base under AutoAttack-L2 ({cfg.autoattack}) at eps {e_aa:g} (%, {m} vs base)", None,
+                           f"{100 * aa[m][e_aa]:.1f} vs {100 * aa['base'][e_aa]:.1f}", held=aa[m][e_aa] > aa["base"][e_aa], gates=[*base, tuned[m]]))
+    white = {m: {e: min(l2[m][e], aa[m].get(e, 1.0)) for e in eps} for m in l2}  # the stronger white-box attack per eps
+    bb = {m: res["transfer_l2"] for m, res in results.items()}
+    masked = [m for m in bb if any(bb[m][e] < white[m][e] - 0.01 for e in eps)]
+    out.append(C.Claim("Ours: no model is more accurate under white-box attack (the lower of PGD-L2 and AutoAttack-L2) than under the "
+                       "transferred black-box attack (models flagged)", None, ", ".join(masked) or "none", held=not masked,
+                       gates=[base[0], *tuned.values()]))
     split = next(v for k, v in per_batch.items() if "split" in k)
     minmax = next(v for k, v in per_batch.items() if k.startswith("min-max"))
-    ratio = split / minmax
-    lines.append(f"- Cost (paper's settings, K = {cfg.timing_k}, {cfg.timing_minmax_steps} PGD iterations): proposed / min-max time per epoch = "
-                 f"{ratio:.2f} (paper 105/551 = 0.19); proposed = {split / per_batch['clean']:.2f}x clean training — "
-                 f"'much cheaper than min-max' **{'held' if ratio < 0.5 else 'did NOT hold'}**.")
-    return "\n".join(lines)
+    out.append(C.Claim(f"Proposed is much cheaper than min-max (time per epoch at the paper's K = {cfg.timing_k} and {cfg.timing_minmax_steps} "
+                       "PGD iterations, proposed / min-max; under 0.5)", round(105 / 551, 2), split / minmax, held=split / minmax < 0.5,
+                       gates=[C.at_least("timed batches per method", cfg.timing_batches, 2)]))
+    return out
 
 
-def run(ds: D.Dataset, train_split: D.Split, test_split: D.Split, cfg: Config) -> dict:
+def run(ds: D.Dataset, train_split: D.Split, val_split: D.Split, test_split: D.Split, cfg: Config) -> dict:
     """Base and surrogate pre-training, both fine-tunings, timing and evaluation."""
     seed_everything(cfg.seed)
-    test = D.tensors(test_split)
-    base = pretrain(ds, train_split, cfg, cfg.seed, "base (clean pre-training)")
+    test, val = D.tensors(test_split), Validation(*D.tensors(val_split))
+    base = pretrain(ds, train_split, cfg, cfg.seed, "base (clean pre-training)", val)
     surrogate = pretrain(ds, train_split, cfg, cfg.seed + 100, "black-box surrogate (independent clean model)").final
-    (proposed, source), (minmax, _) = (fine_tune(base.final, train_split, cfg, m, cache_as=f"fine-tune {m}") for m in ("proposed", "min-max"))
+    (proposed, source), (minmax, _) = (fine_tune(base.final, train_split, cfg, m, cache_as=f"fine-tune {m}", validation=val)
+                                       for m in ("proposed", "min-max"))
     trained = {"proposed": proposed, "min-max": minmax}
     models = {"base": base.final, "min-max": trained["min-max"].final, "proposed": trained["proposed"].final}
     per_batch = time_per_batch(base.final, train_split, cfg)
