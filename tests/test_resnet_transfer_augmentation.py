@@ -97,3 +97,25 @@ def test_paper_profile_code_path_one_batch_per_architecture(synthetic, monkeypat
 def test_bad_config_is_rejected(bad):
     with pytest.raises(ConfigError):
         p4.Config(**bad).validate()
+
+
+def _model(clean, fgsm, val=(0.95, 0.97, 0.971, 0.972), stopped=False):
+    history = [{"epoch": e, "val_acc": v} for e, v in enumerate(val, 1)]
+    if stopped:
+        history[-1]["early_stopped"] = True
+    return {"clean": clean, "fgsm": {e: fgsm for e in (0.01, 0.02, 0.03)}, "pgd": {e: fgsm - 0.05 for e in (0.01, 0.02, 0.03)},
+            "autoattack": {0.03: fgsm - 0.1}, "history": history}
+
+
+def test_claims_gate_on_convergence_clean_accuracy_and_breadth():
+    cfg = _config("cpu")
+    r = {"before": {"resnet18": _model(0.975, 0.60)}, "augmentation only": {"resnet18": _model(0.98, 0.65)},
+         "proposed": {"resnet18": _model(0.985, 0.80, stopped=True, val=(0.9, 0.98))}}
+    claims = p4.claims({"mnist5k": r, "fashion_mnist": {**r, "before": {"resnet18": _model(0.84, 0.5)}}}, cfg)
+    verdicts = {c.claim.split(":")[0] + ":" + c.claim.split(":")[1][:30]: c.verdict for c in claims}
+    mnist = [c for c in claims if c.claim.startswith("MNIST")]
+    assert [c.verdict for c in mnist] == ["held", "held", "held", "held", "not testable", "not testable"], verdicts
+    assert "architectures run in this profile: 1 (threshold 2) FAIL" in mnist[-1].markdown()
+    fmnist = [c for c in claims if c.claim.startswith("Fashion")]
+    assert all(c.verdict == "not testable" for c in fmnist) and "resnet18 before clean accuracy on Fashion-MNIST (stand-in for CIFAR-10) (%): 84 (threshold 85) FAIL" in fmnist[0].markdown()
+    assert claims[-1].claim.startswith("Cats vs Dogs") and claims[-1].verdict == "not testable"
