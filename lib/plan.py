@@ -137,11 +137,11 @@ def plan_p1(p: dict) -> StagePlan:
 
 def plan_p2(p: dict) -> StagePlan:
     names = list(p["datasets"])
-    plan = StagePlan("p2_pgn", p["profile"], train_size(names[0], p["n_train"]))
+    plan = StagePlan("p2_pgn", p["profile"], train_size(names[0], p["n_train"], p["n_val"]))
     both = 1 + (p["clean_weight"] > 0)
     pgn = 1 + 1 + both  # gradient image, the generator's ascent, the classifier
     for name in names:
-        n, width, epochs = train_size(name, p["n_train"]), p["width"], p["epochs"]
+        n, width, epochs = train_size(name, p["n_train"], p["n_val"]), p["width"], p["epochs"]
         runs = [("Baseline (clean)", 1, width, epochs), ("independent network (black-box source)", 1, width, epochs)]
         runs += [(f"FGM-AT eps {eps:g}", 1 + both, width, epochs) for eps in p["at_eps"]]
         runs += [(f"PGD-AT eps {eps:g}", p["pgd_train_steps"] + both, width, epochs) for eps in p["pgd_eps"]]

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 import lib.data as D
 import lib.models as M
 from lib import attacks as A
+from lib import claims as C
 from lib.attacks import eval_mode
 from lib.cache import cached
 from lib.errors import require
@@ -48,6 +49,7 @@ from lib.train import (
     GeneratorSource,
     TrainConfig,
     TrainResult,
+    Validation,
     train,
     training_precision,
 )
@@ -214,6 +216,7 @@ class Config:
     datasets: list = field(default_factory=lambda: ["cifar100", "cifar10"])
     n_train: int | None = None
     n_test: int | None = None  # FGM, MIM, black-box and benign accuracy
+    n_val: int = 5000  # validation images held out of the training split (the convergence gates read them)
     n_rho: int | None = 1000  # DeepFool and C&W (the paper does not say how many; C&W is costly)
     width: float = 1.0  # ConvPool-CNN width multiplier
     gen_width: int = 128
@@ -275,6 +278,7 @@ class Config:
         require(self.grad_reduction in ("mean", "sum"), f"grad_reduction must be mean or sum, got '{self.grad_reduction}'")
         for name in ("n_train", "n_test", "n_rho"):
             require(getattr(self, name) is None or getattr(self, name) > 0, f"{name} must be positive")
+        require(int(self.n_val) >= 1, f"n_val must be >= 1, got {self.n_val}")
         return self
 
     @property
@@ -289,10 +293,12 @@ class Config:
 
 @dataclass
 class Data:
-    """One dataset's splits: training, the accuracy test set and its first ``n_rho`` images for the minimal attacks."""
+    """One dataset's splits: training, validation (held out of training), the accuracy test set and its
+    first ``n_rho`` images for the minimal attacks."""
 
     ds: D.Dataset
     train: D.Split
+    val: tuple[torch.Tensor, torch.Tensor]
     test: tuple[torch.Tensor, torch.Tensor]
     rho: tuple[torch.Tensor, torch.Tensor]
 
@@ -304,7 +310,8 @@ def load_data(name: str, cfg: Config, data_dir) -> Data:
     n_rho = len(y) if cfg.n_rho is None else cfg.n_rho
     for what, n in (("n_rho", n_rho), ("track_n", cfg.track_n), ("n_examples", cfg.n_examples)):
         require(n <= len(y), f"{what} {n} must not exceed the {len(y)} test images of {name}")
-    return Data(ds, D.subset(ds.train, cfg.n_train, cfg.seed, f"{name} train"), (x, y), (x[:n_rho], y[:n_rho]))
+    train_split, val_split = D.hold_out(D.subset(ds.train, cfg.n_train, cfg.seed, f"{name} train"), cfg.n_val, cfg.seed, f"{name} train")
+    return Data(ds, train_split, D.tensors(val_split), (x, y), (x[:n_rho], y[:n_rho]))
 
 
 def build_generator(data: Data, cfg: Config, use: tuple[str, ...] = INPUTS, seed: int = 0) -> PGNGenerator:
@@ -336,6 +343,7 @@ def train_defence(kind: str, value: float | None, data: Data, cfg: Config, use: 
                      ema_decay=cfg.ema_decay, seed=seed)
     loader = D.loader(data.train, cfg.batch_size, shuffle=True, seed=seed, with_index=True)
     desc = desc or f"{kind} {value if value is not None else ''}"
+    on_epoch_end = Validation(*data.val) if on_epoch_end is None else on_epoch_end
     result = train(model, loader, tc, source, on_epoch_end=on_epoch_end, max_batches=cfg.max_batches, desc=desc, cache_as=f"{data.ds.name} {desc}")
     return result, source
 
@@ -370,18 +378,21 @@ def fit(kind: str, value: float | None, data: Data, cfg: Config, **kw) -> Traine
                    source, kw.get("width") or cfg.width, kw.get("use", INPUTS))
 
 
-class Tracker:
-    """``on_epoch_end`` hook for Fig. 2 right: benign accuracy and rho_cw every ``every`` epochs."""
+class Tracker(Validation):
+    """``on_epoch_end`` hook for Fig. 2 right: validation accuracy every epoch; benign accuracy and
+    rho_cw every ``every`` epochs."""
 
     def __init__(self, data: Data, cfg: Config):
+        super().__init__(*data.val)
         self.x, self.y = data.test[0][: cfg.track_n], data.test[1][: cfg.track_n]
         self.cfg = cfg
 
     def __call__(self, epoch: int, model: nn.Module) -> dict:
+        out = super().__call__(epoch, model)
         if (epoch + 1) % self.cfg.track_every and epoch + 1 != self.cfg.epochs:
-            return {}
+            return out
         stats = rho_stats(minimal_norms(model, self.x, self.y, A.cw_l2, **self.cfg.cw))
-        return {"benign": accuracy(model, self.x, self.y), "rho_cw": stats["mean_l2"]}
+        return {**out, "benign": accuracy(model, self.x, self.y), "rho_cw": stats["mean_l2"]}
 
 
 def protocol(model: nn.Module, data: Data, cfg: Config, cw_norms: torch.Tensor, transfers: dict) -> dict:
@@ -458,7 +469,9 @@ def run_dataset(name: str, cfg: Config, data_dir) -> dict:
     for m in cfg.capacity:
         capacity[cfg.width * m] = fit("PGN", cfg.main_c_l, data, cfg, width=cfg.width * m, desc=f"PGN width x{m:g}")
     strength = {kind: attack_strength(sweep[(kind, cfg.fig3_eps)].model, data, cfg) for kind in ("FGM-AT", "PGD-AT")}
-    return {"name": name, "data": data, "sweep": sweep, "matched": matched, "table": table, "ablation": ablation, "capacity": capacity,
+    pgn = matched["PGN"]
+    x_pgn = adversarial_examples(pgn.model, *data.test, pgn_attack, generator=pgn.source.generator.eval(), reduction=cfg.grad_reduction)
+    return {"name": name, "pgn_mean_l2": mean_perturbation(x_pgn, data.test[0]), "data": data, "sweep": sweep, "matched": matched, "table": table, "ablation": ablation, "capacity": capacity,
             "strength": strength, "track": [h for h in sweep[("FGM-AT", cfg.track_eps)].result.history if "benign" in h],
             "surrogate_accuracy": accuracy(surrogate, *data.test)}
 
@@ -655,69 +668,81 @@ def example_grid(r: dict, cfg: Config, subtitle: str) -> plt.Figure:
 # --------------------------------------------------------------------------------------------------
 # Claims and metrics
 
-def _verdict(ok: bool, *values: float) -> str:
-    """'held' / 'did NOT hold', or 'could not be judged' when a number it rests on is nan (e.g. no C&W success)."""
-    if any(isinstance(v, float) and math.isnan(v) for v in values):
-        return "**could not be judged** (a value is nan)"
-    return "**held**" if ok else "**did NOT hold**"
-
-
 def gradient_matters_most(full: float, drops: dict[str, float], min_drop: float) -> bool:
     """The paper's ablation claim: removing the gradient input lowers rho_cw the most, by at least ``min_drop`` x ``full``."""
     worst = max(drops, key=drops.get)
     return worst == "no gradient" and drops[worst] >= min_drop * full
 
 
-def claims(r: dict, cfg: Config) -> str:
-    """Markdown: which of the paper's claims held in this run, in numbers."""
-    m, tab = r["matched"], r["table"]
-    lines = []
-    gaps = {k: 100 * (t.benign - m["Baseline"].benign) for k, t in m.items() if k != "Baseline"}
-    lines.append("- Benign-accuracy matching to the Baseline ({:.1f}%): ".format(100 * m["Baseline"].benign)
-                 + ", ".join(f"{k} {_label(m[k]).split(' ', 1)[1]} gap {g:+.1f} pt" for k, g in gaps.items())
-                 + f" — within 1 point for {sum(abs(g) <= 1 for g in gaps.values())} of {len(gaps)} (the paper matched all).")
+def converged(t: Trained) -> C.Gate:
+    return C.converged_history(_label(t), t.result.history)
+
+
+def matched_gates(r: dict) -> list[C.Gate]:
+    """The matched table's preconditions: every defence converged, the Baseline accurate enough (a
+    stand-in dataset: at least 85%), each rival within 1 point of the Baseline's benign accuracy, and
+    PGN's perturbations at the end of training comparable to the matched FGM-AT budget (mean L2
+    within 2x of its eps)."""
+    m = r["matched"]
+    name = r["name"]
+    gates = [converged(t) for t in m.values()]
+    gates.append(C.clean_accuracy("Baseline", 100 * m["Baseline"].benign, None, name, stand_in=True))
+    gates += [C.at_most(f"{k} benign accuracy minus the Baseline's (points, absolute)", abs(100 * (t.benign - m["Baseline"].benign)), 1.0)
+              for k, t in m.items() if k != "Baseline"]
+    ratio = r["pgn_mean_l2"] / m["FGM-AT"].value
+    gates.append(C.Gate(f"PGN's mean L2 perturbation over the matched FGM-AT eps {m['FGM-AT'].value:g} (within 2x either way)", ratio,
+                        C.PERTURBATION_RATIO, bool(1 / C.PERTURBATION_RATIO <= ratio <= C.PERTURBATION_RATIO)))
+    return gates
+
+
+def claims(r: dict, cfg: Config) -> list[C.Claim]:
+    """The paper's claims (and ours) tested on one dataset's run, each with its gates."""
+    m, tab, label = r["matched"], r["table"], r["name"]
+    gates = matched_gates(r)
+    out = []
     best = {k: tab[k]["cw_mean"] for k in DEFENCES[1:]}
-    lines.append("- Matched table, rho_cw (mean L2): " + ", ".join(f"{k} {v:.3f}" for k, v in best.items())
-                 + f" — PGN highest {_verdict(best['PGN'] >= max(best['FGM-AT'], best['PGD-AT']), *best.values())}; MIM accuracy: "
-                 + ", ".join(f"{k} {100 * tab[k]['mim_acc']:.1f}%" for k in DEFENCES[1:])
-                 + f" — PGN highest {_verdict(tab['PGN']['mim_acc'] >= max(tab['FGM-AT']['mim_acc'], tab['PGD-AT']['mim_acc']))}.")
-    wins, levels, judged = 0, [], True
+    out.append(C.Claim(f"{label}: at matched benign accuracy PGN has the highest rho_cw (mean C&W L2)", "PGN highest",
+                       ", ".join(f"{k} {v:.3f}" for k, v in best.items()), held=best["PGN"] >= max(best["FGM-AT"], best["PGD-AT"]),
+                       gates=[*gates, C.at_least("defences whose C&W attack succeeded at least once (finite rho_cw)",
+                                                 sum(not math.isnan(v) for v in best.values()), len(best))]))
+    mim = {k: tab[k]["mim_acc"] for k in DEFENCES[1:]}
+    out.append(C.Claim(f"{label}: at matched benign accuracy PGN has the highest MIM accuracy (%)", "PGN highest",
+                       ", ".join(f"{k} {100 * v:.1f}" for k, v in mim.items()), held=mim["PGN"] >= max(mim["FGM-AT"], mim["PGD-AT"]), gates=gates))
+    wins, levels, level_gates = 0, [], []
     for k, p in r["sweep"].items():
         if k[0] != "PGN":
             continue
-        rivals = {}
-        for kind in ("FGM-AT", "PGD-AT"):
-            key, gap = closest_benign({kk: t.benign for kk, t in r["sweep"].items() if kk[0] == kind}, p.benign)
-            rivals[kind] = (r["sweep"][key], gap)
-        rhos = [p.cw["mean_l2"], *(t.cw["mean_l2"] for t, _ in rivals.values())]
+        rivals = [r["sweep"][closest_benign({kk: t.benign for kk, t in r["sweep"].items() if kk[0] == kind}, p.benign)[0]] for kind in ("FGM-AT", "PGD-AT")]
+        rhos = [p.cw["mean_l2"], *(t.cw["mean_l2"] for t in rivals)]
         wins += all(rhos[0] >= v for v in rhos[1:])
-        judged &= not any(math.isnan(v) for v in rhos)
-        levels.append(f"PGN c_L {k[1]:g} ({100 * p.benign:.1f}%, rho {p.cw['mean_l2']:.3f}) vs "
-                      + ", ".join(f"{_label(t)} ({100 * t.benign:.1f}%, rho {t.cw['mean_l2']:.3f})" for t, _ in rivals.values()))
-    lines.append(f"- Outer robustness curve (Fig. 4/5): PGN's rho_cw is at least both rivals' closest in benign accuracy at {wins} of {len(levels)} levels "
-                 f"{_verdict(wins == len(levels), *([] if judged else [float('nan')]))}: " + "; ".join(levels) + ".")
+        levels.append(f"c_L {k[1]:g}")
+        level_gates += [converged(t) for t in (p, *rivals) if converged(t).gate not in {g.gate for g in level_gates}]
+    out.append(C.Claim(f"{label}: on the outer robustness curve (Fig. 4/5) PGN's rho_cw is at least its rivals' closest in benign accuracy "
+                       "(levels where it is)", f"{len(levels)} of {len(levels)}", f"{wins} of {len(levels)}", held=wins == len(levels), gates=level_gates))
     sec = {k: t.result.sec_per_epoch for k, t in m.items()}
     rel = {k: relative_cost(v, sec["Baseline"]) for k, v in sec.items()}
-    lines.append(f"- Cost per epoch relative to clean training: FGM-AT {rel['FGM-AT']:.2f}x, PGN {rel['PGN']:.2f}x, PGD-AT {rel['PGD-AT']:.2f}x "
-                 f"(paper 3.04x, 6.30x, 21.2x on CIFAR-10) — PGN between FGM-AT and PGD-AT {_verdict(rel['FGM-AT'] <= rel['PGN'] <= rel['PGD-AT'])}.")
+    out.append(C.Claim(f"{label}: PGN costs between FGM-AT and PGD-AT per epoch (relative to clean training)", "3.04, 6.30, 21.2",
+                       f"{rel['FGM-AT']:.2f}, {rel['PGN']:.2f}, {rel['PGD-AT']:.2f}", held=rel["FGM-AT"] <= rel["PGN"] <= rel["PGD-AT"],
+                       gates=[C.at_least(f"{k} epochs timed", len(t.result.history), 2) for k, t in m.items()]))
     if cfg.ablation:
         full = r["ablation"]["all inputs"].cw["mean_l2"]
         drops = {k: full - t.cw["mean_l2"] for k, t in r["ablation"].items() if k != "all inputs"}
-        lines.append(f"- Ablation (c_L {cfg.main_c_l:g}): rho_cw with all inputs {full:.3f}; drop when removing "
-                     + ", ".join(f"{k[3:]} {v:+.3f}" for k, v in drops.items())
-                     + f" — the gradient matters most (its drop is the largest and at least {100 * cfg.ablation_min_drop:g}% of rho_cw) "
-                     + _verdict(gradient_matters_most(full, drops, cfg.ablation_min_drop), full, *drops.values()) + ".")
+        out.append(C.Claim(f"{label}: the gradient input matters most (ablation at c_L {cfg.main_c_l:g}: the largest rho_cw drop, at least "
+                           f"{100 * cfg.ablation_min_drop:g}% of rho_cw)", "no gradient", ", ".join(f"{k} {v:+.3f}" for k, v in drops.items()),
+                           held=gradient_matters_most(full, drops, cfg.ablation_min_drop), gates=[converged(t) for t in r["ablation"].values()]))
     stronger = []
     for res in r["strength"].values():
         for pgn_pt in res["PGN"]:
             pgd_at = _interpolate(res["PGD"], pgn_pt["mean_l2"])
             if not math.isnan(pgd_at):
                 stronger.append(pgn_pt["acc"] <= pgd_at)
-    lines.append(f"- Attack strength (Fig. 3): PGN attackers reach lower accuracy than PGD at the same mean L2 at {sum(stronger)} of {len(stronger)} "
-                 f"comparable points {_verdict(all(stronger), *([] if stronger else [float('nan')]))}.")
+    out.append(C.Claim(f"{label}: PGN attackers reach lower accuracy than PGD at the same mean L2 (Fig. 3; comparable points where they do)",
+                       "all", f"{sum(stronger)} of {len(stronger)}", held=bool(stronger) and all(stronger),
+                       gates=[C.at_least("comparable points (PGN's mean L2 inside PGD's range)", len(stronger), 1)]))
     bb = [k for k in DEFENCES if any(tab[k][f"bb_{a}"] < tab[k][w] - 0.01 for a, w in (("fgm", "fgm_acc"), ("mim", "mim_acc")))]
-    lines.append(f"- Sanity: black-box accuracy below white-box (a gradient-masking sign) for: {', '.join(bb) or 'no defence'}.")
-    return "\n".join(lines)
+    out.append(C.Claim(f"{label}, ours: no defence is more accurate under white-box attack than under black-box (defences flagged)", None,
+                       ", ".join(bb) or "none", held=not bb, gates=[converged(t) for t in m.values()]))
+    return out
 
 
 def _interpolate(points: list[dict], at: float) -> float:
