@@ -21,6 +21,7 @@ import torch.nn as nn
 import lib.data as D
 import lib.models as M
 from lib import attacks as A
+from lib import claims as C
 from lib.crosscheck import foolbox_attack
 from lib.errors import require
 from lib.evaluate import (
@@ -37,7 +38,15 @@ from lib.methods import pgn as p2
 from lib.methods import resnet_transfer_augmentation as p4
 from lib.report import evaluation
 from lib.runtime import device, seed_everything
-from lib.train import AttackSource, Clean, StoredPerturbation, TrainConfig, TrainResult, train
+from lib.train import (
+    AttackSource,
+    Clean,
+    StoredPerturbation,
+    TrainConfig,
+    TrainResult,
+    Validation,
+    train,
+)
 
 # defence -> (label, paper, what its strength knob is)
 DEFENCES = {
@@ -60,6 +69,7 @@ class Config:
     dataset: str = "cifar10"
     n_train: int | None = None
     n_test: int | None = 1000
+    n_val: int = 5000  # validation images held out of the training split (the convergence gates read them)
     n_rho: int = 500  # C&W
     n_foolbox: int = 200  # foolbox cross-check subset
     model: str = "resnet20"
@@ -113,6 +123,7 @@ class Config:
         require(self.target_benign is None or 0 < self.target_benign <= 1, "target_benign must be in (0, 1] or null")
         require(all(0 <= w < 1 for w in self.clean_weight.values()), "clean_weight values must be in [0, 1)")
         require(self.n_test is None or self.n_test > 0, "n_test must be positive")
+        require(int(self.n_val) >= 1, f"n_val must be >= 1, got {self.n_val}")
         require(self.n_test is None or max(self.n_rho, self.n_foolbox) <= self.n_test,
                 f"n_rho {self.n_rho} and n_foolbox {self.n_foolbox} must not exceed n_test {self.n_test}")
         return self
@@ -166,9 +177,10 @@ class Trained:
         return "—" if self.value is None else f"{knob.split(' ')[0]} {self.value:.4g}"
 
 
-def fit(defence: str, value, ds: D.Dataset, train_split: D.Split, test: tuple, cfg: Config, source_model: nn.Module | None = None,
+def fit(defence: str, value, ds: D.Dataset, train_split: D.Split, val: Validation, test: tuple, cfg: Config, source_model: nn.Module | None = None,
         seed: int | None = None) -> Trained:
-    """Train one defence at one strength on the common architecture, data and epoch budget."""
+    """Train one defence at one strength on the common architecture, data and epoch budget (its
+    validation accuracy per epoch in the history)."""
     seed = cfg.seed if seed is None else seed
     split = train_split
     if defence == "p4_transfer_augmentation":
@@ -177,7 +189,7 @@ def fit(defence: str, value, ds: D.Dataset, train_split: D.Split, test: tuple, c
     tc = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, clean_weight=cfg.clean_weight.get(defence, 0.0), seed=seed)
     loader = D.loader(split, cfg.batch_size, shuffle=True, seed=seed, with_index=True)
     desc = f"{DEFENCES[defence][0]} {'' if value is None else f'{value:.4g}'}"
-    result = train(model, loader, tc, make_source(defence, value, ds, split, cfg), max_batches=cfg.max_batches, desc=desc,
+    result = train(model, loader, tc, make_source(defence, value, ds, split, cfg), on_epoch_end=val, max_batches=cfg.max_batches, desc=desc,
                    cache_as=f"{desc} seed {seed}")
     return Trained(defence, value, result, accuracy(result.final, *test))
 
@@ -239,23 +251,24 @@ def run(cfg: Config, data_dir) -> dict:
     """Train every defence (its strength sweep), pick the strength nearest the benign target, evaluate all alike."""
     seed_everything(cfg.seed)
     ds = D.load(cfg.dataset, data_dir)
-    train_split = D.subset(ds.train, cfg.n_train, cfg.seed, f"{ds.name} train")
+    train_split, val_split = D.hold_out(D.subset(ds.train, cfg.n_train, cfg.seed, f"{ds.name} train"), cfg.n_val, cfg.seed, f"{ds.name} train")
+    val = Validation(*D.tensors(val_split))
     test = D.tensors(D.subset(ds.test, cfg.n_test, cfg.seed + 1, f"{ds.name} test"))
     require(max(cfg.n_rho, cfg.n_foolbox) <= len(test[1]), f"n_rho {cfg.n_rho} and n_foolbox {cfg.n_foolbox} must not exceed the {len(test[1])} test images")
-    clean = fit("clean", None, ds, train_split, test, cfg)
+    clean = fit("clean", None, ds, train_split, val, test, cfg)
     target = cfg.target_benign if cfg.target_benign is not None else clean.benign - cfg.target_drop
     swept: dict[str, dict] = {"clean": {None: clean}}
     for defence, values in cfg.strengths.items():
         if defence != "clean":
-            swept[defence] = {v: fit(defence, v, ds, train_split, test, cfg, source_model=clean.model) for v in values}
+            swept[defence] = {v: fit(defence, v, ds, train_split, val, test, cfg, source_model=clean.model) for v in values}
     chosen = {d: runs[closest_benign({v: t.benign for v, t in runs.items()}, target)[0]] for d, runs in swept.items()}
-    surrogate = fit("clean", None, ds, train_split, test, cfg, seed=cfg.seed + 100).model
+    surrogate = fit("clean", None, ds, train_split, val, test, cfg, seed=cfg.seed + 100).model
     transfer = pgd(surrogate, *test, "linf", cfg.eps_linf, cfg.pgd_steps, cfg.pgd_restarts)
     results = {}
     for d, t in chosen.items():
         with evaluation(f"{d} (PGD-L∞, PGD-L2, C&W, black-box, foolbox)"):
             results[d] = evaluate(t, transfer, test, cfg)
-    return {"chosen": chosen, "swept": swept, "results": results, "target": target, "dataset": ds, "n_train": len(train_split),
+    return {"chosen": chosen, "swept": swept, "results": results, "target": target, "dataset": ds, "n_train": len(train_split), "n_val": len(val_split),
             "n_test": len(test[1]), "surrogate_accuracy": accuracy(surrogate, *test)}
 
 
@@ -370,6 +383,42 @@ def findings(board: pd.DataFrame, cfg: Config) -> str:
     if not any(fails.values()):
         lines.append("- Every defence passed every sanity check.")
     return "\n".join(lines)
+
+
+PAPER_DEFENCES = ("p1_generator_ensemble", "p2_pgn", "p3_single_step_reuse", "p4_transfer_augmentation", "p5_alternating_gan")
+MATCH_POINTS = 3.0  # a chosen defence's clean accuracy within this of the benign target (issue #18's same-architecture rule)
+
+
+def defence_gates(r: dict, defence: str, cfg: Config) -> list[C.Gate]:
+    """A defence in a comparison: converged, and its clean accuracy within 3 points of the benign
+    target the strengths were chosen for (the clean model's accuracy minus ``target_drop``)."""
+    t = r["chosen"][defence]
+    return [C.converged_history(f"{DEFENCES[defence][0]} {t.setting}", t.result.history),
+            C.at_most(f"{DEFENCES[defence][0]} clean accuracy minus the benign target (points, absolute)", abs(100 * (t.benign - r["target"])), MATCH_POINTS)]
+
+
+def clean_gates(r: dict) -> list[C.Gate]:
+    """The clean model the target and the cost unit come from: converged and at least 85% (a stand-in dataset's floor)."""
+    t = r["chosen"]["clean"]
+    return [C.converged_history("clean model", t.result.history), C.clean_accuracy("clean model", 100 * t.benign, None, r["dataset"].name, stand_in=True)]
+
+
+def claims(r: dict, board: pd.DataFrame, cfg: Config) -> list[C.Claim]:
+    """The cross-paper verdicts of this run, each with its gates: every paper's defence against the
+    single-step baseline under AutoAttack L∞ at matched clean accuracy, and every defence's sanity checks."""
+    aa = {d: res["autoattack_linf"] for d, res in r["results"].items()}
+    out = []
+    if "fgsm_at" in aa:
+        for d in (d for d in PAPER_DEFENCES if d in aa):
+            out.append(C.Claim(f"{DEFENCES[d][0]} is at least as robust as FGSM-AT under AutoAttack ({cfg.autoattack}) L∞ {cfg.eps_linf:.4g} "
+                               "at matched clean accuracy (%, it vs FGSM-AT)", None, f"{100 * aa[d]:.1f} vs {100 * aa['fgsm_at']:.1f}",
+                               held=aa[d] >= aa["fgsm_at"], gates=[*clean_gates(r), *defence_gates(r, "fgsm_at", cfg), *defence_gates(r, d, cfg)]))
+    for _, row in board.iterrows():
+        d = next(k for k, v in DEFENCES.items() if v[0] == row["defence"])
+        failed = [label for label in CHECKS.values() if row[label] == "FAIL"]
+        out.append(C.Claim(f"{row['defence']} passes every sanity check of the evaluation (checks failed)", None, ", ".join(failed) or "none",
+                           held=not failed, gates=[C.converged_history(f"{row['defence']} {r['chosen'][d].setting}", r["chosen"][d].result.history)]))
+    return out
 
 
 def headline_metrics(r: dict) -> dict[str, float]:

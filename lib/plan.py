@@ -180,7 +180,7 @@ def plan_compare(p: dict) -> StagePlan:
     from lib.compare import DEFENCES
 
     name = p["dataset"]
-    n = train_size(name, p["n_train"])
+    n = train_size(name, p["n_train"], p["n_val"])
     plan = StagePlan("compare", p["profile"], n)
     model = Model(p["model"], _shape(name), _classes(name), tuple(sorted(p["model_options"].items())))
     both = {d: 1 + (w > 0) for d, w in p["clean_weight"].items()}
