@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 import lib.data as D
 import lib.models as M
+from lib import attack_settings as S
 from lib import attacks as A
 from lib.errors import require
 from lib.evaluate import accuracy, accuracy_per_iteration, relative_cost, robust_accuracy
@@ -83,7 +84,7 @@ class Config:
         require(all(int(n) >= 1 for n in self.bim_iterations), "bim_iterations must be positive integers")
         require(self.n_train is None or self.n_train > 0, "n_train must be positive")
         require(self.n_test is None or self.n_test > 0, "n_test must be positive")
-        A.check_autoattack_settings(self.autoattack, self.autoattack_iterations)
+        S.check_autoattack_settings(self.autoattack, self.autoattack_iterations)
         return self
 
     def train_config(self) -> TrainConfig:
