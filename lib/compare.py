@@ -20,6 +20,7 @@ import torch.nn as nn
 
 import lib.data as D
 import lib.models as M
+from lib import attack_settings as S
 from lib import attacks as A
 from lib import claims as C
 from lib.crosscheck import foolbox_attack
@@ -119,7 +120,7 @@ class Config:
         for name in ("lr", "eps_linf", "eps_l2", "gen_lr", "cw_initial_const"):
             require(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
         require(all(e >= 0 for e in self.eps_grid) and len(self.eps_grid) >= 2, "eps_grid needs two or more values >= 0")
-        A.check_autoattack_settings(self.autoattack, self.autoattack_iterations)
+        S.check_autoattack_settings(self.autoattack, self.autoattack_iterations)
         require(self.target_benign is None or 0 < self.target_benign <= 1, "target_benign must be in (0, 1] or null")
         require(all(0 <= w < 1 for w in self.clean_weight.values()), "clean_weight values must be in [0, 1)")
         require(self.n_test is None or self.n_test > 0, "n_test must be positive")

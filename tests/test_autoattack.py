@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import lib.attack_settings as S
 import lib.attacks as A
 from lib.errors import ConfigError
 from lib.evaluate import accuracy, robust_accuracy
@@ -88,6 +89,6 @@ def test_bad_input_is_one_clear_error(trained_cnn, test_batch, kwargs, message):
 ])
 def test_a_stage_configs_autoattack_settings_are_checked_in_one_place(args, message):
     with pytest.raises(ConfigError, match=message):
-        A.check_autoattack_settings(*args)
-    A.check_autoattack_settings("apgd-ce+t", 5, [0.3], [0.1, 0.3])  # valid settings pass
-    assert A.autoattack_budgets(None, [0.1, 0.3]) == [0.1, 0.3] and A.autoattack_budgets([0.3], [0.1, 0.3]) == [0.3]
+        S.check_autoattack_settings(*args)
+    S.check_autoattack_settings("apgd-ce+t", 5, [0.3], [0.1, 0.3])  # valid settings pass
+    assert S.autoattack_budgets(None, [0.1, 0.3]) == [0.1, 0.3] and S.autoattack_budgets([0.3], [0.1, 0.3]) == [0.3]

@@ -15,20 +15,9 @@ from lib.errors import require
 ATTACKS = {"fgsm": fgsm, "fgm": fgm, "bim": bim, "pgd": pgd, "mim": mim, "deepfool": deepfool, "cw_l2": cw_l2, "autoattack": autoattack}
 
 
-def check_autoattack_settings(version: str, iterations: int, eps: list | None = None, allowed: list | None = None) -> None:
-    """Validate a stage config's AutoAttack settings (here, not in :mod:`lib.attacks.autoattack`,
-    whose source is part of every stored AutoAttack evaluation's key): its version, its iteration count and, where the
-    stage runs AutoAttack at chosen budgets, that ``eps`` is null or a non-empty subset of ``allowed``."""
-    require(version in AUTOATTACK_VERSIONS, f"autoattack must be one of {', '.join(AUTOATTACK_VERSIONS)}, got '{version}'")
-    require(int(iterations) >= 1, f"autoattack_iterations must be >= 1, got {iterations}")
-    if allowed is not None:
-        require(eps is None or (len(eps) > 0 and set(eps) <= set(allowed)),
-                f"autoattack_eps must be a non-empty subset of {sorted(allowed)} (or null), got {eps}")
-
-
-def autoattack_budgets(eps: list | None, allowed: list) -> list:
-    """The budgets AutoAttack runs at: ``eps`` where chosen, else every one of ``allowed``."""
-    return list(allowed if eps is None else eps)
+def autoattack_versions() -> tuple[str, ...]:
+    """The AutoAttack versions :func:`autoattack` runs."""
+    return AUTOATTACK_VERSIONS
 
 
 def get(name: str):
@@ -38,6 +27,6 @@ def get(name: str):
 
 
 __all__ = [
-    "ATTACKS", "get", "fgsm", "fgm", "bim", "pgd", "mim", "deepfool", "cw_l2", "autoattack", "autoattack_budgets", "check_autoattack_settings", "iterates",
+    "ATTACKS", "get", "autoattack_versions", "fgsm", "fgm", "bim", "pgd", "mim", "deepfool", "cw_l2", "autoattack", "iterates",
     "eval_mode", "LinfBall", "L2Ball", "threat", "per_sample_norm", "l2_distance",
 ]

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 import lib.data as D
 import lib.models as M
+from lib import attack_settings as S
 from lib import attacks as A
 from lib import claims as C
 from lib.attacks import eval_mode
@@ -90,14 +91,14 @@ class Config:
         require(0 <= self.clean_weight < 1, f"clean_weight must be in [0, 1), got {self.clean_weight}")
         require(self.n_train is None or self.n_train > 0, "n_train must be positive")
         require(self.n_test is None or self.n_test > 0, "n_test must be positive")
-        A.check_autoattack_settings(self.autoattack, self.autoattack_iterations, self.autoattack_intensities, self.intensities)
+        S.check_autoattack_settings(self.autoattack, self.autoattack_iterations, self.autoattack_intensities, self.intensities)
         require(int(self.n_val) >= 1, f"n_val must be >= 1, got {self.n_val}")
         return self
 
     @property
     def aa_intensities(self) -> list:
         """The intensities AutoAttack runs at."""
-        return A.autoattack_budgets(self.autoattack_intensities, self.intensities)
+        return S.autoattack_budgets(self.autoattack_intensities, self.intensities)
 
 
 class PerturbationGenerator(nn.Module):

@@ -19,6 +19,7 @@ import torch
 
 import lib.data as D
 import lib.models as M
+from lib import attack_settings as S
 from lib import attacks as A
 from lib import claims as C
 from lib.augment import Conventional
@@ -91,7 +92,7 @@ class Config:
         require(0 < self.scale_min <= self.scale_max, "need 0 < scale_min <= scale_max")
         require(min(self.rotation_degrees, self.shift, self.brightness, self.noise_std) >= 0, "augmentation strengths must be >= 0")
         require(self.limit is None or self.limit >= 100, "limit must be >= 100 (or null)")
-        A.check_autoattack_settings(self.autoattack, self.autoattack_iterations, self.autoattack_eps, self.eps)
+        S.check_autoattack_settings(self.autoattack, self.autoattack_iterations, self.autoattack_eps, self.eps)
         require(self.autoattack_examples is None or self.autoattack_examples >= 1, f"autoattack_examples must be >= 1 (or null), got {self.autoattack_examples}")
         require(1 <= self.autoattack_targets <= 9, f"autoattack_targets must be in 1..9, got {self.autoattack_targets}")
         return self
@@ -99,7 +100,7 @@ class Config:
     @property
     def aa_eps(self) -> list:
         """The eps AutoAttack runs at."""
-        return A.autoattack_budgets(self.autoattack_eps, self.eps)
+        return S.autoattack_budgets(self.autoattack_eps, self.eps)
 
     def augmentation(self) -> Conventional:
         return Conventional(self.rotation_degrees, self.flip, (self.scale_min, self.scale_max), self.shift, self.brightness, self.noise_std)

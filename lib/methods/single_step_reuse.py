@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 import lib.data as D
 import lib.models as M
+from lib import attack_settings as S
 from lib import attacks as A
 from lib import claims as C
 from lib.errors import require
@@ -93,7 +94,7 @@ class Config:
         require(all(int(n) >= 1 for n in self.bim_iterations), "bim_iterations must be positive integers")
         require(self.n_train is None or self.n_train > 0, "n_train must be positive")
         require(self.n_test is None or self.n_test > 0, "n_test must be positive")
-        A.check_autoattack_settings(self.autoattack, self.autoattack_iterations)
+        S.check_autoattack_settings(self.autoattack, self.autoattack_iterations)
         require(int(self.n_val) >= 1, f"n_val must be >= 1, got {self.n_val}")
         return self
 
