@@ -81,3 +81,12 @@ def test_sizes_beyond_the_data_are_errors_naming_both_sizes(mnist):
         D.train_val_test(mnist, (0.7, 0.1, 0.2), 0, limit=6000)
     with pytest.raises(ConfigError, match="1001 example images asked of a split of 1000"):
         D.examples(mnist.test, 1001, 0)
+
+
+def test_hold_out_is_stratified_disjoint_and_checked():
+    split = D.Split(torch.arange(1000).view(1000, 1, 1, 1).to(torch.uint8).repeat(1, 1, 2, 2), torch.arange(1000) % 10)
+    keep, val = D.hold_out(split, 100, seed=0)
+    assert (len(keep), len(val)) == (900, 100) and torch.bincount(val.y).tolist() == [10] * 10
+    assert D.hold_out(split, 100, seed=0)[1].y.tolist() == val.y.tolist()  # deterministic
+    with pytest.raises(ConfigError, match="a validation split of 1000 examples asked of the training split, which has 1000"):
+        D.hold_out(split, 1000, seed=0)
