@@ -130,8 +130,10 @@ def _formatters(df: pd.DataFrame) -> dict[str, Callable[[object], str]]:
         signed = any(s in col.lower() for s in SIGNED)
         numeric = pd.api.types.is_numeric_dtype(df[col]) and not pd.api.types.is_bool_dtype(df[col])
         integral = numeric and not signed and all(float(v).is_integer() for v in df[col].dropna())
-        if paper in df.columns:
+        if paper in df.columns and df[paper].notna().any():
             decimals = printed_decimals(df[paper])
+        elif paper in df.columns:  # no paper value in this metric: its ours / delta by the magnitude of ours
+            decimals = magnitude_decimals(df.get(f"{_metric(col)} ours", df[col]).tolist())
         elif numeric and not integral:
             decimals = magnitude_decimals(df[col].tolist())
         else:

@@ -66,6 +66,9 @@ def test_numbers_display_at_the_papers_precision():
                              {"d": "B", "metric": "acc", "paper": 99.08, "ours": 46.2}], ["d"]), ["d"])
     text = formatted(wide)
     assert text["acc ours"].tolist() == ["95.80", "46.20"] and text["acc delta"].tolist() == ["+2.50", "-52.88"]
+    # a metric the paper has no value for (p5's 'FGSM at pixel eps'): ours by its magnitude, not one decimal
+    none = widen(comparison([{"d": "A", "metric": "x", "paper": None, "ours": 0.669}, {"d": "B", "metric": "x", "paper": None, "ours": 0.047}], ["d"]), ["d"])
+    assert formatted(none)["x ours"].tolist() == ["0.669", "0.047"]
 
 
 def test_wide_tables_split_into_parts_that_fit_the_page():
