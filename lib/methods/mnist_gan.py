@@ -72,6 +72,7 @@ class Config:
     autoattack: str = "standard"  # AutoAttack beside FGSM and PGD: "standard" or "apgd-ce+t" (its first two attacks)
     autoattack_iterations: int = 100
     autoattack_intensities: list | None = None  # the intensities AutoAttack runs at (None = every intensity)
+    autoattack_examples: int | None = None  # the first this many test digits (None = all): AutoAttack's cost is per robust digit
     n_examples: int = 8
     seed: int = 0
     max_batches: int | None = None  # cap batches per epoch (tests only)
@@ -93,6 +94,7 @@ class Config:
         require(self.n_test is None or self.n_test > 0, "n_test must be positive")
         S.check_autoattack_settings(self.autoattack, self.autoattack_iterations, self.autoattack_intensities, self.intensities)
         require(int(self.n_val) >= 1, f"n_val must be >= 1, got {self.n_val}")
+        require(self.autoattack_examples is None or self.autoattack_examples >= 1, f"autoattack_examples must be >= 1 (or null), got {self.autoattack_examples}")
         return self
 
     @property
@@ -272,7 +274,9 @@ def evaluate_attacks(model: nn.Module, test: tuple, eps: float, cfg: Config, gen
         f"PGD-{cfg.pgd_steps}": robust_accuracy(model, x, y, A.pgd, eps=eps, steps=cfg.pgd_steps, random_start=True),
     }
     if autoattack:
-        out["AutoAttack"] = robust_accuracy(model, x, y, A.autoattack, eps=eps, norm="linf", version=cfg.autoattack, iterations=cfg.autoattack_iterations)
+        n = len(y) if cfg.autoattack_examples is None else min(cfg.autoattack_examples, len(y))
+        out["AutoAttack"] = robust_accuracy(model, x[:n], y[:n], A.autoattack, eps=eps, norm="linf", version=cfg.autoattack,
+                                            iterations=cfg.autoattack_iterations)
     for name, G in generators.items():
         out[name] = robust_accuracy(model, x, y, generator_attack, generator=G)
     return out
