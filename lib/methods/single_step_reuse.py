@@ -291,6 +291,7 @@ def figure2(results: dict[str, dict], subtitle: str) -> plt.Figure:
 PAPER_GAINS = {("mnist", "bim10"): 7.61, ("mnist", "bim30"): 9.83, ("fashion_mnist", "bim10"): 13.94, ("fashion_mnist", "bim30"): 16.93}
 # The Iter-Adv reference must itself be robust for "same level as Iter-Adv" to mean anything: BIM(10)-Adv
 # under BIM(10) at least 80% on MNIST (issue #18); on F-MNIST (not set there) within 10 points of the paper's 67.45%.
+OURS_MARGIN = 1.0  # our stronger-attack comparisons need more than a point: on the trial run AutoAttack left 0.2% vs 0.0%
 REFERENCE_FLOOR = {"mnist": 80.0, "fashion_mnist": PAPER_TABLE1["bim10_adv"]["fashion_mnist"][2] - 10}
 
 
@@ -323,7 +324,8 @@ def claims(results: dict[str, dict], cfg: Config) -> list[C.Claim]:
                                    held=gain > 0, gates=gates))
             for attack, name in (("pgd", f"PGD-{cfg.pgd_steps}"), ("autoattack", "AutoAttack")):
                 gain = 100 * (r["proposed"][attack] - r["atda"][attack])
-                out.append(C.Claim(f"{label}, ours: Proposed beats ATDA under {name} (Proposed − ATDA, points)", None, gain, held=gain > 0, gates=gates))
+                out.append(C.Claim(f"{label}, ours: Proposed beats ATDA under {name} by more than {OURS_MARGIN:g} point (Proposed − ATDA, points)",
+                                   None, gain, held=gain > OURS_MARGIN, gates=gates))
         if {"proposed", "bim10_adv"} <= r.keys():
             gap = 100 * (r["proposed"]["bim10"] - r["bim10_adv"]["bim10"])
             paper = PAPER_TABLE1["proposed"][pk][2] - PAPER_TABLE1["bim10_adv"][pk][2] if pk in PAPER_TABLE1["proposed"] else None
