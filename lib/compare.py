@@ -89,6 +89,7 @@ class Config:
     eps_l2: float = 0.5
     autoattack: str = "standard"  # the headline evaluation: "standard" (RobustBench's) or "apgd-ce+t" (its first two attacks)
     autoattack_iterations: int = 100  # per APGD run (the reference's 100; fewer only in the smoke profile)
+    autoattack_targets: int = 9  # APGD-T's (and FAB-T's) target classes: the reference's 9; fewer is a labelled reduction
     pgd_steps: int = 20
     pgd_restarts: int = 2
     eps_grid: list = field(default_factory=lambda: [0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255, 32 / 255, 64 / 255])
@@ -120,7 +121,7 @@ class Config:
         for name in ("lr", "eps_linf", "eps_l2", "gen_lr", "cw_initial_const"):
             require(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
         require(all(e >= 0 for e in self.eps_grid) and len(self.eps_grid) >= 2, "eps_grid needs two or more values >= 0")
-        S.check_autoattack_settings(self.autoattack, self.autoattack_iterations)
+        S.check_autoattack_settings(self.autoattack, self.autoattack_iterations, targets=self.autoattack_targets)
         require(self.target_benign is None or 0 < self.target_benign <= 1, "target_benign must be in (0, 1] or null")
         require(all(0 <= w < 1 for w in self.clean_weight.values()), "clean_weight values must be in [0, 1)")
         require(self.n_test is None or self.n_test > 0, "n_test must be positive")
@@ -215,7 +216,7 @@ def evaluate(t: Trained, transfer: torch.Tensor, test: tuple, cfg: Config) -> di
     fb = accuracy(model, foolbox_attack(model, xf.to(device()), yf.to(device()), "pgd_linf", eps=cfg.eps_linf, steps=s, step_size=step).cpu(), yf)
     cw = rho_stats(minimal_norms(model, x[: cfg.n_rho], y[: cfg.n_rho], A.cw_l2, **cfg.cw))
     aa = {norm: accuracy(model, adversarial_examples(model, x, y, A.autoattack, eps=eps, norm=norm, version=cfg.autoattack,
-                                                     iterations=cfg.autoattack_iterations), y)
+                                                     iterations=cfg.autoattack_iterations, targets=cfg.autoattack_targets), y)
           for norm, eps in (("linf", cfg.eps_linf), ("l2", cfg.eps_l2))}
     black_box = accuracy(model, transfer, y)
     return {

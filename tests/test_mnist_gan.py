@@ -108,3 +108,39 @@ def test_claims_are_not_testable_exactly_when_a_gate_fails():
     low = p5.claims(_results([0.90, 0.93, 0.95, 0.96], [0.9, 0.7, 0.555, 0.55, 0.551, 0.549], clean=0.95), cfg)
     assert all(c.verdict == "not testable" for c in low[:2]) and "D clean accuracy" in low[0].markdown()
     assert "D (phase 1) converged" in low[0].markdown()  # moved 3 points over its last two epochs
+
+
+def test_clamped_output_saturates_at_the_budget_where_the_scaled_one_does_not():
+    torch.manual_seed(0)
+    scaled, clamped = p5.PerturbationGenerator((1, 28, 28), 0.1), p5.PerturbationGenerator((1, 28, 28), 0.1, output="clamp")
+    clamped.load_state_dict(scaled.state_dict())
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        a, b = scaled(x), clamped(x)
+        raw = scaled.net(F.pad(x, (2, 2, 2, 2)))[..., 2:30, 2:30]
+    assert torch.allclose(a, 0.1 * raw) and torch.allclose(b, raw.clamp(-0.1, 0.1))
+    assert b.abs().max() <= 0.1 + 1e-7 and (b.abs() >= 0.1 - 1e-7).float().mean() >= (a.abs() >= 0.1 - 1e-7).float().mean()
+    with pytest.raises(ConfigError, match="output must be one of"):
+        p5.PerturbationGenerator((1, 28, 28), 0.1, output="sigmoid")
+
+
+def test_budget_use_on_hand_cases():
+    model = M.build("mnist_cnn", (1, 28, 28), 10, width=4, hidden=8).eval()
+    x = torch.full((2, 1, 28, 28), 0.5)
+    y = torch.zeros(2, dtype=torch.long)
+    delta = torch.zeros_like(x)
+    delta[0, 0, :14] = 0.1  # half the pixels of image 0 at the budget, image 1 untouched
+    use = p5.budget_use(model, x, y, x + delta, 0.1)
+    assert use["at_budget"] == pytest.approx(0.25) and use["mean_abs_over_eps"] == pytest.approx(0.25, rel=1e-5)
+    assert use["mean_l2"] == pytest.approx(0.1 * (14 * 28) ** 0.5 / 2, rel=1e-5)
+
+
+def test_diagnosis_finding_reads_the_three_cases():
+    def case(fgsm: float, ours: float, ref: float) -> dict:
+        row = {"mean_abs_over_eps": 0.5, "at_budget": 0.3, "mean_l2": 1.0}
+        return {"FGSM (one step)": {**row, "accuracy": fgsm}, "G, eps·tanh (ours)": {**row, "accuracy": ours},
+                "G, tanh clamped at eps (reference)": {**row, "accuracy": ref}, "curve_clamp": []}
+    assert "not from the method" in p5.diagnosis_finding(case(0.7, 0.8, 0.6))
+    assert "explains part of the gap" in p5.diagnosis_finding(case(0.7, 0.8, 0.75))
+    assert "is not our output parameterisation" in p5.diagnosis_finding(case(0.7, 0.8, 0.85))
+    assert len(p5.diagnosis_table(case(0.7, 0.8, 0.85))) == 3

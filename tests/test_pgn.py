@@ -128,17 +128,49 @@ def test_paper_profile_is_the_papers_setting():
     assert (cfg.lr, cfg.batch_size, cfg.ema_decay, cfg.epochs, cfg.clean_weight) == (5e-4, 128, 0.998, 200, 0.0)
     assert (cfg.fgm_eps, cfg.mim_eps, cfg.mim_steps, cfg.df_steps, cfg.cw_steps, cfg.pgd_train_steps) == (0.5, 0.5, 100, 100, 100, 10)
     assert cfg.main_c_l in cfg.c_l and cfg.generator_lr == cfg.lr and 0.02 in cfg.at_eps and 0.1 in cfg.at_eps and cfg.fig3_eps == 0.5
+    # the ATPGN reference code: c_L 50 in our units, flip + shift, leaky-ReLU He-initialised generator
+    assert cfg.main_c_l == 50.0 and (cfg.augment, cfg.leaky_generator, cfg.reference_check) == (True, True, False)
+
+
+def test_cpu_profile_checks_the_reference_choices_from_the_papers_protocol():
+    cfg = _config("cpu")
+    assert (cfg.augment, cfg.leaky_generator, cfg.reference_check) == (False, False, True)
+    with pytest.raises(ConfigError, match="reference_check retrains"):
+        _config("cpu", augment=True)
+
+
+def test_leaky_generator_is_he_initialised_and_leaky():
+    g = pgn.PGNGenerator((1, 28, 28), 10, width=32, dense=64, leaky=True)
+    fan_in = g.up3.weight.shape[1] * 9  # ConvTranspose2d: (in, out, k, k); fan_in = out * k * k, as TF's
+    assert abs(g.up3.weight.std().item() - (2 / fan_in) ** 0.5) < 0.15 * (2 / fan_in) ** 0.5 and torch.all(g.up3.bias == 0)
+    z = torch.tensor([-1.0, 2.0])
+    assert torch.equal(g._act(z), torch.tensor([-0.2, 2.0])) and torch.equal(pgn.PGNGenerator((1, 28, 28), 10, 8, 16)._act(z), torch.tensor([0.0, 2.0]))
+
+
+def _pair(pgn_fgm: float, pgn_mim: float) -> dict:
+    return {"FGM-AT": {"benign": 0.8, "fgm_acc": 0.5, "mim_acc": 0.4}, "PGN": {"benign": 0.8, "fgm_acc": pgn_fgm, "mim_acc": pgn_mim}}
+
+
+def test_reference_finding_names_the_variant_that_turns_the_gap():
+    variants = list(pgn.REFERENCE_VARIANTS)
+    r = {"reference": {variants[0]: _pair(0.45, 0.35), variants[1]: _pair(0.55, 0.41), variants[2]: _pair(0.48, 0.45), variants[3]: _pair(0.5, 0.4)}}
+    table = pgn.reference_table(r)
+    assert table["PGN − FGM-AT, FGM (pt)"].round(6).tolist() == [-5.0, 5.0, -2.0, 0.0]
+    finding = pgn.reference_finding(r)
+    assert "-5.0 points under FGM" in finding and variants[1] in finding and variants[3] in finding and variants[2] not in finding
+    r["reference"] = {v: _pair(0.45, 0.35) for v in variants}
+    assert "do not explain the gap" in pgn.reference_finding(r)
 
 
 def test_paper_profile_code_path_one_batch_on_cifar_shaped_data(synthetic, monkeypatch):
     ds = synthetic("cifar10", (3, 32, 32), 40)
     monkeypatch.setattr(D, "load", lambda name, prepared_dir=None: ds)
-    cfg = _config("paper", datasets=["cifar10"], epochs=1, max_batches=1, batch_size=16, n_rho=4, n_val=8, at_eps=[0.5], pgd_eps=[0.5], c_l=[0.016], main_c_l=0.016, capacity=[0.5],
-                  mim_steps=2, df_steps=2, cw_steps=2, cw_binary_steps=1, track_n=4, attack_c_l=[0.01], attack_epochs=1,
+    cfg = _config("paper", datasets=["cifar10"], epochs=1, max_batches=1, batch_size=16, n_rho=4, n_val=8, at_eps=[0.5], pgd_eps=[0.5], c_l=[50.0], main_c_l=50.0, capacity=[0.5],
+                  mim_steps=2, df_steps=2, cw_steps=2, cw_binary_steps=1, track_n=4, attack_c_l=[50.0], attack_epochs=1,
                   attack_eps=[0.5], attack_pgd_steps=2, n_examples=2)
     r = pgn.run_dataset("cifar10", cfg, None)
     assert set(r["matched"]) == set(pgn.DEFENCES) and len(r["ablation"]) == 4 and len(r["capacity"]) == 2
-    assert r["sweep"][("PGN", 0.016)].source.generator.in_shape == (3, 32, 32)
+    assert r["sweep"][("PGN", 50.0)].source.generator.in_shape == (3, 32, 32)
     table = pgn.results_table(r)
     assert len(table) == 16 and table["benign acc paper"].iloc[0] == pgn.PAPER["cifar10"]["Baseline"]["benign"]
     assert table["benign acc delta"].notna().all()  # same dataset as the paper: deltas are shown

@@ -68,6 +68,7 @@ class Config:
     autoattack: str = "standard"  # AutoAttack-L2 beside PGD-L2: "standard" or "apgd-ce+t" (its first two attacks)
     autoattack_iterations: int = 100
     autoattack_eps: list | None = None  # the L2 eps AutoAttack runs at (None = every eval eps above 0)
+    autoattack_targets: int = 9  # APGD-T's (and FAB-T's) target classes: the reference's 9; fewer is a labelled reduction
     linf_eps: list = field(default_factory=lambda: [2 / 255, 4 / 255, 8 / 255])
     timing_batches: int = 10
     timing_k: int = 32
@@ -90,7 +91,8 @@ class Config:
         require(0 <= self.clean_weight < 1, f"clean_weight must be in [0, 1), got {self.clean_weight}")
         require(self.n_train is None or self.n_train > 0, "n_train must be positive")
         require(self.n_test is None or self.n_test > 0, "n_test must be positive")
-        S.check_autoattack_settings(self.autoattack, self.autoattack_iterations, self.autoattack_eps, [e for e in self.eval_eps if e > 0])
+        S.check_autoattack_settings(self.autoattack, self.autoattack_iterations, self.autoattack_eps, [e for e in self.eval_eps if e > 0],
+                                    self.autoattack_targets)
         require(int(self.n_val) >= 1, f"n_val must be >= 1, got {self.n_val}")
         return self
 
@@ -280,7 +282,8 @@ def evaluate(models: dict[str, nn.Module], surrogate: nn.Module, test: tuple, cf
             l2 = accuracy_vs_eps(m, x, y, A.pgd, cfg.eval_eps, steps=cfg.eval_steps, norm="l2")
             linf = accuracy_vs_eps(m, x, y, A.pgd, cfg.linf_eps, steps=cfg.eval_steps, norm="linf")
             transfer = [accuracy(m, transferred[e] if e > 0 else x, y) for e in cfg.eval_eps]
-            aa = accuracy_vs_eps(m, x, y, A.autoattack, cfg.aa_eps, norm="l2", version=cfg.autoattack, iterations=cfg.autoattack_iterations)
+            aa = accuracy_vs_eps(m, x, y, A.autoattack, cfg.aa_eps, norm="l2", version=cfg.autoattack, iterations=cfg.autoattack_iterations,
+                                targets=cfg.autoattack_targets)
         out[name] = {"pgd_l2": dict(zip(cfg.eval_eps, l2)), "autoattack_l2": dict(zip(cfg.aa_eps, aa)), "pgd_linf": dict(zip(cfg.linf_eps, linf)), "transfer_l2": dict(zip(cfg.eval_eps, transfer))}
     return out
 

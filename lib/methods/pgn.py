@@ -28,6 +28,7 @@ import lib.models as M
 from lib import attacks as A
 from lib import claims as C
 from lib.attacks import eval_mode
+from lib.augment import Conventional
 from lib.cache import cached
 from lib.errors import require
 from lib.evaluate import (
@@ -63,11 +64,13 @@ class PGNGenerator(nn.Module):
 
     y -> dense 1024 -> concat y -> dense (H/4)(W/4)·128 -> reshape -> concat y (broadcast) ->
     upconv 3x3/2 128 -> concat y -> upconv 3x3/2 128 -> concat [x, grad] -> upconv 3x3/1 128 ->
-    upconv 3x3/1 C. ReLU between layers (not stated in the paper). ``use`` names the inputs kept;
+    upconv 3x3/1 C. ReLU between layers (not stated in the paper); ``leaky`` = the reference code's
+    leaky ReLU (slope 0.2) with He-normal weights and zero biases. ``use`` names the inputs kept;
     a dropped input is replaced by zeros (the ablation), so the shapes never change.
     """
 
-    def __init__(self, in_shape: tuple[int, int, int], num_classes: int, width: int = 128, dense: int = 1024, use: tuple[str, ...] = INPUTS):
+    def __init__(self, in_shape: tuple[int, int, int], num_classes: int, width: int = 128, dense: int = 1024, use: tuple[str, ...] = INPUTS,
+                 leaky: bool = False):
         super().__init__()
         c, h, w = in_shape
         require(h % 4 == 0 and w % 4 == 0, f"PGN needs H and W divisible by 4, got {h}x{w}")
@@ -80,6 +83,14 @@ class PGNGenerator(nn.Module):
         self.up2 = nn.ConvTranspose2d(width + num_classes, width, 3, stride=2, padding=1, output_padding=1)
         self.up3 = nn.ConvTranspose2d(width + 2 * c, width, 3, stride=1, padding=1)
         self.out = nn.ConvTranspose2d(width, c, 3, stride=1, padding=1)
+        self.leaky = leaky
+        if leaky:  # TF's VarianceScaling(2.0): std sqrt(2 / fan_in), the same fan_in as torch's for both layer kinds
+            for layer in (self.fc1, self.fc2, self.up1, self.up2, self.up3, self.out):
+                nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+                nn.init.zeros_(layer.bias)
+
+    def _act(self, z: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(z, 0.2) if self.leaky else F.relu(z)
 
     @staticmethod
     def _with_label(z: torch.Tensor, y1: torch.Tensor) -> torch.Tensor:
@@ -94,11 +105,11 @@ class PGNGenerator(nn.Module):
             x = torch.zeros_like(x)
         if "gradient" not in self.use:
             grad = torch.zeros_like(grad)
-        z = F.relu(self.fc1(y1))
-        z = F.relu(self.fc2(torch.cat([z, y1], 1))).view(-1, self.width, *self.base)
-        z = F.relu(self.up1(self._with_label(z, y1)))
-        z = F.relu(self.up2(self._with_label(z, y1)))
-        z = F.relu(self.up3(torch.cat([z, x, grad], 1)))
+        z = self._act(self.fc1(y1))
+        z = self._act(self.fc2(torch.cat([z, y1], 1))).view(-1, self.width, *self.base)
+        z = self._act(self.up1(self._with_label(z, y1)))
+        z = self._act(self.up2(self._with_label(z, y1)))
+        z = self._act(self.up3(torch.cat([z, x, grad], 1)))
         return self.out(z)
 
 
@@ -252,6 +263,10 @@ class Config:
     attack_epochs: int = 20
     attack_eps: list = field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0, 2.0])  # FGM / PGD attack curves of Fig. 3
     attack_pgd_steps: int = 20
+    augment: bool = False  # random flip + shift of every training batch (the reference code; the paper does not say)
+    leaky_generator: bool = False  # leaky ReLU + He init in G (the reference code; the paper does not say)
+    reference_check: bool = True  # retrain the matched FGM-AT / PGN pair with the reference code's choices (one at a time, then both)
+    reference_shift: float = 0.125  # the reference's random shift, as a fraction of the image size (4 of 32 pixels)
     n_examples: int = 6
     seed: int = 0
     max_batches: int | None = None  # cap batches per epoch (tests only)
@@ -279,6 +294,9 @@ class Config:
         for name in ("n_train", "n_test", "n_rho"):
             require(getattr(self, name) is None or getattr(self, name) > 0, f"{name} must be positive")
         require(int(self.n_val) >= 1, f"n_val must be >= 1, got {self.n_val}")
+        require(not (self.reference_check and (self.augment or self.leaky_generator)),
+                "reference_check retrains with the reference's choices one at a time: it needs augment and leaky_generator false")
+        require(0 <= self.reference_shift < 0.5, f"reference_shift must be in [0, 0.5), got {self.reference_shift}")
         return self
 
     @property
@@ -314,14 +332,14 @@ def load_data(name: str, cfg: Config, data_dir) -> Data:
     return Data(ds, train_split, D.tensors(val_split), (x, y), (x[:n_rho], y[:n_rho]))
 
 
-def build_generator(data: Data, cfg: Config, use: tuple[str, ...] = INPUTS, seed: int = 0) -> PGNGenerator:
+def build_generator(data: Data, cfg: Config, use: tuple[str, ...] = INPUTS, seed: int = 0, leaky: bool = False) -> PGNGenerator:
     """A PGN generator for the dataset's shape; initial weights depend only on ``seed``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 11)
-        return PGNGenerator(data.ds.shape, data.ds.num_classes, cfg.gen_width, cfg.gen_dense, use).to(device())
+        return PGNGenerator(data.ds.shape, data.ds.num_classes, cfg.gen_width, cfg.gen_dense, use, leaky).to(device())
 
 
-def defence_source(kind: str, value: float | None, data: Data, cfg: Config, use: tuple[str, ...] = INPUTS) -> Clean:
+def defence_source(kind: str, value: float | None, data: Data, cfg: Config, use: tuple[str, ...] = INPUTS, leaky: bool = False) -> Clean:
     """The training source of a defence: none, FGM (L2), PGD (L2, random start) or the PGN generator."""
     require(kind in DEFENCES, f"unknown defence '{kind}'; choose one of {DEFENCES}")
     if kind == "FGM-AT":
@@ -329,18 +347,23 @@ def defence_source(kind: str, value: float | None, data: Data, cfg: Config, use:
     if kind == "PGD-AT":
         return AttackSource(A.pgd, eps=value, steps=cfg.pgd_train_steps, norm="l2")
     if kind == "PGN":
-        return PGNSource(build_generator(data, cfg, use, cfg.seed), c_l=value, lr=cfg.generator_lr, reduction=cfg.grad_reduction)
+        return PGNSource(build_generator(data, cfg, use, cfg.seed, leaky), c_l=value, lr=cfg.generator_lr, reduction=cfg.grad_reduction)
     return Clean()
 
 
 def train_defence(kind: str, value: float | None, data: Data, cfg: Config, use: tuple[str, ...] = INPUTS, width: float | None = None,
-                  seed: int | None = None, on_epoch_end=None, desc: str = "") -> tuple[TrainResult, Clean]:
-    """A ConvPool-CNN trained with ``kind`` at ``value`` (eps or c_L); Adam, EMA of the weights as configured."""
+                  seed: int | None = None, on_epoch_end=None, desc: str = "", augment: bool | None = None, leaky: bool | None = None) -> tuple[TrainResult, Clean]:
+    """A ConvPool-CNN trained with ``kind`` at ``value`` (eps or c_L); Adam, EMA of the weights as configured.
+    ``augment``: the reference code's random flip + shift of every training batch; ``leaky``: its leaky-ReLU, He-initialised
+    generator (None: the config's ``augment`` / ``leaky_generator``)."""
     seed = cfg.seed if seed is None else seed
+    augment = cfg.augment if augment is None else augment
+    leaky = cfg.leaky_generator if leaky is None else leaky
     model = M.build("convpool_cnn", data.ds.shape, data.ds.num_classes, seed=seed, width=width or cfg.width).to(device())
-    source = defence_source(kind, value, data, cfg, use)
+    source = defence_source(kind, value, data, cfg, use, leaky)
+    flip_shift = Conventional(degrees=0.0, flip=True, scale=(1.0, 1.0), shift=cfg.reference_shift, brightness=0.0, noise_std=0.0)
     tc = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer="adam", clean_weight=cfg.clean_weight if kind != "Baseline" else 0.0,
-                     ema_decay=cfg.ema_decay, seed=seed)
+                     ema_decay=cfg.ema_decay, seed=seed, augment=flip_shift if augment else None)
     loader = D.loader(data.train, cfg.batch_size, shuffle=True, seed=seed, with_index=True)
     desc = desc or f"{kind} {value if value is not None else ''}"
     on_epoch_end = Validation(*data.val) if on_epoch_end is None else on_epoch_end
@@ -438,6 +461,32 @@ def attack_strength(model: nn.Module, data: Data, cfg: Config) -> dict:
     return out
 
 
+REFERENCE_VARIANTS = {  # the ATPGN code's choices our protocol does not make, that can change what the classifier learns
+    "ours (the paper's protocol)": {},
+    "+ flip and shift (reference augmentation)": {"augment": True},
+    "+ leaky ReLU, He init in G (reference generator)": {"leaky": True},
+    "+ both": {"augment": True, "leaky": True},
+}
+
+
+def reference_check(matched: dict[str, Trained], data: Data, cfg: Config) -> dict[str, dict]:
+    """Which reference-code difference, if any, explains PGN losing to FGM-AT: the matched FGM-AT / PGN pair
+    retrained with each difference (augmentation applies to both players' classifiers; the generator change to PGN
+    only), each pair under the paper's white-box FGM and MIM."""
+    x, y = data.test
+    fgm_at, pgn_ours = matched["FGM-AT"], matched["PGN"]
+    out = {}
+    for variant, opts in REFERENCE_VARIANTS.items():
+        tag = " ".join(k for k in ("augment", "leaky") if opts.get(k))
+        pair = {"FGM-AT": fgm_at if not opts.get("augment") else fit("FGM-AT", fgm_at.value, data, cfg, augment=True, desc=f"FGM-AT eps {fgm_at.value:g} (reference: augment)"),
+                "PGN": pgn_ours if not opts else fit("PGN", pgn_ours.value, data, cfg, desc=f"PGN c_L {pgn_ours.value:g} (reference: {tag})", **opts)}
+        out[variant] = {kind: {"benign": t.benign,
+                               "fgm_acc": accuracy(t.model, adversarial_examples(t.model, x, y, A.fgm, eps=cfg.fgm_eps), y),
+                               "mim_acc": accuracy(t.model, adversarial_examples(t.model, x, y, A.mim, eps=cfg.mim_eps, steps=cfg.mim_steps, norm="l2"), y)}
+                        for kind, t in pair.items()}
+    return out
+
+
 def run_dataset(name: str, cfg: Config, data_dir) -> dict:
     """Every training run and measurement of the stage on one dataset."""
     seed_everything(cfg.seed)
@@ -471,7 +520,8 @@ def run_dataset(name: str, cfg: Config, data_dir) -> dict:
     strength = {kind: attack_strength(sweep[(kind, cfg.fig3_eps)].model, data, cfg) for kind in ("FGM-AT", "PGD-AT")}
     pgn = matched["PGN"]
     x_pgn = adversarial_examples(pgn.model, *data.test, pgn_attack, generator=pgn.source.generator.eval(), reduction=cfg.grad_reduction)
-    return {"name": name, "pgn_mean_l2": mean_perturbation(x_pgn, data.test[0]), "data": data, "sweep": sweep, "matched": matched, "table": table, "ablation": ablation, "capacity": capacity,
+    reference = reference_check(matched, data, cfg) if cfg.reference_check else {}
+    return {"name": name, "reference": reference, "pgn_mean_l2": mean_perturbation(x_pgn, data.test[0]), "data": data, "sweep": sweep, "matched": matched, "table": table, "ablation": ablation, "capacity": capacity,
             "strength": strength, "track": [h for h in sweep[("FGM-AT", cfg.track_eps)].result.history if "benign" in h],
             "surrogate_accuracy": accuracy(surrogate, *data.test)}
 
@@ -551,6 +601,34 @@ def variants_table(models: dict, key: str) -> pd.DataFrame:
 # Figures
 
 COLORS = {"Baseline": "0.3", "FGM-AT": "C0", "PGD-AT": "C1", "PGN": "C2"}
+
+
+def reference_table(r: dict) -> pd.DataFrame:
+    """The reference-code check: per variant, both classifiers' benign, FGM and MIM accuracy and PGN's lead (points)."""
+    rows = []
+    for variant, pair in r["reference"].items():
+        row = {"variant": variant}
+        for kind in ("FGM-AT", "PGN"):
+            row.update({f"{kind} benign": pair[kind]["benign"], f"{kind} FGM": pair[kind]["fgm_acc"], f"{kind} MIM": pair[kind]["mim_acc"]})
+        row.update({"PGN − FGM-AT, FGM (pt)": 100 * (pair["PGN"]["fgm_acc"] - pair["FGM-AT"]["fgm_acc"]),
+                    "PGN − FGM-AT, MIM (pt)": 100 * (pair["PGN"]["mim_acc"] - pair["FGM-AT"]["mim_acc"])})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def reference_finding(r: dict) -> str:
+    """One sentence: which variant, if any, turns PGN's deficit under FGM and MIM into a lead."""
+    table = reference_table(r)
+    if table.empty:
+        return "The reference-code check was not run (`reference_check` false)."
+    leads = table[(table["PGN − FGM-AT, FGM (pt)"] >= 0) & (table["PGN − FGM-AT, MIM (pt)"] >= 0)]["variant"].tolist()
+    first = table.iloc[0]
+    base = f"With our protocol PGN − FGM-AT is {first['PGN − FGM-AT, FGM (pt)']:+.1f} points under FGM and {first['PGN − FGM-AT, MIM (pt)']:+.1f} under MIM. "
+    if not leads:
+        return base + "No reference-code difference, alone or together, gives PGN a lead under both: they do not explain the gap."
+    if leads[0] == first["variant"]:
+        return base + "PGN already leads with our protocol; the variants show how much each reference choice moves the lead."
+    return base + "PGN leads under both with: " + "; ".join(leads) + "."
 
 
 def _radii(norms: list[torch.Tensor], points: int = 60) -> list[float]:

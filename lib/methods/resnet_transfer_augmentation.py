@@ -92,9 +92,8 @@ class Config:
         require(0 < self.scale_min <= self.scale_max, "need 0 < scale_min <= scale_max")
         require(min(self.rotation_degrees, self.shift, self.brightness, self.noise_std) >= 0, "augmentation strengths must be >= 0")
         require(self.limit is None or self.limit >= 100, "limit must be >= 100 (or null)")
-        S.check_autoattack_settings(self.autoattack, self.autoattack_iterations, self.autoattack_eps, self.eps)
+        S.check_autoattack_settings(self.autoattack, self.autoattack_iterations, self.autoattack_eps, self.eps, self.autoattack_targets)
         require(self.autoattack_examples is None or self.autoattack_examples >= 1, f"autoattack_examples must be >= 1 (or null), got {self.autoattack_examples}")
-        require(1 <= self.autoattack_targets <= 9, f"autoattack_targets must be in 1..9, got {self.autoattack_targets}")
         return self
 
     @property
