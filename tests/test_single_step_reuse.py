@@ -60,3 +60,16 @@ def test_claims_need_converged_models_near_the_papers_clean_accuracy_and_a_full_
     short = {"mnist5k": {d: _defence(v["original"], v["bim10"], epochs=10) for d, v in results["mnist5k"].items()}}
     beats = next(c for c in p3.claims(short, cfg) if "under BIM10" in c.claim)
     assert beats.verdict == "not testable" and "past one reset period (20 epochs; epochs trained): 10 (threshold 21) FAIL" in beats.markdown()
+
+
+def _defences(single_aa: float, control_aa: float) -> dict:
+    r = {d: {"bim10": 0.5, "autoattack": single_aa} for d in p3.SINGLE_STEP}
+    return {"mnist5k": {**r, "bim10_adv": {"bim10": 0.7, "autoattack": control_aa}}}
+
+
+def test_masking_diagnosis_needs_the_control_to_survive():
+    masked = p3.masking_diagnosis(_defences(0.0, 0.46))
+    assert "gradient masking" in masked and "not our implementation" in masked and "46.0%" in masked
+    assert "does not separate" in p3.masking_diagnosis(_defences(0.0, 0.05))  # the control broken too: no conclusion
+    assert "does not separate" in p3.masking_diagnosis(_defences(0.3, 0.46))  # single-step defences survive
+    assert "not diagnosed" in p3.masking_diagnosis({"mnist5k": {"vanilla": {"bim10": 0.1, "autoattack": 0.0}}})
