@@ -45,6 +45,7 @@ class Config:
     n_test: int | None = None
     n_val: int = 5000  # validation images held out of the training split (the convergence gates read them)
     model: str = "resnet20"
+    model_options: dict = field(default_factory=dict)  # e.g. a narrower model's width (the cpu profile's trade)
     base_epochs: int = 100  # the paper starts from "a pre-trained ResNet-20"; we pre-train it ourselves
     base_lr: float = 0.05
     weight_decay: float = 5e-4
@@ -197,7 +198,7 @@ def minmax_source(cfg: Config, steps: int | None = None) -> AttackSource:
 def pretrain(ds: D.Dataset, train_split: D.Split, cfg: Config, seed: int, desc: str = "base", validation: Validation | None = None) -> TrainResult:
     """A clean classifier (the common base; with another seed, the black-box surrogate), its
     validation accuracy per epoch in the history when ``validation`` is given."""
-    model = M.build(cfg.model, ds.shape, ds.num_classes, seed=seed).to(device())
+    model = M.build(cfg.model, ds.shape, ds.num_classes, seed=seed, **cfg.model_options).to(device())
     loader = D.loader(train_split, cfg.batch_size, shuffle=True, seed=seed, with_index=True)
     return train(model, loader, _train_config(cfg, cfg.base_epochs, cfg.base_lr, seed, 0.0), on_epoch_end=validation,
                  max_batches=cfg.max_batches, desc=desc, cache_as=desc)
