@@ -114,6 +114,8 @@ def plan_p5(p: dict) -> StagePlan:
     plan.add("phase 1: D", model, p["d_epochs"], n, 1, p["d_batch_size"])
     for i in p["intensities"]:
         plan.add(f"phase 2: G at intensity {i:g}", model, p["g_epochs"], n, 1, p["batch_size"])
+    if p.get("diagnosis") and 0.3 in p["intensities"]:  # the headline's diagnosis: one G with the reference's clamped output
+        plan.add("diagnosis: G with clamped tanh (eps 0)", model, p["g_epochs"], n, 1, p["batch_size"])  # eps: pixel units, from the data
     both = 1 + (p["clean_weight"] > 0)
     for _ in p["alternating_intensities"]:
         plan.add("phase 3: D and G alternately, eps 0", model, p["alt_epochs"], n, 1 + both, p["batch_size"])  # eps: pixel units, from the data
@@ -148,6 +150,9 @@ def plan_p2(p: dict) -> StagePlan:
         runs += [(f"PGN c_L {c_l:g}", pgn, width, epochs) for c_l in p["c_l"]]
         runs += [(f"PGN ablation: no {drop}", pgn, width, epochs) for drop in ("label", "image", "gradient") if p["ablation"]]
         runs += [(f"PGN width x{m:g}", pgn, width * m, epochs) for m in p["capacity"]]
+        if p.get("reference_check"):  # the matched pair retrained with the reference code's choices (eps / c_L chosen at run time)
+            runs += [("FGM-AT (reference: augment)", 1 + both, width, epochs)]
+            runs += [(f"PGN (reference: {tag})", pgn, width, epochs) for tag in ("augment", "leaky", "augment leaky")]
         for desc, passes, w, e in runs:
             plan.add(f"{name} {desc}", Model("convpool_cnn", _shape(name), _classes(name), (("width", w),)), e, n, passes, p["batch_size"])
         for _kind in ("FGM-AT", "PGD-AT"):  # Fig. 3: PGN attackers against two fixed classifiers (G alone learns)

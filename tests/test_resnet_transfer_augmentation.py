@@ -83,13 +83,13 @@ def test_paper_profile_code_path_one_batch_per_architecture(synthetic, monkeypat
     monkeypatch.setattr(p4.A, "autoattack", autoattack)
     r = p4.run_dataset(name, cfg, None)
     assert len(calls) == len(p4.VARIANTS) * len(p4.ARCHS)
-    assert all(c == {"eps": 0.03, "norm": "linf", "version": "standard", "iterations": 100} for c in calls), calls[0]
+    assert all(c == {"eps": 0.03, "norm": "linf", "version": "standard", "iterations": 100, "targets": 9} for c in calls), calls[0]
     assert set(r) >= set(p4.VARIANTS) and all(set(r[v]) == set(p4.ARCHS) for v in p4.VARIANTS)
     results = {name: r}
     assert len(p4.table1(results, cfg)) == 3 * 2 * 3  # this dataset + the two not run, per model, before/after
     assert {"paper", "ours", "delta"} <= set(p4.gains(results, cfg).columns)
     assert {"FGSM 0.03 %", "AutoAttack 0.03 %"} <= set(p4.attack_table(results, "proposed", cfg).columns)
-    assert "ResNet18" in p4.claims(results, cfg)
+    assert any("ResNet18 is the most FGSM-vulnerable" in c.claim for c in p4.claims(results, cfg))
 
 
 @pytest.mark.parametrize("bad", [dict(eps=[-0.01]), dict(archs=["vgg16"]), dict(source_arch="resnet34"), dict(datasets=["svhn"]),
