@@ -57,7 +57,8 @@ def movement(curve: Sequence[float], epochs: int) -> float:
     """How far (max - min, in the curve's units) ``curve`` moved over its last ``epochs`` epochs;
     NaN when it is shorter than ``epochs + 1`` points."""
     tail = list(curve)[-(epochs + 1):]
-    return max(tail) - min(tail) if len(tail) == epochs + 1 else math.nan
+    # rounded: accuracies are float32 means, so 10 images in 1,000 can read 0.99999 points, which is not "under 1"
+    return round(max(tail) - min(tail), 4) if len(tail) == epochs + 1 else math.nan
 
 
 def converged(model: str, val_accuracy: Sequence[float], early_stopped: bool = False, points: float = MOVEMENT_POINTS) -> Gate:

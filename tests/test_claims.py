@@ -89,3 +89,9 @@ def test_metrics_take_the_claims_counts(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"a": 1.0, "claims_held": 2, "claims_did_not_hold": 0, "claims_not_testable": 1}
     with pytest.raises(ConfigError, match="at most 20"):
         out.add_metrics({f"m{i}": 1.0 for i in range(20)})
+
+
+def test_movement_of_float32_accuracies_is_not_below_its_threshold_by_rounding():
+    import torch
+    curve = [100 * float(torch.tensor(x, dtype=torch.float32)) for x in (0.777, 0.770, 0.767, 0.772)]  # 10 of 1,000 digits
+    assert C.movement(curve, 3) == 1.0 and not C.plateaued("G", curve).passed
