@@ -1,6 +1,7 @@
 """compare — the five papers' defences and three references under ONE threat model, at one cost scale.
 
-Every defence trains the same architecture on the same data for the same epochs; each has one
+Every defence trains the same architecture on the same data for the same epoch budget (early stopping
+on a held-out validation split where the profile sets a patience); each has one
 strength knob (eps, box size s, or c_L) swept so that its benign accuracy comes closest to a common
 target. All are then attacked alike: PGD-L∞ and PGD-L2 with random restarts (and a run with twice
 the steps to show convergence), C&W-L2 rho, a black-box transfer attack from an independently
@@ -47,6 +48,7 @@ from lib.train import (
     TrainResult,
     Validation,
     train,
+    validation_hook,
 )
 
 # defence -> (label, paper, what its strength knob is)
@@ -75,7 +77,8 @@ class Config:
     n_foolbox: int = 200  # foolbox cross-check subset
     model: str = "resnet20"
     model_options: dict = field(default_factory=dict)
-    epochs: int = 30
+    epochs: int = 30  # the most epochs; early stopping may end a model sooner (patience)
+    patience: int | None = None  # epochs without a better validation accuracy before stopping; None: always train `epochs`
     batch_size: int = 128
     lr: float = 1e-3
     strengths: dict = field(default_factory=lambda: {
@@ -126,6 +129,7 @@ class Config:
         require(all(0 <= w < 1 for w in self.clean_weight.values()), "clean_weight values must be in [0, 1)")
         require(self.n_test is None or self.n_test > 0, "n_test must be positive")
         require(int(self.n_val) >= 1, f"n_val must be >= 1, got {self.n_val}")
+        require(self.patience is None or int(self.patience) >= 1, f"patience must be >= 1 or null, got {self.patience}")
         require(self.n_test is None or max(self.n_rho, self.n_foolbox) <= self.n_test,
                 f"n_rho {self.n_rho} and n_foolbox {self.n_foolbox} must not exceed n_test {self.n_test}")
         return self
@@ -182,7 +186,7 @@ class Trained:
 def fit(defence: str, value, ds: D.Dataset, train_split: D.Split, val: Validation, test: tuple, cfg: Config, source_model: nn.Module | None = None,
         seed: int | None = None) -> Trained:
     """Train one defence at one strength on the common architecture, data and epoch budget (its
-    validation accuracy per epoch in the history)."""
+    validation accuracy per epoch in the history; early stopping on it when ``cfg.patience`` is set)."""
     seed = cfg.seed if seed is None else seed
     split = train_split
     if defence == "p4_transfer_augmentation":
@@ -191,7 +195,8 @@ def fit(defence: str, value, ds: D.Dataset, train_split: D.Split, val: Validatio
     tc = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, clean_weight=cfg.clean_weight.get(defence, 0.0), seed=seed)
     loader = D.loader(split, cfg.batch_size, shuffle=True, seed=seed, with_index=True)
     desc = f"{DEFENCES[defence][0]} {'' if value is None else f'{value:.4g}'}"
-    result = train(model, loader, tc, make_source(defence, value, ds, split, cfg), on_epoch_end=val, max_batches=cfg.max_batches, desc=desc,
+    hook = validation_hook(val.x_val, val.y_val, cfg.patience)
+    result = train(model, loader, tc, make_source(defence, value, ds, split, cfg), on_epoch_end=hook, max_batches=cfg.max_batches, desc=desc,
                    cache_as=f"{desc} seed {seed}")
     return Trained(defence, value, result, accuracy(result.final, *test))
 

@@ -328,3 +328,9 @@ class EarlyStopping(Validation):
         if self.state is not None:
             model.load_state_dict(self.state)
         return model
+
+
+def validation_hook(x_val: torch.Tensor, y_val: torch.Tensor, patience: int | None = None) -> Validation:
+    """The ``on_epoch_end`` hook of one model: validation accuracy each epoch, and with ``patience``
+    early stopping too (a fresh hook per model: :class:`EarlyStopping` keeps the best weights)."""
+    return EarlyStopping(x_val, y_val, patience) if patience else Validation(x_val, y_val)

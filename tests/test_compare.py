@@ -29,7 +29,8 @@ def test_every_paper_defence_and_the_references_are_in_every_profile():
 
 
 @pytest.mark.parametrize("bad", [dict(strengths={"clean": [None], "magic": [0.1]}), dict(strengths={"fgsm_at": [0.1]}),
-                                 dict(eps_linf=-0.1), dict(model="vgg"), dict(dataset="svhn"), dict(strengths={"clean": [None], "pgd_at": [-1.0]})])
+                                 dict(eps_linf=-0.1), dict(model="vgg"), dict(dataset="svhn"), dict(strengths={"clean": [None], "pgd_at": [-1.0]}),
+                                 dict(patience=0)])
 def test_bad_config_is_rejected(bad):
     with pytest.raises(ConfigError):
         compare.Config(**{"dataset": "fashion_mnist", **bad}).validate()

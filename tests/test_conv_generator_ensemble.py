@@ -87,7 +87,8 @@ def test_paper_profile_is_the_papers_setting():
     assert max(cfg.eval_eps) == 0.5
 
 
-@pytest.mark.parametrize("bad", [dict(s=-0.1), dict(assignment="some"), dict(k=0), dict(dataset="svhn"), dict(eval_eps=[-1.0])])
+@pytest.mark.parametrize("bad", [dict(s=-0.1), dict(assignment="some"), dict(k=0), dict(dataset="svhn"), dict(eval_eps=[-1.0]),
+                                 dict(patience=0)])
 def test_bad_config_is_rejected(bad):
     with pytest.raises(ConfigError):
         p1.Config(**bad).validate()

@@ -34,7 +34,8 @@ def test_atda_loss_is_finite_and_differentiable():
     assert same >= 0
 
 
-@pytest.mark.parametrize("bad", [dict(datasets={"mnist": -0.1}), dict(datasets={"svhn": 0.1}), dict(defences=["magic"]), dict(reset_every=0)])
+@pytest.mark.parametrize("bad", [dict(datasets={"mnist": -0.1}), dict(datasets={"svhn": 0.1}), dict(defences=["magic"]), dict(reset_every=0),
+                                 dict(patience={"proposed": 2}), dict(patience={"vanilla": 0}), dict(patience={"magic": 2})])
 def test_bad_config_is_rejected(bad):
     with pytest.raises(ConfigError):
         p3.Config(**bad).validate()

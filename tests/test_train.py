@@ -11,10 +11,13 @@ import lib.models as M
 from lib.errors import ConfigError
 from lib.train import (
     AttackSource,
+    EarlyStopping,
     GeneratorSource,
     StoredPerturbation,
     TrainConfig,
+    Validation,
     train,
+    validation_hook,
 )
 
 
@@ -93,3 +96,11 @@ def test_index_batching_covers_every_example_once_per_pass(mnist):
     assert [len(b[0]) for b in got] == [64, 64, 64, 8] and torch.equal(idx.sort().values, torch.arange(200))
     x = torch.cat([b[0] for b in got])
     assert torch.equal(x, D.as_float(split.x)[idx])
+
+
+def test_validation_hook_stops_early_only_with_a_patience():
+    x, y = torch.rand(8, 1, 28, 28), torch.arange(8) % 10
+    assert type(validation_hook(x, y)) is Validation and type(validation_hook(x, y, None)) is Validation
+    hook = validation_hook(x, y, 2)
+    assert isinstance(hook, EarlyStopping) and hook.patience == 2
+    assert validation_hook(x, y, 2) is not hook  # a fresh hook (its own best weights) per model

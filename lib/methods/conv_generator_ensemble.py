@@ -28,7 +28,15 @@ from lib.errors import require
 from lib.evaluate import accuracy, accuracy_vs_eps, adversarial_examples, relative_cost
 from lib.report import comparison, evaluation
 from lib.runtime import device, seed_everything
-from lib.train import AttackSource, GeneratorSource, TrainConfig, TrainResult, Validation, train
+from lib.train import (
+    AttackSource,
+    GeneratorSource,
+    TrainConfig,
+    TrainResult,
+    Validation,
+    train,
+    validation_hook,
+)
 
 PAPER_SEC_PER_EPOCH = {"proposed": 105.0, "min-max": 551.0}  # Table 1: CIFAR-10, 8 epochs, "the same computer"
 ASSIGNMENTS = ("split", "all")
@@ -47,6 +55,7 @@ class Config:
     model: str = "resnet20"
     model_options: dict = field(default_factory=dict)  # e.g. a narrower model's width (the cpu profile's trade)
     base_epochs: int = 100  # the paper starts from "a pre-trained ResNet-20"; we pre-train it ourselves
+    patience: int | None = None  # early stopping of the base and both fine-tunings on the validation split (None: every epoch)
     base_lr: float = 0.05
     weight_decay: float = 5e-4
     k: int = 32
@@ -95,6 +104,7 @@ class Config:
         S.check_autoattack_settings(self.autoattack, self.autoattack_iterations, self.autoattack_eps, [e for e in self.eval_eps if e > 0],
                                     self.autoattack_targets)
         require(int(self.n_val) >= 1, f"n_val must be >= 1, got {self.n_val}")
+        require(self.patience is None or int(self.patience) >= 1, f"patience must be >= 1 or null, got {self.patience}")
         return self
 
     @property
@@ -369,9 +379,12 @@ def run(ds: D.Dataset, train_split: D.Split, val_split: D.Split, test_split: D.S
     """Base and surrogate pre-training, both fine-tunings, timing and evaluation."""
     seed_everything(cfg.seed)
     test, val = D.tensors(test_split), Validation(*D.tensors(val_split))
-    base = pretrain(ds, train_split, cfg, cfg.seed, "base (clean pre-training)", val)
-    surrogate = pretrain(ds, train_split, cfg, cfg.seed + 100, "black-box surrogate (independent clean model)").final
-    (proposed, source), (minmax, _) = (fine_tune(base.final, train_split, cfg, m, cache_as=f"fine-tune {m}", validation=val)
+    def hook() -> Validation:
+        return validation_hook(val.x_val, val.y_val, cfg.patience)
+
+    base = pretrain(ds, train_split, cfg, cfg.seed, "base (clean pre-training)", hook())
+    surrogate = pretrain(ds, train_split, cfg, cfg.seed + 100, "black-box surrogate (independent clean model)", hook()).final
+    (proposed, source), (minmax, _) = (fine_tune(base.final, train_split, cfg, m, cache_as=f"fine-tune {m}", validation=hook())
                                        for m in ("proposed", "min-max"))
     trained = {"proposed": proposed, "min-max": minmax}
     models = {"base": base.final, "min-max": trained["min-max"].final, "proposed": trained["proposed"].final}

@@ -32,6 +32,7 @@ from lib.train import (
     TrainResult,
     Validation,
     train,
+    validation_hook,
 )
 
 DEFENCES = ["vanilla", "fgsm_adv", "atda", "proposed", "bim10_adv", "bim30_adv"]
@@ -79,6 +80,7 @@ class Config:
     autoattack: str = "standard"  # AutoAttack beside BIM and PGD: "standard" or "apgd-ce+t" (its first two attacks)
     autoattack_iterations: int = 100
     defences: list = field(default_factory=lambda: list(DEFENCES))
+    patience: dict = field(default_factory=dict)  # defence -> early-stopping patience on the validation split; others train all epochs
     seed: int = 0
     max_batches: int | None = None  # cap batches per epoch (tests only)
 
@@ -96,6 +98,9 @@ class Config:
         require(self.n_test is None or self.n_test > 0, "n_test must be positive")
         S.check_autoattack_settings(self.autoattack, self.autoattack_iterations)
         require(int(self.n_val) >= 1, f"n_val must be >= 1, got {self.n_val}")
+        for d, p in self.patience.items():
+            require(d in DEFENCES and d != "proposed", f"patience: '{d}' is not a defence that may stop early (not 'proposed': it must train past a reset)")
+            require(int(p) >= 1, f"patience of {d} must be >= 1, got {p}")
         return self
 
     def train_config(self) -> TrainConfig:
@@ -180,7 +185,8 @@ def train_defences(ds: D.Dataset, train_split: D.Split, val_split: D.Split, eps:
         model = M.build("mnist_cnn", ds.shape, ds.num_classes, seed=cfg.seed, width=cfg.model_width, hidden=cfg.model_hidden).to(device())
         source = make_source(defence, eps, len(train_split), ds.shape, ds.num_classes, cfg)
         loader = D.loader(train_split, cfg.batch_size, shuffle=True, seed=cfg.seed, with_index=True)
-        out[defence] = train(model, loader, cfg.train_config(), source, on_epoch_end=val, max_batches=cfg.max_batches, desc=f"{desc} {defence}",
+        hook = validation_hook(val.x_val, val.y_val, cfg.patience.get(defence))
+        out[defence] = train(model, loader, cfg.train_config(), source, on_epoch_end=hook, max_batches=cfg.max_batches, desc=f"{desc} {defence}",
                              cache_as=f"{desc} {defence}")
     return out
 
