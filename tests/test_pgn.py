@@ -183,6 +183,8 @@ def test_paper_profile_code_path_one_batch_on_cifar_shaped_data(synthetic, monke
     assert any("costs between FGM-AT and PGD-AT" in c.claim for c in claims) and "matched" in pgn.summary_metrics(r)
     assert all(c.verdict == "not testable" for c in claims)  # one batch, one epoch: nothing converged
     assert any(g.gate.startswith("PGN's mean L2 perturbation over the matched FGM-AT eps") for g in claims[0].gates)
+    fig3 = next(c for c in claims if "PGN attackers reach lower accuracy than PGD" in c.claim)  # the fixed classifiers it attacks are gated
+    assert [g.gate.split(" converged")[0] for g in fig3.gates[1:]] == ["FGM-AT eps 0.5", "PGD-AT eps 0.5"], [g.gate for g in fig3.gates]
 
 
 @pytest.mark.parametrize("bad", [dict(main_c_l=3.0), dict(track_eps=0.3), dict(at_eps=[-0.5]), dict(pgd_eps=[1.0]), dict(datasets=["svhn"]),

@@ -816,7 +816,8 @@ def claims(r: dict, cfg: Config) -> list[C.Claim]:
                 stronger.append(pgn_pt["acc"] <= pgd_at)
     out.append(C.Claim(f"{label}: PGN attackers reach lower accuracy than PGD at the same mean L2 (Fig. 3; comparable points where they do)",
                        "all", f"{sum(stronger)} of {len(stronger)}", held=bool(stronger) and all(stronger),
-                       gates=[C.at_least("comparable points (PGN's mean L2 inside PGD's range)", len(stronger), 1)]))
+                       gates=[C.at_least("comparable points (PGN's mean L2 inside PGD's range)", len(stronger), 1),
+                              *(converged(r["sweep"][(kind, cfg.fig3_eps)]) for kind in r["strength"])]))
     bb = [k for k in DEFENCES if any(tab[k][f"bb_{a}"] < tab[k][w] - 0.01 for a, w in (("fgm", "fgm_acc"), ("mim", "mim_acc")))]
     out.append(C.Claim(f"{label}, ours: no defence is more accurate under white-box attack than under black-box (defences flagged)", None,
                        ", ".join(bb) or "none", held=not bb, gates=[converged(t) for t in m.values()]))
