@@ -43,14 +43,20 @@ class Gate:
         return f"{self.gate}: {_fmt(self.value)} (threshold {_fmt(self.threshold)}) {'pass' if self.passed else 'FAIL'}"
 
 
+def _rounded(value: float) -> float:
+    """``value`` to 4 decimals: accuracies are float32 means (97.0 can read 96.99999), so a
+    comparison with a threshold must not be decided by the last bits."""
+    return round(value, 4) if math.isfinite(value) else value
+
+
 def at_least(gate: str, value: float, threshold: float) -> Gate:
-    """Passes when ``value >= threshold`` (a NaN value fails)."""
-    return Gate(gate, value, threshold, bool(value >= threshold))
+    """Passes when ``value >= threshold`` up to float rounding (a NaN value fails)."""
+    return Gate(gate, value, threshold, bool(_rounded(value) >= threshold))
 
 
 def at_most(gate: str, value: float, threshold: float) -> Gate:
-    """Passes when ``value <= threshold`` (a NaN value fails)."""
-    return Gate(gate, value, threshold, bool(value <= threshold))
+    """Passes when ``value <= threshold`` up to float rounding (a NaN value fails)."""
+    return Gate(gate, value, threshold, bool(_rounded(value) <= threshold))
 
 
 def movement(curve: Sequence[float], epochs: int) -> float:

@@ -51,6 +51,16 @@ def test_not_testable_if_and_only_if_a_gate_failed():
     assert not C.at_least("nan", math.nan, 0.0).passed and not C.at_most("nan", math.nan, 1.0).passed
 
 
+def test_floors_are_not_decided_by_float32_rounding():
+    """A difference of float32 accuracies lands a hair off its exact value: it must not decide the gate."""
+    import torch
+
+    gap = 100 * float(torch.tensor(0.3925) - torch.tensor(0.3825))  # exactly 1 point; float32 reads 1.0000020...
+    assert gap != 1.0 and C.at_most("moved (points)", gap, 1.0).passed
+    assert C.at_least("clean (%)", 96.99999, 97.0).passed and not C.at_least("clean (%)", 96.99, 97.0).passed
+    assert C.at_most("gap (points)", 3.00001, 3.0).passed and not C.at_most("gap (points)", 3.001, 3.0).passed
+
+
 def test_claims_json_md_and_counts(tmp_path):
     claims = [
         C.Claim("Proposed within 5 points of BIM(10)-Adv under BIM(10)", -3.1, -7.5, held=False,
