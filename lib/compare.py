@@ -71,7 +71,8 @@ class Config:
     profile: str = "smoke"
     dataset: str = "cifar10"
     n_train: int | None = None
-    n_test: int | None = 1000
+    n_test: int | None = 1000  # the attacks' test images: a seeded subset of the clean-accuracy images
+    n_clean_test: int | None = None  # test images every clean accuracy reads (the target, the 85% floor, the 3-point match; None: all)
     n_val: int = 5000  # validation images held out of the training split (the convergence gates read them)
     n_rho: int = 500  # C&W
     n_foolbox: int = 200  # foolbox cross-check subset
@@ -128,6 +129,8 @@ class Config:
         require(self.target_benign is None or 0 < self.target_benign <= 1, "target_benign must be in (0, 1] or null")
         require(all(0 <= w < 1 for w in self.clean_weight.values()), "clean_weight values must be in [0, 1)")
         require(self.n_test is None or self.n_test > 0, "n_test must be positive")
+        require(self.n_clean_test is None or (self.n_test is not None and self.n_test <= self.n_clean_test),
+                f"n_clean_test ({self.n_clean_test}) must be null or at least n_test ({self.n_test}): the attacks run on a subset of its images")
         require(int(self.n_val) >= 1, f"n_val must be >= 1, got {self.n_val}")
         require(self.patience is None or int(self.patience) >= 1, f"patience must be >= 1 or null, got {self.patience}")
         require(self.n_test is None or max(self.n_rho, self.n_foolbox) <= self.n_test,
@@ -183,10 +186,11 @@ class Trained:
         return "—" if self.value is None else f"{knob.split(' ')[0]} {self.value:.4g}"
 
 
-def fit(defence: str, value, ds: D.Dataset, train_split: D.Split, val: Validation, test: tuple, cfg: Config, source_model: nn.Module | None = None,
+def fit(defence: str, value, ds: D.Dataset, train_split: D.Split, val: Validation, clean_test: tuple, cfg: Config, source_model: nn.Module | None = None,
         seed: int | None = None) -> Trained:
     """Train one defence at one strength on the common architecture, data and epoch budget (its
-    validation accuracy per epoch in the history; early stopping on it when ``cfg.patience`` is set)."""
+    validation accuracy per epoch in the history; early stopping on it when ``cfg.patience`` is set);
+    its benign accuracy is read on ``clean_test``."""
     seed = cfg.seed if seed is None else seed
     split = train_split
     if defence == "p4_transfer_augmentation":
@@ -198,7 +202,7 @@ def fit(defence: str, value, ds: D.Dataset, train_split: D.Split, val: Validatio
     hook = validation_hook(val.x_val, val.y_val, cfg.patience)
     result = train(model, loader, tc, make_source(defence, value, ds, split, cfg), on_epoch_end=hook, max_batches=cfg.max_batches, desc=desc,
                    cache_as=f"{desc} seed {seed}")
-    return Trained(defence, value, result, accuracy(result.final, *test))
+    return Trained(defence, value, result, accuracy(result.final, *clean_test))
 
 
 def pgd(model: nn.Module, x, y, norm: str, eps: float, steps: int, restarts: int) -> torch.Tensor:
@@ -214,7 +218,7 @@ def evaluate(t: Trained, transfer: torch.Tensor, test: tuple, cfg: Config) -> di
     linf = accuracy(model, pgd(model, x, y, "linf", cfg.eps_linf, s, r), y)
     linf_2x = accuracy(model, pgd(model, x, y, "linf", cfg.eps_linf, 2 * s, r), y)
     l2 = accuracy(model, pgd(model, x, y, "l2", cfg.eps_l2, s, r), y)
-    curve = [t.benign if e == 0 else accuracy(model, pgd(model, x, y, "linf", e, s, 1), y) for e in cfg.eps_grid]
+    curve = [accuracy(model, x, y) if e == 0 else accuracy(model, pgd(model, x, y, "linf", e, s, 1), y) for e in cfg.eps_grid]  # all on the attacks' images
     xf, yf = x[: cfg.n_foolbox], y[: cfg.n_foolbox]
     step = 2.5 * cfg.eps_linf / s
     ours_subset = accuracy(model, pgd(model, xf, yf, "linf", cfg.eps_linf, s, 1), yf)
@@ -260,23 +264,24 @@ def run(cfg: Config, data_dir) -> dict:
     ds = D.load(cfg.dataset, data_dir)
     train_split, val_split = D.hold_out(D.subset(ds.train, cfg.n_train, cfg.seed, f"{ds.name} train"), cfg.n_val, cfg.seed, f"{ds.name} train")
     val = Validation(*D.tensors(val_split))
-    test = D.tensors(D.subset(ds.test, cfg.n_test, cfg.seed + 1, f"{ds.name} test"))
+    clean_split = D.subset(ds.test, cfg.n_clean_test, cfg.seed + 1, f"{ds.name} test")
+    clean_test, test = D.tensors(clean_split), D.tensors(D.subset(clean_split, cfg.n_test, cfg.seed + 2, f"the {len(clean_split)} clean-accuracy test images"))
     require(max(cfg.n_rho, cfg.n_foolbox) <= len(test[1]), f"n_rho {cfg.n_rho} and n_foolbox {cfg.n_foolbox} must not exceed the {len(test[1])} test images")
-    clean = fit("clean", None, ds, train_split, val, test, cfg)
+    clean = fit("clean", None, ds, train_split, val, clean_test, cfg)
     target = cfg.target_benign if cfg.target_benign is not None else clean.benign - cfg.target_drop
     swept: dict[str, dict] = {"clean": {None: clean}}
     for defence, values in cfg.strengths.items():
         if defence != "clean":
-            swept[defence] = {v: fit(defence, v, ds, train_split, val, test, cfg, source_model=clean.model) for v in values}
+            swept[defence] = {v: fit(defence, v, ds, train_split, val, clean_test, cfg, source_model=clean.model) for v in values}
     chosen = {d: runs[closest_benign({v: t.benign for v, t in runs.items()}, target)[0]] for d, runs in swept.items()}
-    surrogate = fit("clean", None, ds, train_split, val, test, cfg, seed=cfg.seed + 100).model
+    surrogate = fit("clean", None, ds, train_split, val, clean_test, cfg, seed=cfg.seed + 100).model
     transfer = pgd(surrogate, *test, "linf", cfg.eps_linf, cfg.pgd_steps, cfg.pgd_restarts)
     results = {}
     for d, t in chosen.items():
         with evaluation(f"{d} (PGD-L∞, PGD-L2, C&W, black-box, foolbox)"):
             results[d] = evaluate(t, transfer, test, cfg)
     return {"chosen": chosen, "swept": swept, "results": results, "target": target, "dataset": ds, "n_train": len(train_split), "n_val": len(val_split),
-            "n_test": len(test[1]), "surrogate_accuracy": accuracy(surrogate, *test)}
+            "n_test": len(test[1]), "n_clean_test": len(clean_test[1]), "surrogate_accuracy": accuracy(surrogate, *clean_test)}
 
 
 def _points(fraction_gap: float) -> float:

@@ -30,7 +30,7 @@ def test_every_paper_defence_and_the_references_are_in_every_profile():
 
 @pytest.mark.parametrize("bad", [dict(strengths={"clean": [None], "magic": [0.1]}), dict(strengths={"fgsm_at": [0.1]}),
                                  dict(eps_linf=-0.1), dict(model="vgg"), dict(dataset="svhn"), dict(strengths={"clean": [None], "pgd_at": [-1.0]}),
-                                 dict(patience=0)])
+                                 dict(patience=0), dict(n_test=300, n_clean_test=200), dict(n_test=None, n_clean_test=500)])
 def test_bad_config_is_rejected(bad):
     with pytest.raises(ConfigError):
         compare.Config(**{"dataset": "fashion_mnist", **bad}).validate()
