@@ -79,6 +79,7 @@ def test_paper_profile_is_the_papers_setting():
 @pytest.mark.parametrize("bad", [
     dict(intensities=[-0.1]), dict(intensity_units="furlongs"), dict(alternating_intensities=[0.9]),
     dict(dataset="svhn"), dict(g_optimizer="rmsprop"), dict(g_epochs=0),
+    dict(g_epochs=40, g_lr_milestones=[40]), dict(g_lr_milestones=[30, 10]), dict(g_lr_milestones=[0]), dict(g_lr_gamma=0.0), dict(g_lr_gamma=1.5),
 ])
 def test_bad_config_is_rejected(bad):
     with pytest.raises(ConfigError):

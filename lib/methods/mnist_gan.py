@@ -62,6 +62,8 @@ class Config:
     g_epochs: int = 200
     g_optimizer: str = "sgd"  # sgd | adam (reference: plain SGD)
     g_lr: float = 0.01  # reference: SGD lr 0.01, batch 100, for G and for D in phase 3
+    g_lr_milestones: list = field(default_factory=list)  # phase-2 epochs after which G's lr is multiplied by g_lr_gamma (reference: none)
+    g_lr_gamma: float = 0.1
     g_width: int = 8  # DCGAN-style ngf of the reference G
     batch_size: int = 100
     alternating_intensities: list = field(default_factory=lambda: [0.3])
@@ -73,6 +75,7 @@ class Config:
     autoattack_iterations: int = 100
     autoattack_intensities: list | None = None  # the intensities AutoAttack runs at (None = every intensity)
     autoattack_examples: int | None = None  # the first this many test digits (None = all): AutoAttack's cost is per robust digit
+    autoattack_targets: int = 9  # APGD-T's (and FAB-T's) target classes: the reference's 9; fewer is a labelled CPU budget
     diagnosis: bool = True  # at intensity 0.3: how much of its budget G uses, and G with the reference's clamped output
     n_examples: int = 8
     seed: int = 0
@@ -90,10 +93,13 @@ class Config:
             require(int(getattr(self, name)) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("d_lr", "g_lr", "alt_lr"):
             require(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
+        require(all(isinstance(m, int) and 1 <= m < self.g_epochs for m in self.g_lr_milestones) and list(self.g_lr_milestones) == sorted(set(self.g_lr_milestones)),
+                f"g_lr_milestones must be increasing epochs in [1, g_epochs), got {self.g_lr_milestones}")
+        require(0 < self.g_lr_gamma <= 1, f"g_lr_gamma must be in (0, 1], got {self.g_lr_gamma}")
         require(0 <= self.clean_weight < 1, f"clean_weight must be in [0, 1), got {self.clean_weight}")
         require(self.n_train is None or self.n_train > 0, "n_train must be positive")
         require(self.n_test is None or self.n_test > 0, "n_test must be positive")
-        S.check_autoattack_settings(self.autoattack, self.autoattack_iterations, self.autoattack_intensities, self.intensities)
+        S.check_autoattack_settings(self.autoattack, self.autoattack_iterations, self.autoattack_intensities, self.intensities, self.autoattack_targets)
         require(int(self.n_val) >= 1, f"n_val must be >= 1, got {self.n_val}")
         require(self.autoattack_examples is None or self.autoattack_examples >= 1, f"autoattack_examples must be >= 1 (or null), got {self.autoattack_examples}")
         return self
@@ -229,6 +235,7 @@ def train_frozen(classifier: nn.Module, train_split: D.Split, test: tuple, eps: 
     x_test, y_test = test
     G = build_generator(tuple(train_split.x.shape[1:]), eps, cfg, cfg.seed, output)
     opt = generator_optimizer(G, cfg.g_optimizer, cfg.g_lr)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.g_lr_milestones), cfg.g_lr_gamma)
     loader = D.loader(train_split, cfg.batch_size, shuffle=True, seed=cfg.seed)
     dev = device()
     desc = desc or f"phase 2: G at eps {eps:.3f}"
@@ -243,10 +250,11 @@ def train_frozen(classifier: nn.Module, train_split: D.Split, test: tuple, eps: 
                     break
                 with training_precision(dev):
                     generator_step(G, classifier, x, y, opt)
+            schedule.step()
             curve.append(robust_accuracy(classifier, x_test, y_test, generator_attack, generator=G))
         return {"curve": curve}
 
-    record = cached(desc, {"G": G}, fit, key=(classifier, opt, loader, test, cfg.g_epochs, cfg.max_batches, eps, output))
+    record = cached(desc, {"G": G}, fit, key=(classifier, opt, loader, test, cfg.g_epochs, cfg.max_batches, eps, output, list(cfg.g_lr_milestones), cfg.g_lr_gamma))
     return G.eval(), record["curve"]
 
 
@@ -285,7 +293,7 @@ def evaluate_attacks(model: nn.Module, test: tuple, eps: float, cfg: Config, gen
     if autoattack:
         n = len(y) if cfg.autoattack_examples is None else min(cfg.autoattack_examples, len(y))
         out["AutoAttack"] = robust_accuracy(model, x[:n], y[:n], A.autoattack, eps=eps, norm="linf", version=cfg.autoattack,
-                                            iterations=cfg.autoattack_iterations)
+                                            iterations=cfg.autoattack_iterations, targets=cfg.autoattack_targets)
     for name, G in generators.items():
         out[name] = robust_accuracy(model, x, y, generator_attack, generator=G)
     return out
