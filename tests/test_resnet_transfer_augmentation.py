@@ -92,8 +92,22 @@ def test_paper_profile_code_path_one_batch_per_architecture(synthetic, monkeypat
     assert any("ResNet18 is the most FGSM-vulnerable" in c.claim for c in p4.claims(results, cfg))
 
 
+def test_autoattack_runs_only_on_the_variants_asked(synthetic, monkeypatch):
+    cfg = _config("cpu", max_epochs=1, max_batches=1, pgd_steps=1, batch_size=4, limit=100)
+    assert cfg.autoattack_variants == ["before", "proposed"] and cfg.proposed_patience == 3
+    monkeypatch.setattr(p4.D, "load", lambda n, data_dir=None: synthetic("mnist5k", (1, 28, 28), 50))
+    calls = []
+    monkeypatch.setattr(p4.A, "autoattack", lambda model, x, y, **kw: calls.append(kw) or x.clone())
+    r = p4.run_dataset("mnist5k", cfg, None)
+    assert len(calls) == 2 and all(v == v for v in r["before"]["resnet18"]["autoattack"].values())
+    assert all(v != v for v in r["augmentation only"]["resnet18"]["autoattack"].values())  # NaN: not run
+    assert p4.attack_table({"mnist5k": r}, "augmentation only", cfg)["AutoAttack 0.03 %"].isna().all()
+    p4.figure({"mnist5k": r}, cfg, "test")
+
+
 @pytest.mark.parametrize("bad", [dict(eps=[-0.01]), dict(archs=["vgg16"]), dict(source_arch="resnet34"), dict(datasets=["svhn"]),
-                                 dict(fractions=[0.8, 0.1, 0.2]), dict(scale_min=0.0)])
+                                 dict(fractions=[0.8, 0.1, 0.2]), dict(scale_min=0.0), dict(proposed_patience=0),
+                                 dict(autoattack_variants=["before"]), dict(autoattack_variants=["before", "proposed", "after"])])
 def test_bad_config_is_rejected(bad):
     with pytest.raises(ConfigError):
         p4.Config(**bad).validate()

@@ -11,6 +11,7 @@ the paper lacks.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import matplotlib.pyplot as plt
@@ -59,6 +60,7 @@ class Config:
     source_arch: str = "resnet18"
     max_epochs: int = 50
     patience: int = 5
+    proposed_patience: int | None = None  # the proposed retraining's (None: patience); its epochs hold len(eps) + 1 times the images
     batch_size: int = 128
     lr: float = 1e-3
     eps: list = field(default_factory=lambda: [0.01, 0.02, 0.03])
@@ -68,6 +70,7 @@ class Config:
     autoattack_eps: list | None = None  # the eps AutoAttack runs at (None = every eps; a CPU budget keeps the largest)
     autoattack_examples: int | None = None  # the first this many test images (None = all): AutoAttack's cost is per robust image
     autoattack_targets: int = 9  # APGD-T's (and FAB-T's) target classes: the reference's 9; fewer is a labelled CPU budget
+    autoattack_variants: list | None = None  # the variants AutoAttack attacks (None: all; the claims compare before and proposed)
     rotation_degrees: float = 15.0
     flip: bool = True
     scale_min: float = 0.9
@@ -94,6 +97,9 @@ class Config:
         require(self.limit is None or self.limit >= 100, "limit must be >= 100 (or null)")
         S.check_autoattack_settings(self.autoattack, self.autoattack_iterations, self.autoattack_eps, self.eps, self.autoattack_targets)
         require(self.autoattack_examples is None or self.autoattack_examples >= 1, f"autoattack_examples must be >= 1 (or null), got {self.autoattack_examples}")
+        require(self.proposed_patience is None or int(self.proposed_patience) >= 1, f"proposed_patience must be >= 1 (or null), got {self.proposed_patience}")
+        require(self.autoattack_variants is None or {"before", "proposed"} <= set(self.autoattack_variants) <= set(VARIANTS),
+                f"autoattack_variants must be null or include before and proposed (the claims' pair), among {list(VARIANTS)}; got {self.autoattack_variants}")
         return self
 
     @property
@@ -111,10 +117,12 @@ def splits(name: str, cfg: Config, data_dir) -> tuple[D.Dataset, D.Split, D.Spli
     return (ds, *D.train_val_test(ds, tuple(cfg.fractions), cfg.seed, cfg.limit))
 
 
-def fit(arch: str, ds: D.Dataset, train_split: D.Split, val: D.Split, cfg: Config, augment=None, desc: str = "") -> tuple[torch.nn.Module, TrainResult, EarlyStopping]:
-    """Train ``arch`` from scratch with early stopping on validation accuracy; returns the best weights."""
+def fit(arch: str, ds: D.Dataset, train_split: D.Split, val: D.Split, cfg: Config, augment=None, desc: str = "",
+        patience: int | None = None) -> tuple[torch.nn.Module, TrainResult, EarlyStopping]:
+    """Train ``arch`` from scratch with early stopping on validation accuracy (``patience``, default
+    ``cfg.patience``); returns the best weights."""
     model = M.build(arch, ds.shape, ds.num_classes, seed=cfg.seed, small_input_stem=cfg.small_input_stem).to(device())
-    stopper = EarlyStopping(*D.tensors(val), cfg.patience)
+    stopper = EarlyStopping(*D.tensors(val), cfg.patience if patience is None else patience)
     tc = TrainConfig(epochs=cfg.max_epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, augment=augment)
     loader = D.loader(train_split, cfg.batch_size, shuffle=True, seed=cfg.seed, with_index=True)
     result = train(model, loader, tc, on_epoch_end=stopper, max_batches=cfg.max_batches, desc=desc or arch, cache_as=desc or arch)
@@ -133,9 +141,10 @@ def balanced(train_split: D.Split, cfg: Config) -> D.Split:
     return D.Split(*D.undersample(train_split.x, train_split.y, cfg.seed))
 
 
-def evaluate(model: torch.nn.Module, test: tuple, cfg: Config) -> dict:
+def evaluate(model: torch.nn.Module, test: tuple, cfg: Config, autoattack: bool = True) -> dict:
     """Clean accuracy, FGSM and PGD-L∞ (random start) accuracy at every eps and AutoAttack's at
-    ``cfg.aa_eps`` (on the first ``cfg.autoattack_examples`` test images), all crafted on ``model`` itself."""
+    ``cfg.aa_eps`` (on the first ``cfg.autoattack_examples`` test images; NaN, not run, when
+    ``autoattack`` is false), all crafted on ``model`` itself."""
     x, y = test
     n_aa = len(y) if cfg.autoattack_examples is None else min(cfg.autoattack_examples, len(y))
     return {
@@ -143,7 +152,8 @@ def evaluate(model: torch.nn.Module, test: tuple, cfg: Config) -> dict:
         "fgsm": {e: robust_accuracy(model, x, y, A.fgsm, eps=e) for e in cfg.eps},
         "pgd": {e: robust_accuracy(model, x, y, A.pgd, eps=e, steps=cfg.pgd_steps) for e in cfg.eps},
         "autoattack": {e: robust_accuracy(model, x[:n_aa], y[:n_aa], A.autoattack, eps=e, norm="linf", version=cfg.autoattack,
-                                          iterations=cfg.autoattack_iterations, targets=cfg.autoattack_targets) for e in cfg.aa_eps},
+                                          iterations=cfg.autoattack_iterations, targets=cfg.autoattack_targets) if autoattack else math.nan
+                       for e in cfg.aa_eps},
     }
 
 
@@ -160,13 +170,14 @@ def run_dataset(name: str, cfg: Config, data_dir) -> dict:
     trained = {
         "before": before,
         "augmentation only": {a: fit(a, ds, plain, val, cfg, cfg.augmentation(), f"{name} {a} aug-only") for a in cfg.archs},
-        "proposed": {a: fit(a, ds, augmented, val, cfg, cfg.augmentation(), f"{name} {a} proposed") for a in cfg.archs},
+        "proposed": {a: fit(a, ds, augmented, val, cfg, cfg.augmentation(), f"{name} {a} proposed", cfg.proposed_patience) for a in cfg.archs},
     }
     for variant, models in trained.items():
         out[variant] = {}
+        with_aa = cfg.autoattack_variants is None or variant in cfg.autoattack_variants
         for a, (m, tr, _) in models.items():
-            with evaluation(f"{name} {a} {variant} (FGSM, PGD-{cfg.pgd_steps}, AutoAttack)"):
-                out[variant][a] = {**evaluate(m, test, cfg), "epochs": len(tr.history), "best_epoch": tr.best_epoch, "sec_per_epoch": tr.sec_per_epoch,
+            with evaluation(f"{name} {a} {variant} (FGSM, PGD-{cfg.pgd_steps}{', AutoAttack' if with_aa else ''})"):
+                out[variant][a] = {**evaluate(m, test, cfg, with_aa), "epochs": len(tr.history), "best_epoch": tr.best_epoch, "sec_per_epoch": tr.sec_per_epoch,
                                    "history": tr.history}
     return out
 
@@ -265,7 +276,9 @@ def figure(results: dict, cfg: Config, subtitle: str) -> plt.Figure:
                 m = r[variant][arch]
                 ax.plot(eps, [100 * m["clean"], *(100 * m["fgsm"][e] for e in cfg.eps)], marker="o", ms=3, color=color, label=f"{variant}, FGSM")
                 ax.plot(eps, [100 * m["clean"], *(100 * m["pgd"][e] for e in cfg.eps)], ls="--", marker="x", ms=3, color=color, label=f"{variant}, PGD-{cfg.pgd_steps}")
-                ax.plot(cfg.aa_eps, [100 * m["autoattack"][e] for e in cfg.aa_eps], ls="none", marker="*", ms=7, color=color, label=f"{variant}, AutoAttack")
+                aa = [100 * m["autoattack"][e] for e in cfg.aa_eps]
+                if not all(math.isnan(v) for v in aa):  # not run on this variant (autoattack_variants)
+                    ax.plot(cfg.aa_eps, aa, ls="none", marker="*", ms=7, color=color, label=f"{variant}, AutoAttack")
             ax.set(title=f"{LABEL[dataset]} — {arch}", xlabel="eps (L∞)", ylabel="test accuracy (%)", ylim=(-2, 102))
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(f"Accuracy vs eps before and after retraining ({subtitle})")
