@@ -187,6 +187,19 @@ def test_paper_profile_code_path_one_batch_on_cifar_shaped_data(synthetic, monke
     assert [g.gate.split(" converged")[0] for g in fig3.gates[1:]] == ["FGM-AT eps 0.5", "PGD-AT eps 0.5"], [g.gate for g in fig3.gates]
 
 
+def test_an_ablation_not_run_is_one_not_testable_claim(synthetic, monkeypatch):
+    ds = synthetic("fashion_mnist", (1, 28, 28), 40)
+    monkeypatch.setattr(D, "load", lambda name, prepared_dir=None: ds)
+    cfg = _config("smoke", n_train=None, epochs=1, max_batches=1, batch_size=16, n_rho=4, n_val=8, n_test=16, ablation=False, capacity=[], mim_steps=2, df_steps=2,
+                  cw_steps=2, cw_binary_steps=1, track_n=4, attack_epochs=1, attack_pgd_steps=2, n_examples=2, reference_check=False)
+    r = pgn.run_dataset("fashion_mnist", cfg, None)
+    assert list(r["ablation"]) == ["all inputs"] and len(r["capacity"]) == 1  # nothing extra trained
+    ablation = next(c for c in pgn.claims(r, cfg) if "the gradient input matters most" in c.claim)
+    assert ablation.verdict == "not testable" and [g.gate for g in ablation.gates] == ["ablation run in this profile (1 = yes)"]
+    for figure in (pgn.figure5, pgn.figure8):
+        figure(r, cfg, "test")
+
+
 @pytest.mark.parametrize("bad", [dict(main_c_l=3.0), dict(track_eps=0.3), dict(at_eps=[-0.5]), dict(pgd_eps=[1.0]), dict(datasets=["svhn"]),
                                  dict(grad_reduction="max"), dict(ema_decay=1.5), dict(c_l=[-1.0]),
                                  dict(ablation_min_drop=1.0)])

@@ -708,7 +708,8 @@ def figure5(r: dict, cfg: Config, subtitle: str) -> plt.Figure:
     right.plot([t.cw["mean_l2"] for _, t in caps], [100 * t.benign for _, t in caps], marker="o", color=COLORS["PGN"])
     for w, t in caps:
         right.annotate(f"width x{w / cfg.width:g}", (t.cw["mean_l2"], 100 * t.benign), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    right.set(xlabel="rho_cw", ylabel="benign accuracy (%)", title=f"PGN c_L {cfg.main_c_l:g} at several classifier widths")
+    title = f"PGN c_L {cfg.main_c_l:g} at several classifier widths" if cfg.capacity else "capacity: not run in this profile (`capacity` empty)"
+    right.set(xlabel="rho_cw", ylabel="benign accuracy (%)", title=title)
     fig.suptitle(f"Fig. 5 — robustness curves; the outer curve wins ({subtitle})", fontsize=10)
     return fig
 
@@ -717,7 +718,8 @@ def figure8(r: dict, cfg: Config, subtitle: str) -> plt.Figure:
     """Fig. 8: PGN with each generator input removed: accuracy under C&W vs L2 budget."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     _cw_curves(ax, r["ablation"])
-    ax.set_title(f"Fig. 8 — ablation of PGN's inputs, c_L {cfg.main_c_l:g} ({subtitle})", fontsize=9)
+    what = f"ablation of PGN's inputs, c_L {cfg.main_c_l:g}" if cfg.ablation else "ablation: not run in this profile (PGN with all inputs only)"
+    ax.set_title(f"Fig. 8 — {what} ({subtitle})", fontsize=9)
     return fig
 
 
@@ -802,12 +804,15 @@ def claims(r: dict, cfg: Config) -> list[C.Claim]:
     out.append(C.Claim(f"{label}: PGN costs between FGM-AT and PGD-AT per epoch (relative to clean training)", "3.04, 6.30, 21.2",
                        f"{rel['FGM-AT']:.2f}, {rel['PGN']:.2f}, {rel['PGD-AT']:.2f}", held=rel["FGM-AT"] <= rel["PGN"] <= rel["PGD-AT"],
                        gates=[C.at_least(f"{k} epochs timed", len(t.result.history), 2) for k, t in m.items()]))
+    ablation_claim = (f"{label}: the gradient input matters most (ablation at c_L {cfg.main_c_l:g}: the largest rho_cw drop, at least "
+                      f"{100 * cfg.ablation_min_drop:g}% of rho_cw)")
     if cfg.ablation:
         full = r["ablation"]["all inputs"].cw["mean_l2"]
         drops = {k: full - t.cw["mean_l2"] for k, t in r["ablation"].items() if k != "all inputs"}
-        out.append(C.Claim(f"{label}: the gradient input matters most (ablation at c_L {cfg.main_c_l:g}: the largest rho_cw drop, at least "
-                           f"{100 * cfg.ablation_min_drop:g}% of rho_cw)", "no gradient", ", ".join(f"{k} {v:+.3f}" for k, v in drops.items()),
+        out.append(C.Claim(ablation_claim, "no gradient", ", ".join(f"{k} {v:+.3f}" for k, v in drops.items()),
                            held=gradient_matters_most(full, drops, cfg.ablation_min_drop), gates=[converged(t) for t in r["ablation"].values()]))
+    else:
+        out.append(C.Claim(ablation_claim, "no gradient", None, held=False, gates=[C.at_least("ablation run in this profile (1 = yes)", 0, 1)]))
     stronger = []
     for res in r["strength"].values():
         for pgn_pt in res["PGN"]:
