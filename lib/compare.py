@@ -402,11 +402,16 @@ MATCH_POINTS = 3.0  # a chosen defence's clean accuracy within this of the benig
 
 
 def defence_gates(r: dict, defence: str, cfg: Config) -> list[C.Gate]:
-    """A defence in a comparison: converged, and its clean accuracy within 3 points of the benign
-    target the strengths were chosen for (the clean model's accuracy minus ``target_drop``)."""
+    """A defence in a comparison: converged, its clean accuracy within 3 points of the benign target
+    the strengths were chosen for (the clean model's accuracy minus ``target_drop``), and its paper's
+    mechanism run (p3: past one reset period, as in p3's own stage)."""
     t = r["chosen"][defence]
-    return [C.converged_history(f"{DEFENCES[defence][0]} {t.setting}", t.result.history),
-            C.at_most(f"{DEFENCES[defence][0]} clean accuracy minus the benign target (points, absolute)", abs(100 * (t.benign - r["target"])), MATCH_POINTS)]
+    gates = [C.converged_history(f"{DEFENCES[defence][0]} {t.setting}", t.result.history),
+             C.at_most(f"{DEFENCES[defence][0]} clean accuracy minus the benign target (points, absolute)", abs(100 * (t.benign - r["target"])), MATCH_POINTS)]
+    if defence == "p3_single_step_reuse":
+        gates.append(C.at_least(f"{DEFENCES[defence][0]}'s epochs past one reset period ({cfg.reset_every} epochs; epochs trained)",
+                                len(t.result.history), cfg.reset_every + 1))
+    return gates
 
 
 def clean_gates(r: dict) -> list[C.Gate]:

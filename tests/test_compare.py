@@ -47,3 +47,20 @@ def test_sanity_checks_are_decided_by_counts_not_float_rounding():
     worse = compare.sanity_checks(**{**ok, "aa": {"linf": 0.3800, "l2": 0.49}, "black_box": 0.3800, "ours_subset": 0.3950,
                                      "linf_2x": 0.4025, "curve": [0.9, 0.5, 0.06]})  # 4-5 images off, no fall to zero
     assert not any(worse.values()), worse
+
+
+def _trained(defence: str, benign: float, epochs: int, stopped: bool = True) -> compare.Trained:
+    history = [{"epoch": e, "val_acc": 0.80} for e in range(1, epochs + 1)]
+    history[-1]["early_stopped"] = stopped
+    return compare.Trained(defence, 0.1, compare.TrainResult(torch.nn.Identity(), history), benign)
+
+
+def test_p3_in_the_comparison_must_pass_a_reset_as_in_its_own_stage():
+    cfg = _config("cpu")
+    r = {"target": 0.81, "chosen": {"p3_single_step_reuse": _trained("p3_single_step_reuse", 0.82, 4),
+                                    "fgsm_at": _trained("fgsm_at", 0.80, 7)}}
+    short = compare.defence_gates(r, "p3_single_step_reuse", cfg)
+    assert [g.passed for g in short] == [True, True, False] and short[-1].threshold == cfg.reset_every + 1
+    r["chosen"]["p3_single_step_reuse"] = _trained("p3_single_step_reuse", 0.82, cfg.reset_every + 1, stopped=False)
+    assert all(g.passed for g in compare.defence_gates(r, "p3_single_step_reuse", cfg))
+    assert len(compare.defence_gates(r, "fgsm_at", cfg)) == 2  # the mechanism gate is p3's only

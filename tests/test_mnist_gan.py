@@ -145,3 +145,17 @@ def test_diagnosis_finding_reads_the_three_cases():
     assert "explains part of the gap" in p5.diagnosis_finding(case(0.7, 0.8, 0.75))
     assert "is not our output parameterisation" in p5.diagnosis_finding(case(0.7, 0.8, 0.85))
     assert len(p5.diagnosis_table(case(0.7, 0.8, 0.85))) == 3
+
+
+def test_the_scale_free_convergence_reading_of_fig_1a():
+    """Two curves that both settle at epoch 2: the one that falls further meets '1 point from the end' later."""
+    shallow, deep = [0.98, 0.90, 0.80, 0.80, 0.80], [0.98, 0.50, 0.25, 0.21, 0.20]
+    assert p5.fall_covered_epoch(shallow) == 2 and p5.fall_covered_epoch(deep) == 2
+    assert p5.convergence_epoch(shallow) == 2 and p5.convergence_epoch(deep) == 3
+    flat = [0.98, 0.975, 0.975]  # G never moves D by a point
+    table = p5.convergence_table({0.1: flat, 0.3: shallow, 0.5: deep})
+    assert list(table["fall (points)"].round(1)) == [0.5, 18.0, 78.0]
+    finding = p5.convergence_finding({0.1: flat, 0.3: shallow, 0.5: deep})
+    assert "at intensity 0.1" in finding and "holds on this scale-free reading" in finding
+    slower = [0.98, 0.9, 0.7, 0.5, 0.3, 0.21, 0.2]  # the larger intensity covers its fall later: the measure is not what fails
+    assert "does not decrease with the intensity either" in p5.convergence_finding({0.3: shallow, 0.5: slower})
