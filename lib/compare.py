@@ -30,6 +30,7 @@ from lib.evaluate import (
     accuracy,
     adversarial_examples,
     closest_benign,
+    mean_perturbation,
     minimal_norms,
     relative_cost,
     rho_stats,
@@ -147,8 +148,17 @@ def build_model(ds: D.Dataset, cfg: Config, seed: int) -> nn.Module:
     return M.build(cfg.model, ds.shape, ds.num_classes, seed=seed, **cfg.model_options).to(device())
 
 
+SOURCES: dict[tuple, Clean] = {}  # (defence, value) -> the source of the last fit: a generator there holds the trained weights
+
+
 def make_source(defence: str, value, ds: D.Dataset, train_split: D.Split, cfg: Config) -> Clean:
-    """The training source of ``defence`` at strength ``value``, built from its paper module's classes."""
+    """The training source of ``defence`` at strength ``value``, built from its paper module's classes
+    (and kept in ``SOURCES``, where the mechanism gates read the trained generators)."""
+    SOURCES[(defence, value)] = source = _new_source(defence, value, ds, train_split, cfg)
+    return source
+
+
+def _new_source(defence: str, value, ds: D.Dataset, train_split: D.Split, cfg: Config) -> Clean:
     shape, k = ds.shape, ds.num_classes
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 7)
@@ -203,6 +213,17 @@ def fit(defence: str, value, ds: D.Dataset, train_split: D.Split, val: Validatio
     result = train(model, loader, tc, make_source(defence, value, ds, split, cfg), on_epoch_end=hook, max_batches=cfg.max_batches, desc=desc,
                    cache_as=f"{desc} seed {seed}")
     return Trained(defence, value, result, accuracy(result.final, *clean_test))
+
+
+def training_perturbation_l2(chosen: dict, test: tuple) -> dict[str, float]:
+    """Mean L2 of the perturbations PGN's trained generator and FGSM-AT's attack put on the test images,
+    each against its own trained classifier (PGN's mechanism gate: within 2x of the baseline's)."""
+    x, y = test
+    pgn, fgsm = chosen["p2_pgn"], chosen["fgsm_at"]
+    generator = SOURCES[("p2_pgn", pgn.value)].generator.eval()
+    x_pgn = adversarial_examples(pgn.model, x, y, p2.pgn_attack, generator=generator)
+    x_fgsm = adversarial_examples(fgsm.model, x, y, A.fgsm, eps=fgsm.value)
+    return {"p2_pgn": mean_perturbation(x_pgn, x), "fgsm_at": mean_perturbation(x_fgsm, x)}
 
 
 def pgd(model: nn.Module, x, y, norm: str, eps: float, steps: int, restarts: int) -> torch.Tensor:
@@ -276,11 +297,12 @@ def run(cfg: Config, data_dir) -> dict:
     chosen = {d: runs[closest_benign({v: t.benign for v, t in runs.items()}, target)[0]] for d, runs in swept.items()}
     surrogate = fit("clean", None, ds, train_split, val, clean_test, cfg, seed=cfg.seed + 100).model
     transfer = pgd(surrogate, *test, "linf", cfg.eps_linf, cfg.pgd_steps, cfg.pgd_restarts)
+    perturbation_l2 = training_perturbation_l2(chosen, test) if {"p2_pgn", "fgsm_at"} <= set(chosen) else {}
     results = {}
     for d, t in chosen.items():
         with evaluation(f"{d} (PGD-L∞, PGD-L2, C&W, black-box, foolbox)"):
             results[d] = evaluate(t, transfer, test, cfg)
-    return {"chosen": chosen, "swept": swept, "results": results, "target": target, "dataset": ds, "n_train": len(train_split), "n_val": len(val_split),
+    return {"chosen": chosen, "swept": swept, "results": results, "target": target, "perturbation_l2": perturbation_l2, "dataset": ds, "n_train": len(train_split), "n_val": len(val_split),
             "n_test": len(test[1]), "n_clean_test": len(clean_test[1]), "surrogate_accuracy": accuracy(surrogate, *clean_test)}
 
 
@@ -369,7 +391,7 @@ def eps_curves_figure(r: dict, cfg: Config, subtitle: str) -> plt.Figure:
 
 
 def summary_metrics(r: dict) -> dict:
-    return {"target_benign": r["target"], "surrogate_accuracy": r["surrogate_accuracy"],
+    return {"target_benign": r["target"], "surrogate_accuracy": r["surrogate_accuracy"], "training_perturbation_mean_l2": r.get("perturbation_l2", {}),
             "defences": {d: {"setting": r["chosen"][d].setting, "sec_per_epoch": r["chosen"][d].result.sec_per_epoch,
                              **{k: v for k, v in res.items() if k != "eps_curve"}, "eps_curve": {f"{e:.4g}": a for e, a in res["eps_curve"].items()}}
                          for d, res in r["results"].items()}}
@@ -404,13 +426,19 @@ MATCH_POINTS = 3.0  # a chosen defence's clean accuracy within this of the benig
 def defence_gates(r: dict, defence: str, cfg: Config) -> list[C.Gate]:
     """A defence in a comparison: converged, its clean accuracy within 3 points of the benign target
     the strengths were chosen for (the clean model's accuracy minus ``target_drop``), and its paper's
-    mechanism run (p3: past one reset period, as in p3's own stage)."""
+    mechanism run, as in its own stage (p3: past one reset period; p2: PGN's perturbations within 2x
+    of the single-step baseline's in mean L2)."""
     t = r["chosen"][defence]
     gates = [C.converged_history(f"{DEFENCES[defence][0]} {t.setting}", t.result.history),
              C.at_most(f"{DEFENCES[defence][0]} clean accuracy minus the benign target (points, absolute)", abs(100 * (t.benign - r["target"])), MATCH_POINTS)]
     if defence == "p3_single_step_reuse":
         gates.append(C.at_least(f"{DEFENCES[defence][0]}'s epochs past one reset period ({cfg.reset_every} epochs; epochs trained)",
                                 len(t.result.history), cfg.reset_every + 1))
+    if defence == "p2_pgn" and r.get("perturbation_l2"):
+        l2 = r["perturbation_l2"]
+        ratio = l2["p2_pgn"] / l2["fgsm_at"]
+        gates.append(C.Gate(f"PGN's mean L2 perturbation over FGSM-AT's (eps {r['chosen']['fgsm_at'].value:g} L∞; within 2x either way)", ratio,
+                            C.PERTURBATION_RATIO, bool(1 / C.PERTURBATION_RATIO <= ratio <= C.PERTURBATION_RATIO)))
     return gates
 
 

@@ -63,4 +63,15 @@ def test_p3_in_the_comparison_must_pass_a_reset_as_in_its_own_stage():
     assert [g.passed for g in short] == [True, True, False] and short[-1].threshold == cfg.reset_every + 1
     r["chosen"]["p3_single_step_reuse"] = _trained("p3_single_step_reuse", 0.82, cfg.reset_every + 1, stopped=False)
     assert all(g.passed for g in compare.defence_gates(r, "p3_single_step_reuse", cfg))
-    assert len(compare.defence_gates(r, "fgsm_at", cfg)) == 2  # the mechanism gate is p3's only
+    assert len(compare.defence_gates(r, "fgsm_at", cfg)) == 2  # the mechanism gates are p2's and p3's only
+
+
+@pytest.mark.parametrize(("pgn_l2", "passed"), [(1.0, True), (0.6, True), (0.4, False), (2.5, False)])
+def test_pgn_in_the_comparison_needs_perturbations_comparable_to_fgsm_at(pgn_l2, passed):
+    cfg = _config("cpu")
+    r = {"target": 0.81, "chosen": {"p2_pgn": _trained("p2_pgn", 0.82, 7), "fgsm_at": _trained("fgsm_at", 0.80, 7)},
+         "perturbation_l2": {"p2_pgn": pgn_l2, "fgsm_at": 1.0}}
+    gates = compare.defence_gates(r, "p2_pgn", cfg)
+    assert len(gates) == 3 and gates[-1].passed is passed and gates[-1].value == pytest.approx(pgn_l2)
+    del r["perturbation_l2"]  # not measured (no FGSM-AT in the run): no gate rather than an invented one
+    assert len(compare.defence_gates(r, "p2_pgn", cfg)) == 2
