@@ -20,6 +20,9 @@ A run that does not seed itself (``seeded=False``) also keys on the random gener
 start. Each entry keeps the generators' state at the end of its training, and loading it restores
 that state, so what follows draws exactly the numbers it drew after training: a stage run from the
 store gives the metrics of the run that trained, which are those of the same code without a store.
+Each entry also records the digest of its content when written (:func:`lib.checkpoint.digest`);
+loading checks it, so a flipped byte is a damaged entry, reported (:func:`rebuilt`, which the
+pipeline prints on the terminal) and computed again, never silently used.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from lib import checkpoint
 from lib.errors import ConfigError
 from lib.runtime import REPO_ROOT, device_name, repo_relative
 
-FORMAT = 2  # bump when the file layout changes (old entries then miss)
+FORMAT = 3  # bump when the file layout changes (old entries then miss); 3: each entry carries its digest
 
 # Files whose every line can change what a training run produces, and the functions of the
 # training loop (by name: editing the rest of their modules, e.g. a progress message, retrains nothing).
@@ -81,6 +84,7 @@ def open_store(root: str | Path | None, retrain: bool = False) -> ModelStore:
     """Make ``root`` the store of every following :func:`cached` call (``None``: no cache)."""
     global _store
     _RUNS.clear()
+    _REBUILT.clear()
     _store = ModelStore(Path(root) if root is not None else None, retrain)
     if _store.root is not None:
         for folder in (_store.root, _store.evaluations):
@@ -245,20 +249,53 @@ def set_random_state(state: dict) -> None:
 # Train or load
 
 
+def _write_entry(path: Path, content: dict) -> None:
+    """One file per entry, written whole (a kill never leaves half of one under its name), with
+    the digest of its content."""
+    checkpoint.write({"format": FORMAT, **content, "digest": checkpoint.digest(content)}, path)
+
+
+class _Damage(ValueError):
+    """What is wrong with a store entry, in words."""
+
+
+def _read_entry(path: Path, fields: tuple[str, ...], rebuild: str) -> dict:
+    """An entry's content, checked: this format, every field, the digest recorded when it was
+    written. :class:`_Damage` naming the damage otherwise."""
+    blob = checkpoint.read(path, rebuild)
+    if blob.get("format") != FORMAT or not all(k in blob for k in (*fields, "digest")):
+        raise _Damage("is unreadable or of another layout")
+    content = {k: blob[k] for k in fields}
+    if checkpoint.digest(content) != blob["digest"]:
+        raise _Damage("does not match the digest recorded when it was written")
+    return content
+
+
+_DAMAGE = (ConfigError, KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError)
+_MODEL_FIELDS = ("modules", "record", "random_state")
+
+
+def _damaged(path: Path, err: Exception) -> None:
+    """Report a damaged entry (here, in the notebook, and in :func:`rebuilt` for the terminal) and remove it."""
+    why = str(err) if isinstance(err, _Damage) else "is corrupt or does not fit this run"
+    print(f"store entry {repo_relative(path)} {why}; computing it again")
+    _REBUILT.append({"path": repo_relative(path), "why": why})
+    path.unlink(missing_ok=True)
+
+
 def _save(path: Path, modules: Mapping[str, nn.Module], record: dict) -> None:
-    """One file per entry, written whole (a kill never leaves half of one under its name)."""
-    checkpoint.write({"format": FORMAT, "modules": {n: m.state_dict() for n, m in modules.items()}, "record": json.dumps(record),
-                      "random_state": random_state()}, path)
+    _write_entry(path, {"modules": {n: m.state_dict() for n, m in modules.items()}, "record": json.dumps(record),
+                        "random_state": random_state()})
 
 
 def _load(path: Path, modules: Mapping[str, nn.Module]) -> dict | None:
     """The entry's record after loading its weights into ``modules`` and its random state; None
     (and a message) if damaged."""
     try:
-        blob = checkpoint.read(path, "retrain")
+        blob = _read_entry(path, _MODEL_FIELDS, "retrain")
         states = blob["modules"]
-        if blob.get("format") != FORMAT or set(states) != set(modules):
-            raise ValueError("layout")
+        if set(states) != set(modules):
+            raise _Damage("holds other modules than this run trains")
         saved = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in modules.items()}
         try:
             for n, m in modules.items():
@@ -270,9 +307,8 @@ def _load(path: Path, modules: Mapping[str, nn.Module]) -> dict | None:
                 m.load_state_dict(saved[n])
             raise
         return record
-    except (ConfigError, KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError):
-        print(f"cache entry {repo_relative(path)} is corrupt or does not fit; retraining it")
-        path.unlink(missing_ok=True)
+    except _DAMAGE as err:
+        _damaged(path, err)
         return None
 
 
@@ -310,6 +346,7 @@ def cached(name: str, modules: Mapping[str, nn.Module], fit: Callable[[], dict |
 
 
 _RUNS: list[dict] = []
+_REBUILT: list[dict] = []
 
 
 def _outcome(record: dict) -> str:
@@ -328,6 +365,11 @@ def _outcome(record: dict) -> str:
 def runs() -> list[dict]:
     """Every model trained or loaded since the store was opened: name, training seconds, loaded, device."""
     return list(_RUNS)
+
+
+def rebuilt() -> list[dict]:
+    """Every store entry found damaged since the store was opened (and computed again): path, why."""
+    return list(_REBUILT)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -395,16 +437,12 @@ def remembered(kind: str, compute: Callable[[], object], *parts) -> object:
     if path.exists() and not st.retrain:
         before = random_state()
         try:
-            blob = checkpoint.read(path, "rerun the stage")
-            if blob.get("format") != FORMAT:
-                raise ValueError("layout")
-            value = blob["value"]
+            blob = _read_entry(path, ("value", "random_state"), "rerun the stage")
             set_random_state(blob["random_state"])
-            return value
-        except (ConfigError, KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError):
+            return blob["value"]
+        except _DAMAGE as err:
             set_random_state(before)
-            print(f"evaluation {repo_relative(path)} is corrupt; computing it again")
-            path.unlink(missing_ok=True)
+            _damaged(path, err)
     value = compute()
-    checkpoint.write({"format": FORMAT, "value": value, "random_state": random_state()}, path)
+    _write_entry(path, {"value": value, "random_state": random_state()})
     return value

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from lib.cache import runs  # noqa: E402
+from lib.cache import rebuilt, runs  # noqa: E402
 from lib.errors import require  # noqa: E402
 from lib.runtime import attack_libraries  # noqa: E402
 
@@ -257,7 +257,7 @@ class ResultsWriter:
         blob = {"meta": {**meta, "attack_libraries": attack_libraries()}, **details}
         _atomic_write(self.root / "details.json", lambda p: p.write_text(json.dumps(_clean(blob), indent=2) + "\n"))
         _atomic_write(self.root / "metrics.json", lambda p: p.write_text(json.dumps(_clean(headline), indent=2) + "\n"))
-        models = json.dumps({"models": runs()}, indent=2) + "\n"  # the pipeline adds the plan and the total
+        models = json.dumps({"models": runs(), "rebuilt": rebuilt()}, indent=2) + "\n"  # the pipeline adds the plan and the total
         _atomic_write(self.root / "training.json", lambda p: p.write_text(models))
         return (f"Wrote metrics.json ({len(headline)} headline numbers, what `dvc metrics show` lists), details.json "
                 "(every number, the configuration and the metadata) and training.json (every model and its training time).")

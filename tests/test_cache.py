@@ -82,10 +82,47 @@ def test_a_corrupt_entry_is_reported_and_retrained_never_used(store, capsys):
     entry = next(store.root.glob("tiny-*.pt"))
     entry.write_bytes(entry.read_bytes()[:500])
     m2, r2, _ = _fit(split)
-    assert "is corrupt or does not fit; retraining it" in capsys.readouterr().out
+    assert f"store entry {entry} is corrupt or does not fit this run; computing it again" in capsys.readouterr().out
     assert not r2.loaded and _same_weights(m1, m2)
+    assert cache.rebuilt() == [{"path": str(entry), "why": "is corrupt or does not fit this run"}]
     _, r3, _ = _fit(split)
     assert r3.loaded
+
+
+def flip_byte_of(path, tensor: torch.Tensor) -> None:
+    """Flip one byte in the middle of ``tensor``'s bytes inside the file at ``path``."""
+    blob, raw = bytearray(path.read_bytes()), tensor.detach().contiguous().numpy().tobytes()
+    at = blob.find(raw)
+    assert at >= 0 and blob.find(raw, at + 1) < 0, "the tensor's bytes are not in the file exactly once"
+    blob[at + len(raw) // 2] ^= 0x10
+    path.write_bytes(bytes(blob))
+
+
+def test_a_flipped_byte_in_a_stored_models_weights_is_caught_and_retrained(store, capsys):
+    split = _split()
+    m1, _, draw1 = _fit(split)
+    (entry,) = store.root.glob("tiny-*.pt")
+    flip_byte_of(entry, m1.state_dict()["features.0.weight"] if "features.0.weight" in m1.state_dict()
+                 else next(iter(m1.state_dict().values())))
+    torch.load(entry, weights_only=True)  # torch itself reads the damaged file without a word
+    m2, r2, draw2 = _fit(split)
+    why = "does not match the digest recorded when it was written"
+    assert f"store entry {entry} {why}; computing it again" in capsys.readouterr().out
+    assert not r2.loaded and _same_weights(m1, m2) and torch.equal(draw1, draw2)
+    assert cache.rebuilt() == [{"path": str(entry), "why": why}]
+    _, r3, _ = _fit(split)
+    assert r3.loaded, "the rebuilt entry loads"
+
+
+def test_an_entry_written_before_digests_is_not_used(store):
+    split = _split()
+    m1, _, _ = _fit(split)
+    (entry,) = store.root.glob("tiny-*.pt")
+    blob = torch.load(entry, weights_only=True)
+    del blob["digest"]
+    torch.save(blob, entry)
+    _, r2, _ = _fit(split)
+    assert not r2.loaded and cache.rebuilt()[0]["why"] == "is unreadable or of another layout"
 
 
 def test_retrain_ignores_the_store(store):

@@ -91,8 +91,21 @@ def test_a_corrupt_entry_is_reported_and_computed_again(store, capsys):
     (entry,) = store.evaluations.glob("*.pt")
     entry.write_bytes(b"not a checkpoint")
     again, draw2 = _attack(model, x, y)
-    assert "is corrupt; computing it again" in capsys.readouterr().out
+    assert f"store entry {entry} is corrupt or does not fit this run; computing it again" in capsys.readouterr().out
     assert len(CALLS) == 6 and torch.equal(first, again) and torch.equal(draw1, draw2)
+
+
+def test_a_flipped_byte_in_a_stored_evaluation_is_caught_and_computed_again(store, capsys):
+    from tests.test_cache import flip_byte_of
+
+    model, (x, y) = _model(), _data()
+    first, draw1 = _attack(model, x, y)
+    (entry,) = store.evaluations.glob("*.pt")
+    flip_byte_of(entry, first)
+    again, draw2 = _attack(model, x, y)
+    assert "does not match the digest recorded when it was written; computing it again" in capsys.readouterr().out
+    assert len(CALLS) == 6 and torch.equal(first, again) and torch.equal(draw1, draw2)
+    assert [e["path"] for e in cache.rebuilt()] == [str(entry)]
 
 
 def test_retrain_ignores_the_stored_evaluations(tmp_path):
