@@ -19,6 +19,7 @@ Sources, in the order they are tried:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import hashlib
 import shutil
@@ -31,8 +32,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lib.errors import ConfigError, require
+from lib import checkpoint
+from lib.errors import ConfigError, environment_error_at, require
 from lib.runtime import REPO_ROOT, DryRun, repo_path, repo_relative
+from lib.stagelock import stage_lock
 
 DATA_DIR = REPO_ROOT / "data"
 RAW_DIR = DATA_DIR / "raw"
@@ -296,7 +299,10 @@ def load(name: str, prepared_dir: Path | str | None = PREPARED_DIR) -> Dataset:
     path = _prepared_path(name, repo_path(prepared_dir)) if prepared_dir is not None else None
     if path is not None and path.exists():
         return _read_prepared(name, path)
-    return LOADERS[name]()
+    ds = LOADERS[name]()
+    if path is not None:  # the data stage's file was expected: say that this run read the source instead
+        ds = dataclasses.replace(ds, source=f"{ds.source}, read directly: {repo_relative(path)} was missing")
+    return ds
 
 
 def _read_prepared(name: str, path: Path) -> Dataset:
@@ -311,25 +317,36 @@ def _read_prepared(name: str, path: Path) -> Dataset:
         raise corrupt
     for part in ("train", "test"):
         x, y = blob[f"{part}_x"], blob[f"{part}_y"]
-        if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.dtype == torch.uint8
-                and x.dim() == 4 and y.dim() == 1 and len(x) == len(y) > 0):
+        if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.dim() == 4 and y.dim() == 1
+                and len(x) == len(y) > 0):
             raise corrupt
+        _check_prepared_values(name, path, part, x, y, blob["num_classes"])
     return Dataset(name, Split(blob["train_x"], blob["train_y"]), Split(blob["test_x"], blob["test_y"]),
                    int(blob["num_classes"]), str(blob["source"]))
 
 
+def _check_prepared_values(name: str, path: Path, part: str, x: torch.Tensor, y: torch.Tensor, num_classes: object) -> None:
+    """Images uint8 of 1 or 3 channels (so within 0..255), integer labels within the dataset's classes."""
+    rebuild = "rebuild it with `dvc repro -f data`"
+    rel = repo_relative(path)
+    require(num_classes == NUM_CLASSES[name], f"prepared dataset file {rel} says {num_classes!r} classes, "
+            f"{name} has {NUM_CLASSES[name]}; {rebuild}")
+    require(x.dtype == torch.uint8 and x.shape[1] in (1, 3), f"prepared dataset file {rel} holds {part} images of "
+            f"dtype {x.dtype} and shape {tuple(x.shape[1:])}, not uint8 with 1 or 3 channels; {rebuild}")
+    require(not y.is_floating_point() and not y.is_complex() and y.dtype != torch.bool,
+            f"prepared dataset file {rel} holds {part} labels of dtype {y.dtype}, not integers; {rebuild}")
+    outside = y[(y < 0) | (y >= NUM_CLASSES[name])]
+    require(len(outside) == 0, f"prepared dataset file {rel} holds {len(outside)} {part} labels outside 0..{NUM_CLASSES[name] - 1} "
+            f"(e.g. {outside[:3].tolist()}); {rebuild}")
+
+
 def save_prepared(ds: Dataset, prepared_dir: Path | str) -> Path:
     """Write a dataset atomically as one ``<name>.pt`` file (uint8 images)."""
-    path = _prepared_path(ds.name, Path(prepared_dir))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".pt.tmp")
     blob = {
         "train_x": ds.train.x, "train_y": ds.train.y, "test_x": ds.test.x, "test_y": ds.test.y,
         "num_classes": ds.num_classes, "source": ds.source,
     }
-    torch.save(blob, tmp)
-    tmp.replace(path)
-    return path
+    return checkpoint.write(blob, _prepared_path(ds.name, Path(prepared_dir)))  # a full disk: one line, no partial file
 
 
 def subset(split: Split, n: int | None, seed: int, what: str = "the split") -> Split:
@@ -422,6 +439,18 @@ def prepare(names: list[str], prepared_dir: Path | str = PREPARED_DIR) -> list[P
     return paths
 
 
+def _prepare_into(out: Path, names: list[str]) -> None:
+    """Prepare ``names`` into a temporary folder that replaces ``out`` only when all are written."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        prepare(names, tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.replace(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m lib.data``: the DVC data stage (prepares what the profile needs)."""
     from lib.params import PARAMS_FILE, Declared, check_parameters
@@ -430,17 +459,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(PREPARED_DIR))
     ap.add_argument("--params", default=str(PARAMS_FILE), help="parameters file (default: params.yaml)")
     args = ap.parse_args(argv)
+    out = Path(args.out)
     try:
         params = check_parameters("data", None, {"datasets": Declared("list[str]", [])}, "the data stage", args.params)
-        out = Path(args.out)
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
         try:
-            prepare(list(params["datasets"]), tmp)
-            shutil.rmtree(out, ignore_errors=True)
-            tmp.replace(out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            with stage_lock(out.parent, "data"):
+                _prepare_into(out, list(params["datasets"]))
+        except OSError as err:
+            mapped = environment_error_at(err, out, {"--out": out.parent})  # the folder holding out and the lock
+            if mapped is None:
+                raise
+            raise mapped from None
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ from IPython.display import Markdown, display
 from lib import claims as C
 from lib.cache import open_store
 from lib.claims import Claim
-from lib.params import check_profile
+from lib.params import check_profile, check_seed
 from lib.report import ResultsWriter, set_style, setting_line
 from lib.runtime import Acceleration, DryRun, device_name, metadata, repo_path, seed_everything
 
@@ -26,6 +26,7 @@ class StageRun:
                  models_dir: str | Path | None = None, retrain: bool = False, deterministic: bool | None = None,
                  dry_run: bool = False):
         check_profile(profile)
+        check_seed(seed)
         Acceleration.configure(profile, deterministic)
         DryRun.configure(dry_run)
         self.models = open_store(repo_path(models_dir) if models_dir is not None else None, retrain)

@@ -39,17 +39,60 @@ _BASES = {"int", "float", "str", "bool", "list", "dict", "None"}
 
 def check_profile(profile: str) -> str:
     """Return ``profile`` if known, else raise a clear error."""
+    require(profile != "", f"empty profile; choose one of {', '.join(PROFILES)}")
     require(profile in PROFILES, f"unknown profile '{profile}'; choose one of {', '.join(PROFILES)}")
     return profile
 
 
+def check_seed(seed: object) -> int:
+    """Return ``seed`` if numpy, torch and python can all take it, else raise a clear error."""
+    require(isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**32,
+            f"seed must be an integer in [0, 2**32 - 1], got {seed!r}")
+    return seed
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: object, first: int, second: int):
+        super().__init__(f"sets '{key}' twice in one block (lines {first} and {second}); keep one")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key set twice in one mapping (plain YAML keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            lines: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if key in lines:
+                    raise _DuplicateKey(key, lines[key], line)
+                lines[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error in one line, with its line and column, without the file's path."""
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
+        mark = err.problem_mark
+        context = f"{err.context}, " if err.context else ""
+        return f"{context}{err.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(err).split())
+
+
 def _read_yaml(path: Path | str, what: str) -> dict:
+    rel = repo_relative(path)
     try:
         with open(path) as f:
-            data = yaml.safe_load(f) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"cannot read {what} {repo_relative(path)}: {' '.join(str(err).split())}") from None
-    require(isinstance(data, dict), f"{what} {repo_relative(path)} must be a mapping")
+            data = yaml.load(f, Loader=_UniqueKeyLoader)
+    except OSError as err:
+        raise ConfigError(f"cannot read {what} {rel}: {err.strerror.lower() if err.strerror else err}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"cannot read {what} {rel}: {_yaml_problem(err)}") from None
+    except _DuplicateKey as err:
+        raise ConfigError(f"{what} {rel} {err}") from None
+    data = {} if data is None else data
+    require(isinstance(data, dict), f"{what} {rel} must be a mapping")
     return data
 
 
@@ -66,7 +109,11 @@ def profiles_file(stage: str, params_file: Path | str = PARAMS_FILE) -> Path:
 def _origins(stage: str, profile: str | None, path: Path | str) -> tuple[str, dict[str, object], dict[str, tuple[str, str]]]:
     """(profile, effective parameters, key -> where it was set: ('stage.cpu.key', 'profiles/stage.yaml'))."""
     params = read_params(path)
-    profile = check_profile(profile or params.get("profile", "cpu"))
+    if profile is None:
+        require(params.get("profile") is not None, f"{repo_relative(path)} sets no profile; add a line 'profile: cpu' "
+                f"(one of {', '.join(PROFILES)}) or pass --profile")
+        profile = params["profile"]
+    profile = check_profile(profile)
     source = profiles_file(stage, path)
     if not source.exists():
         known = sorted(p.stem for p in source.parent.glob("*.yaml"))

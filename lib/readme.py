@@ -52,7 +52,8 @@ def _commit(meta: dict) -> str:
     prov = meta.get("provenance") or {}
     commit = prov.get("commit") or meta.get("git_commit")  # results written before provenance existed
     if prov.get("dirty"):
-        files = ", ".join(f"`{f}`" for f in prov.get("changed_files", []))
+        files = ", ".join([*(f"`{f}`" for f in prov.get("changed_files", [])),
+                           *(f"`{f}` (untracked)" for f in prov.get("untracked_files", []))])
         return f"commit {commit} **with uncommitted changes (dirty tree: {files})**"
     return f"commit {commit}"
 

@@ -117,6 +117,7 @@ def device_name() -> str:
 
 
 PIPELINE_OUTPUTS = ("results/", "models/", "dvc.lock", "README.md")  # written by `dvc repro`, not its inputs
+STAGE_INPUTS = ("lib/", "notebooks/", "profiles/", "params.yaml", "dvc.yaml", "pyproject.toml")  # an untracked file here can change a run
 TOOLS = ("torch", "torchvision", "numpy", "papermill", "nbconvert", "dvc")
 ATTACK_LIBRARIES = {"foolbox": "foolbox", "autoattack": "pyautoattack"}  # import name -> distribution
 
@@ -130,13 +131,17 @@ def _git(root: Path, *args: str) -> str | None:
 
 
 def git_state(root: Path = REPO_ROOT) -> dict:
-    """HEAD's commit, and the tracked input files that differ from it (pipeline outputs excluded)."""
+    """HEAD's commit, the tracked input files that differ from it (pipeline outputs excluded) and
+    the untracked, not ignored files among the stages' inputs (a new module under ``lib/``): either
+    makes the tree dirty."""
     commit = _git(root, "rev-parse", "--short", "HEAD")
     if commit is None:
-        return {"commit": "unknown (not a git checkout)", "dirty": None, "changed_files": []}
+        return {"commit": "unknown (not a git checkout)", "dirty": None, "changed_files": [], "untracked_files": []}
     changed = (_git(root, "diff", "--name-only", "HEAD") or "").splitlines()
     changed = sorted(f for f in changed if not f.startswith(PIPELINE_OUTPUTS))
-    return {"commit": commit.strip(), "dirty": bool(changed), "changed_files": changed}
+    untracked = (_git(root, "ls-files", "--others", "--exclude-standard", "--", *STAGE_INPUTS) or "").splitlines()
+    untracked = sorted(f for f in untracked if not f.startswith(PIPELINE_OUTPUTS))
+    return {"commit": commit.strip(), "dirty": bool(changed or untracked), "changed_files": changed, "untracked_files": untracked}
 
 
 def versions(names: tuple[str, ...] = TOOLS) -> dict[str, str]:
