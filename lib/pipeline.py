@@ -1,16 +1,20 @@
 """``python -m lib.pipeline STAGE``: run one paper's notebook as a DVC stage.
 
 params.yaml (profile + the stage's overrides) and profiles/<stage>.yaml, checked against the notebook's declared parameters
-and by the method's own ``Config.validate()`` (no kernel starts for a bad value) -> papermill injects them into ``notebooks/STAGE.ipynb`` -> the notebook writes figures, tables
-and metrics into a temporary folder -> the executed notebook (+ HTML) is saved beside them, the
-run's provenance is added to ``details.json`` -> the folder replaces ``results/STAGE/`` in one
-rename. A failure, SIGINT or SIGTERM leaves ``results/STAGE/`` exactly as it was and no
-temporary folder behind.
+and by the method's own ``Config.validate()`` (no kernel starts for a bad value) -> the stage's lock
+(one run per stage at a time: a second one stops at once, naming the first) and a check that every
+folder the run writes is writable -> papermill injects the parameters into ``notebooks/STAGE.ipynb``
+-> the notebook writes figures, tables and metrics into a temporary folder of its own -> the
+executed notebook (+ HTML) is saved beside them, the run's provenance is added to ``details.json``
+-> the folder, checked complete, replaces ``results/STAGE/`` in one rename. A failure, a full
+disk, a missing permission, SIGINT or SIGTERM leaves ``results/STAGE/`` exactly as it was, no
+temporary folder behind, and one ``error:`` line.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import logging
@@ -23,20 +27,30 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from lib.errors import ConfigError, require
+from lib.errors import (
+    ConfigError,
+    environment_error,
+    environment_error_in,
+    environment_message,
+    require,
+)
 from lib.params import (
     PARAMS_FILE,
     check_parameters,
+    check_seed,
     declared_parameters,
     method_params,
     params_hash,
 )
 from lib.runtime import QUIET, REPO_ROOT, DryRun, git_state, repo_relative, versions
+from lib.stagelock import stage_lock, stale_note
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 RESULTS = REPO_ROOT / "results"
 PREPARED = REPO_ROOT / "data" / "prepared"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# What a finished run leaves in results/<stage>/ (dvc.yaml's outputs of the stage; a test keeps them equal)
+OUTPUTS = ("{stage}.ipynb", "{stage}.html", "tables", "figures", "claims.md", "details.json", "training.json", "metrics.json")
 
 
 class StageInterrupted(KeyboardInterrupt):
@@ -56,6 +70,8 @@ def method_module(stage: str):
 def check_config(stage: str, params: dict) -> None:
     """Validate ``params`` with the method's own ``Config.validate()`` before any kernel starts (the
     notebook validates them again; checks that need the data, such as sizes, run only there)."""
+    if "seed" in params:
+        check_seed(params["seed"])
     method_module(stage).Config(**method_params(params), profile=params["profile"]).validate()
 
 
@@ -181,14 +197,75 @@ def _signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
+def _old(final: Path) -> Path:
+    return final.with_name(f".{final.name}.old")
+
+
+def _temporaries(results_root: Path, stage: str) -> list[Path]:
+    """The temporary folders of this stage's runs (each run has its own: ``.<stage>.<pid>.tmp``)."""
+    return sorted(Path(results_root).glob(f".{stage}.*.tmp"))
+
+
+def _recover(final: Path) -> str | None:
+    """Undo what a run killed mid-way left (called under the stage's lock, so no run of the stage is
+    using it): its temporary folder is removed; a ``.<stage>.old`` beside complete results is
+    removed, and one without them (killed between the swap's two renames) is put back. Returns
+    a line saying what was done, or None."""
+    for leftover in _temporaries(final.parent, final.name):
+        shutil.rmtree(leftover)
+    old = _old(final)
+    if not old.exists():
+        return None
+    if final.exists():
+        shutil.rmtree(old)
+        return f"note: removed {repo_relative(old)}, left by an earlier run that stopped after installing its results"
+    old.rename(final)
+    return f"note: restored {repo_relative(final)} from {repo_relative(old)}, left by an earlier run stopped mid-swap"
+
+
+def check_writable(roots: dict[str, Path], final: Path) -> None:
+    """Every folder the run writes or replaces is writable: each root (or, if it does not exist
+    yet, the folder that will hold it), and every folder of the results it replaces (removing
+    them needs it). One :class:`ConfigError` naming the first that is not."""
+    folders = []
+    for root in roots.values():
+        root = Path(root)
+        folders.append(next(p for p in (root, *root.parents) if p.exists()))
+    if final.exists():
+        folders += [final, *(p for p in sorted(final.rglob("*")) if p.is_dir())]
+    for folder in folders:
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ConfigError(environment_message(errno.EACCES, folder, roots))
+
+
+def _check_complete(tmp: Path, stage: str) -> None:
+    """The folder about to be installed holds every output of the stage."""
+    missing = [name.format(stage=stage) for name in OUTPUTS if not (tmp / name.format(stage=stage)).exists()]
+    require(not missing, f"the run of {stage} did not write {', '.join(missing)}; {repo_relative(tmp.parent / stage)} left as it was")
+
+
 def _replace(final: Path, tmp: Path) -> None:
-    old = final.with_name(f".{final.name}.old")
+    """Install ``tmp`` as ``final`` in one rename (the old results are moved aside first and
+    removed after; never half done)."""
+    old = _old(final)
     with _signals_held():
-        shutil.rmtree(old, ignore_errors=True)
         if final.exists():
             final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        try:
+            tmp.rename(final)
+        except BaseException:
+            if old.exists():
+                old.rename(final)
+            raise
+        if old.exists():
+            shutil.rmtree(old)
+
+
+def _rebuilt(folder: Path) -> list[str]:
+    """One line per store entry the run found damaged and rebuilt (from its ``training.json``)."""
+    path = folder / "training.json"
+    blob = json.loads(path.read_text()) if path.exists() else {}
+    return [f"note: {entry['path']} {entry['why']}; rebuilt" for entry in blob.get("rebuilt", [])]
 
 
 def run_stage(stage: str, profile: str | None = None, results_root: Path = RESULTS,
@@ -210,36 +287,57 @@ def run_stage(stage: str, profile: str | None = None, results_root: Path = RESUL
     require((batch_size is None and examples is None) or dry_run, "--batch-size and --examples are for the dry run only (set sizes in profiles/<stage>.yaml)")
     require(examples is None or examples >= 1, f"--examples must be >= 1, got {examples}")
     require(batch_size is None or batch_size >= 1, f"--batch-size must be >= 1, got {batch_size}")
-    planned = dict(params)  # the plan is of the profile's own settings, dry run or not
     if dry_run:
         from lib import dryrun
 
         results_root, models_root = dryrun.ROOT / "results", dryrun.ROOT / "models"
-        for stored in (models_root / stage, models_root / ".evaluations" / stage):  # a dry run computes everything
-            shutil.rmtree(stored, ignore_errors=True)
-        data_dir = Path(dryrun.prepare(dryrun.datasets_of(params)))
-        os.environ[DryRun.EXAMPLES] = str(examples or 64)  # read by the kernel's DryRun.configure
-        DryRun.configure(True)
-        changed = dryrun.overrides(params, batch_size)
-        DryRun.configure(False)
-        print(f"{stage}: dry run ({params['profile']} profile) on synthetic data; {dryrun.cuts()}; changed: "
-              + ", ".join(f"{k}={v}" for k, v in changed.items()), flush=True)
-        params.update(changed)
+    roots = {"--results": Path(results_root), "--models": Path(models_root)}
+    final = Path(results_root) / stage
+    check_writable(roots, final)
+    with stage_lock(results_root, stage) as stale:
+        for line in (stale_note(stage, stale), _recover(final)):
+            if line:
+                print(line, flush=True)
+        return _execute(stage, source, params, final, Path(models_root), Path(data_dir), dry_run, batch_size, examples)
+
+
+def _dry_run_setup(stage: str, params: dict, models_root: Path, batch_size: int | None, examples: int | None) -> Path:
+    """Point ``params`` at the dry run (its cuts and synthetic data); returns the data folder."""
+    from lib import dryrun
+
+    for stored in (models_root / stage, models_root / ".evaluations" / stage):  # a dry run computes everything
+        shutil.rmtree(stored, ignore_errors=True)
+    data_dir = Path(dryrun.prepare(dryrun.datasets_of(params)))
+    os.environ[DryRun.EXAMPLES] = str(examples or 64)  # read by the kernel's DryRun.configure
+    DryRun.configure(True)
+    changed = dryrun.overrides(params, batch_size)
+    DryRun.configure(False)
+    print(f"{stage}: dry run ({params['profile']} profile) on synthetic data; {dryrun.cuts()}; changed: "
+          + ", ".join(f"{k}={v}" for k, v in changed.items()), flush=True)
+    params.update(changed)
+    return data_dir
+
+
+def _execute(stage: str, source: Path, params: dict, final: Path, models_root: Path, data_dir: Path,
+             dry_run: bool, batch_size: int | None, examples: int | None) -> Path:
+    """Run the notebook into a temporary folder of this run and install it as ``final`` (the
+    caller holds the stage's lock)."""
+    planned = dict(params)  # the plan is of the profile's own settings, dry run or not
+    if dry_run:
+        data_dir = _dry_run_setup(stage, params, models_root, batch_size, examples)
     run_provenance = provenance(params)
     import papermill as pm
 
     logging.getLogger("papermill").addFilter(_PARAMETER_GUESS)
-    final = Path(results_root) / stage
-    tmp = Path(results_root) / f".{stage}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    params.update(results_dir=repo_relative(tmp), data_dir=repo_relative(data_dir), models_dir=repo_relative(Path(models_root) / stage),
+    tmp = final.with_name(f".{stage}.{os.getpid()}.tmp")
+    params.update(results_dir=repo_relative(tmp), data_dir=repo_relative(data_dir), models_dir=repo_relative(models_root / stage),
                   dry_run=dry_run)
     started = time.perf_counter()
     # kernels are started by name; make 'python' this interpreter (the project's environment)
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     os.environ[QUIET] = "0"  # no progress bars in the executed notebook: one line per model instead
     try:
+        tmp.mkdir()
         with _stoppable():
             try:
                 pm.execute_notebook(
@@ -250,14 +348,19 @@ def run_stage(stage: str, profile: str | None = None, results_root: Path = RESUL
                     # shutdown); what the notebook prints or warns is kept in the notebook's outputs
                 )
             except pm.PapermillExecutionError as err:
-                raise ConfigError(f"notebook {source.name} failed: {err.ename}: {err.evalue}") from None
+                roots = {"--results": final.parent, "--models": models_root}
+                raise environment_error_in(f"{err.evalue}", roots) or ConfigError(
+                    f"notebook {source.name} failed: {err.ename}: {err.evalue}") from None
             _finish_notebook(tmp / f"{stage}.ipynb", source, final)
             _add_provenance(tmp, run_provenance)
             _add_training(tmp, stage_plan(stage, planned), time.perf_counter() - started)  # after the notebook checked the values
+            _check_complete(tmp, stage)
             _replace(final, tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    for line in _rebuilt(final):
+        print(line, flush=True)
     return final
 
 
@@ -273,9 +376,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=None, help="dry run only: every batch size (a CPU-sized check of a GPU profile)")
     ap.add_argument("--examples", type=int, default=None, help="dry run only: examples per evaluation set (default 64)")
     args = ap.parse_args(argv)
+    models = args.models if args.models is not None else args.results.parent / "models"
+    roots = {"--results": args.results, "--models": models}  # what a run writes
     try:
-        out = run_stage(args.stage, args.profile, args.results, args.params, args.data, args.models,
-                        args.dry_run, args.batch_size, args.examples)
+        try:
+            out = run_stage(args.stage, args.profile, args.results, args.params, args.data, args.models,
+                            args.dry_run, args.batch_size, args.examples)
+        except OSError as err:
+            mapped = environment_error(err, roots)
+            if mapped is None:
+                raise
+            raise mapped from None
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

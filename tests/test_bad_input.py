@@ -30,9 +30,10 @@ PROFILES = {f.stem: yaml.safe_load(f.read_text()) for f in (REPO_ROOT / "profile
 
 
 def _digest(root: Path) -> dict[str, str]:
-    """Every file and folder under ``root`` (hidden ones too) with its content hash."""
+    """Every file and folder under ``root`` (hidden ones too) with its content hash; the stages' lock
+    files (``.<stage>.lock``, empty, kept between runs) aside."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(root.rglob("*"))}
+            for p in sorted(root.rglob("*")) if not (p.parent == root and p.name.endswith(".lock"))}
 
 
 class Workspace:
@@ -209,7 +210,7 @@ def test_a_signal_mid_run_removes_the_temporary_folder_and_keeps_results(sig, tm
     ws.write_params(_unchanged)
     proc = subprocess.Popen([sys.executable, "-m", "lib.pipeline", *ws.argv()], cwd=REPO_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    running = ws.results / f".{P5}.tmp" / "figures"  # the notebook's first cells have run
+    running = ws.results / f".{P5}.{proc.pid}.tmp" / "figures"  # the notebook's first cells have run
     deadline = time.monotonic() + 120
     while not running.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
