@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -64,19 +65,36 @@ def p5_smoke_runs():
     """p5's smoke stage run twice on one model store, inside the checkout (git-ignored build/, as
     results/ is): ``first`` trains every model, ``second`` loads them. Yields a dict with the
     ``root``, per run its results root and wall seconds (about 25 s each, shared by the tests of the
-    model store and of provenance), and ``store_after_first``: every stored file and its mtime then."""
+    model store, of provenance and of concurrent runs), and ``store_after_first``: every stored file
+    and its mtime then. ``first`` is started as two processes at once, and a third is started while
+    it runs (one run per stage at a time: two of them refuse); ``refused`` holds their (exit code,
+    stderr), ``winner`` the stdout of the one that ran."""
     from lib.pipeline import run_stage
 
     root = REPO_ROOT / "build" / "test-p5-store"
     shutil.rmtree(root, ignore_errors=True)
     runs = {"root": root}
+    results = root / "first" / "results"
+    argv = [sys.executable, "-m", "lib.pipeline", "p5_mnist_gan", "--profile", "smoke", "--results", str(results),
+            "--models", str(root / "models")]
     try:
-        for name in ("first", "second"):
-            t0 = time.perf_counter()
-            run_stage("p5_mnist_gan", "smoke", results_root=root / name / "results", models_root=root / "models")
-            runs[name] = (root / name / "results", time.perf_counter() - t0)
-            if name == "first":
-                runs["store_after_first"] = {str(f.relative_to(root)): f.stat().st_mtime_ns for f in (root / "models").rglob("*") if f.is_file()}
+        t0 = time.perf_counter()
+        together = [subprocess.Popen(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        deadline = time.monotonic() + 120
+        while not list(results.glob(".p5_mnist_gan.*.tmp")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        late = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+        done = [(p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for p in together]
+        runs["first"] = (results, time.perf_counter() - t0)
+        winners = [run for run in done if run[0] == 0]
+        assert len(winners) == 1, f"want one run of the two started together to finish: {done}"
+        runs["winner"] = winners[0][1]
+        runs["refused"] = {"together": [(code, err) for code, _, err in done if code != 0],
+                           "late": (late.returncode, late.stderr)}
+        runs["store_after_first"] = {str(f.relative_to(root)): f.stat().st_mtime_ns for f in (root / "models").rglob("*") if f.is_file()}
+        t0 = time.perf_counter()
+        run_stage("p5_mnist_gan", "smoke", results_root=root / "second" / "results", models_root=root / "models")
+        runs["second"] = (root / "second" / "results", time.perf_counter() - t0)
         yield runs
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -185,16 +185,21 @@ def _prepared_mnist5k(folder: Path) -> Path:
     return D.save_prepared(D.load("mnist5k", prepared_dir=None), folder)
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated"])
-def test_corrupt_prepared_data_names_the_file_and_the_rebuild_command(damage, tmp_path, capfd):
+def test_corrupt_prepared_data_names_the_file_and_the_rebuild_command(tmp_path, capfd):
     ws = Workspace(tmp_path, P5)
     ws.write_params(_unchanged)
     path = _prepared_mnist5k(ws.data)
-    blob = path.read_bytes()
-    path.write_bytes(b"not a torch file" * 64 if damage == "garbage" else blob[: len(blob) // 2])
+    path.write_bytes(b"not a torch file" * 64)
     code = P.main(ws.argv())
     ws.assert_stopped_cleanly(code, capfd.readouterr().err,
                               f"prepared dataset file {path} is corrupt or truncated; rebuild it with `dvc repro -f data`")
+
+
+def test_truncated_prepared_data_is_reported_as_corrupt(tmp_path):  # the stage's path: the case above
+    path = _prepared_mnist5k(tmp_path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ConfigError, match="mnist5k.pt is corrupt or truncated; rebuild it with `dvc repro -f data`"):
+        D.load("mnist5k", tmp_path)
 
 
 def test_prepared_data_of_the_wrong_structure_is_reported_as_corrupt(tmp_path):

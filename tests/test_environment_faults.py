@@ -8,10 +8,10 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -48,66 +48,48 @@ def _store_entries_verified(models: Path) -> int:
 # --- two runs at once ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def concurrent_runs(tmp_path_factory):
-    """Two runs of p5's smoke stage started together, and a third one started while the winner
-    runs; each process's (code, stdout, stderr), the workspace, and the results before."""
-    ws = Workspace(tmp_path_factory.mktemp("concurrent"), P5)
-    ws.write_params(_unchanged)
-    start = [subprocess.Popen([*PIPELINE, *ws.argv()], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
-    deadline = time.monotonic() + 120
-    while not list(ws.results.glob(f".{P5}.*.tmp")) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert list(ws.results.glob(f".{P5}.*.tmp")), "no run got going"
-    late = subprocess.run([*PIPELINE, *ws.argv()], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    together = [(p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for p in start]
-    return {"ws": ws, "together": together, "late": (late.returncode, late.stdout, late.stderr)}
-
-
-def _refused(code: int, out: str, err: str) -> bool:
+def _refused(code: int, err: str) -> bool:
     lines = err.strip().splitlines()
     return code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {P5} is already running (PID ")
 
 
-def test_of_two_runs_started_together_one_refuses_at_once_naming_the_other(concurrent_runs):
-    together = concurrent_runs["together"]
-    refused = [run for run in together if _refused(*run)]
-    finished = [run for run in together if run[0] == 0]
-    assert len(refused) == 1 and len(finished) == 1, together
-    assert ", started 20" in refused[0][2] and "wait for it to finish" in refused[0][2]
+def test_of_two_runs_started_together_one_refuses_at_once_naming_the_other(p5_smoke_runs):
+    (refused,) = p5_smoke_runs["refused"]["together"]  # the conftest fixture starts them (its first run)
+    assert _refused(*refused), refused
+    assert ", started 20" in refused[1] and "wait for it to finish" in refused[1]
 
 
-def test_a_run_started_while_another_runs_refuses_and_touches_nothing(concurrent_runs):
-    assert _refused(*concurrent_runs["late"]), concurrent_runs["late"]
+def test_a_run_started_while_another_runs_refuses_and_touches_nothing(p5_smoke_runs):
+    assert _refused(*p5_smoke_runs["refused"]["late"]), p5_smoke_runs["refused"]["late"]
+    results = p5_smoke_runs["first"][0]
+    assert sorted(p.name for p in results.iterdir()) == [f".{P5}.lock", P5]
 
 
-def test_the_run_that_holds_the_lock_finishes_complete_with_a_lone_runs_numbers(concurrent_runs, p5_smoke_runs):
-    ws = concurrent_runs["ws"]
-    out = ws.results / P5
+def test_the_run_that_holds_the_lock_finishes_complete_with_a_lone_runs_numbers(p5_smoke_runs):
+    out, lone = p5_smoke_runs["first"][0] / P5, p5_smoke_runs["second"][0] / P5  # the second: a lone run from the store
     for name in P.OUTPUTS:
         assert (out / name.format(stage=P5)).exists(), name
-    lone = p5_smoke_runs["first"][0] / P5
     assert json.loads((out / "metrics.json").read_text()) == json.loads((lone / "metrics.json").read_text())
     assert json.loads((out / "details.json").read_text())["results"] == json.loads((lone / "details.json").read_text())["results"]
     assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(p.name for p in (lone / "figures").iterdir())
-    assert _leftovers(ws.results) == []
-    assert _store_entries_verified(ws.results.parent / "models") > 0
+    assert _store_entries_verified(p5_smoke_runs["root"] / "models") > 10
+    # test_model_store_stage checks these numbers against a recorded lone run (tests/golden/)
 
 
-def test_a_damaged_store_entry_is_reported_on_the_terminal_and_rebuilt(concurrent_runs):
-    ws = concurrent_runs["ws"]
-    store = ws.results.parent / "models" / P5
-    entry = max(store.glob("*.pt"), key=lambda f: f.stat().st_size)
+def test_a_damaged_store_entry_is_reported_on_the_terminal_and_rebuilt(p5_smoke_runs, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(p5_smoke_runs["root"] / "models", models)
+    entry = max((models / P5).glob("*.pt"), key=lambda f: f.stat().st_size)
     blob = torch.load(entry, weights_only=True)
     flip_byte_of(entry, next(iter(next(iter(blob["modules"].values())).values())))
-    metrics = json.loads((ws.results / P5 / "metrics.json").read_text())
-    run = subprocess.run([*PIPELINE, *ws.argv()], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    run = subprocess.run([*PIPELINE, P5, "--profile", "smoke", "--results", str(tmp_path / "results"), "--models", str(models)],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     notes = [line for line in run.stdout.splitlines() if line.startswith("note: ")]
     assert notes == [f"note: {entry} does not match the digest recorded when it was written; rebuilt"]
-    assert json.loads((ws.results / P5 / "metrics.json").read_text()) == metrics
-    assert _store_entries_verified(ws.results.parent / "models") > 0
+    lone = p5_smoke_runs["second"][0] / P5
+    assert json.loads((tmp_path / "results" / P5 / "metrics.json").read_text()) == json.loads((lone / "metrics.json").read_text())
+    assert _store_entries_verified(models) > 10
 
 
 def _hold_lock(results: Path, stage: str) -> subprocess.Popen:
@@ -198,37 +180,65 @@ def _without_permission_override() -> None:
         libc.prctl(24, capability, 0, 0, 0)
 
 
-@pytest.mark.parametrize("read_only", ["results root", "stage folder", "a subfolder of the stage's"])
-def test_no_permission_on_results_stops_before_anything_is_written(read_only, tmp_path):
-    ws = Workspace(tmp_path, P5)
-    ws.write_params(_unchanged)
-    target = {"results root": ws.results, "stage folder": ws.results / P5,
-              "a subfolder of the stage's": ws.results / P5 / "figures"}[read_only]
-    os.chmod(target, 0o555)
-    try:
-        ws.before = _digest(ws.results)
-        run = subprocess.run([*PIPELINE, *ws.argv()], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-                             preexec_fn=_without_permission_override)
-        ws.assert_stopped_cleanly(run.returncode, run.stderr, f"no permission to write {target} (permission denied)",
-                                  "writable for this user, or point --results at another folder")
-        assert _leftovers(ws.results) == []
-    finally:
-        os.chmod(target, 0o755)
+RUN_EACH = textwrap.dedent("""
+    import contextlib, io, json, sys
+    from lib import data, pipeline
+    results = []
+    for module, argv in json.loads(sys.argv[1]):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = {"pipeline": pipeline, "data": data}[module].main(argv)
+        results.append([code, err.getvalue()])
+    print(json.dumps(results))
+""")
+READ_ONLY = ("results root", "stage folder", "a subfolder of the stage's")
 
 
-def test_no_permission_on_the_data_folder_stops_the_data_stage_with_one_line(tmp_path):
-    params, read_only = tmp_path / "params.yaml", tmp_path / "data"
-    params.write_text("profile: smoke\ndata: {}\n")
-    write_profiles(tmp_path, {"data": {"smoke": {"datasets": ["mnist5k"]}}})
-    read_only.mkdir(mode=0o555)
+@pytest.fixture(scope="module")
+def without_permission(tmp_path_factory):
+    """p5's stage with one folder of its results read-only (each case of READ_ONLY), and the data
+    stage with its data folder read-only, run in one process that cannot ignore permissions."""
+    cases, calls = {}, []
+    for case in READ_ONLY:
+        ws = Workspace(tmp_path_factory.mktemp("perm"), P5)
+        ws.write_params(_unchanged)
+        target = {"results root": ws.results, "stage folder": ws.results / P5, "a subfolder of the stage's": ws.results / P5 / "figures"}[case]
+        cases[case] = (ws, target)
+        calls.append(["pipeline", ws.argv()])
+    data_root = tmp_path_factory.mktemp("perm-data")
+    (data_root / "params.yaml").write_text("profile: smoke\ndata: {}\n")
+    write_profiles(data_root, {"data": {"smoke": {"datasets": ["mnist5k"]}}})
+    (data_root / "data").mkdir()
+    cases["data"] = (None, data_root / "data")
+    calls.append(["data", ["--params", str(data_root / "params.yaml"), "--out", str(data_root / "data" / "prepared")]])
+    for _, target in cases.values():
+        os.chmod(target, 0o555)
     try:
-        run = subprocess.run([sys.executable, "-m", "lib.data", "--params", str(params), "--out", str(read_only / "prepared")],
-                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, preexec_fn=_without_permission_override)
+        for ws, _ in cases.values():
+            if ws is not None:
+                ws.before = _digest(ws.results)
+        run = subprocess.run([sys.executable, "-c", RUN_EACH, json.dumps(calls)], cwd=REPO_ROOT, capture_output=True,
+                             text=True, timeout=300, preexec_fn=_without_permission_override)
     finally:
-        os.chmod(read_only, 0o755)
-    assert run.returncode == 2 and run.stderr.strip().splitlines() == [
+        for _, target in cases.values():
+            os.chmod(target, 0o755)
+    assert run.returncode == 0, run.stderr
+    return {case: (*cases[case], *outcome) for case, outcome in zip(cases, json.loads(run.stdout.splitlines()[-1]))}
+
+
+@pytest.mark.parametrize("read_only", READ_ONLY)
+def test_no_permission_on_results_stops_before_anything_is_written(read_only, without_permission):
+    ws, target, code, err = without_permission[read_only]
+    ws.assert_stopped_cleanly(code, err, f"no permission to write {target} (permission denied)",
+                              "writable for this user, or point --results at another folder")
+    assert _leftovers(ws.results) == []
+
+
+def test_no_permission_on_the_data_folder_stops_the_data_stage_with_one_line(without_permission):
+    _, read_only, code, err = without_permission["data"]
+    assert code == 2 and err.strip().splitlines() == [
         f"error: no permission to write {read_only}/.data.lock (permission denied); make {read_only}/ writable "
-        "for this user, or point --out at another folder"], run.stderr
+        "for this user, or point --out at another folder"], err
     assert list(read_only.iterdir()) == []
 
 
@@ -237,20 +247,17 @@ def test_no_permission_on_the_data_folder_stops_the_data_stage_with_one_line(tmp
 IN_A_FULL_DISK = textwrap.dedent("""
     import hashlib, json, shutil, subprocess, sys
     from pathlib import Path
-    disk, committed, params, report, full = (Path(a) for a in sys.argv[1:6])
-    results, models = disk / "results", (disk if full.name == "models" else disk.parent) / "models"
-    if full.name == "results":
-        shutil.copytree(committed, results / committed.name)
-    else:
-        results = disk.parent / "results"
-        shutil.copytree(committed, results / committed.name)
+    from lib import cache
+    mount, committed, params, report = (Path(a) for a in sys.argv[1:5])
+    results = mount / "results" if mount.name == "results" else mount.parent / "results"
+    models = mount / "models" if mount.name == "models" else mount.parent / "models"
+    shutil.copytree(committed, results / committed.name)
     def listing(root):
         return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
                 for p in sorted(root.rglob("*")) if not (p.parent == root and p.name.endswith(".lock"))}
     before = listing(results)
     run = subprocess.run([sys.executable, "-m", "lib.pipeline", committed.name, "--params", str(params),
                           "--results", str(results), "--models", str(models)], capture_output=True, text=True)
-    from lib import cache
     entries = []
     for f in sorted(p for p in models.rglob("*") if p.is_file()):
         fields = ("value", "random_state") if ".evaluations" in f.parts else ("modules", "record", "random_state")
@@ -269,14 +276,11 @@ def _run_on_a_small_disk(tmp_path: Path, full: str, size: str) -> dict:
     namespace of its own (``unshare``: no root needed, nothing mounted outside the test)."""
     ws = Workspace(tmp_path, P5)
     ws.write_params(_unchanged)
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mount_at = disk / full
-    mount_at.mkdir()
+    mount = tmp_path / "disk" / full
+    mount.mkdir(parents=True)
     script, report = tmp_path / "in_a_full_disk.py", tmp_path / "report.json"
     script.write_text(IN_A_FULL_DISK)
-    inner = f"mount -t tmpfs -o size={size} tmpfs {mount_at} && exec {sys.executable} {script} {mount_at} " \
-            f"{REPO_ROOT / 'results' / P5} {ws.params} {report} {mount_at}"
+    inner = f"mount -t tmpfs -o size={size} tmpfs {mount} && exec {sys.executable} {script} {mount} {REPO_ROOT / 'results' / P5} {ws.params} {report}"
     subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", inner], cwd=REPO_ROOT, check=True, timeout=300)
     return json.loads(report.read_text())
 
@@ -286,7 +290,7 @@ def test_results_on_a_full_disk_stop_with_one_line_and_leave_results_as_they_wer
     report = _run_on_a_small_disk(tmp_path, "results", f"{committed // 1024 + 64}k")  # full at the first figure or so
     lines = report["stderr"].strip().splitlines()
     assert report["code"] == 2 and len(lines) == 1, report["stderr"]
-    assert lines[0].startswith("error: no space left on the device holding ") and "/disk/results/results/" in lines[0], lines[0]
+    assert lines[0].startswith(f"error: no space left on the device holding {tmp_path}/disk/results/results/"), lines[0]
     assert lines[0].endswith("free some space there, or point --results at another folder"), lines[0]
     assert report["same"] and report["results"] == [f".{P5}.lock", P5]
 
@@ -295,8 +299,8 @@ def test_a_model_store_on_a_full_disk_stops_with_one_line_and_no_partial_entry(t
     report = _run_on_a_small_disk(tmp_path, "models", "1000k")  # room for the first model (~700 kB), not the next
     lines = report["stderr"].strip().splitlines()
     assert report["code"] == 2 and len(lines) == 1, report["stderr"]
-    assert lines[0].startswith("error: no space left on the device holding ") and lines[0].endswith(
-        "/disk/models/models/ (writing " + lines[0].split("(writing ")[1].split(")")[0] + "); free some space there, or point --models at another folder"), lines[0]
+    assert lines[0].startswith(f"error: no space left on the device holding {tmp_path}/disk/models/models/ (writing {tmp_path}/disk/models/models/"), lines[0]
+    assert lines[0].endswith(".pt); free some space there, or point --models at another folder"), lines[0]
     assert report["same"] and report["results"] == [f".{P5}.lock", P5]
     assert report["entries"] and all(state == "verified" for _, state in report["entries"]), report["entries"]
 
