@@ -68,8 +68,9 @@ def environment_message(code: int, path: str | Path | None, roots: Mapping[str, 
     elsewhere = f", or point {option} at another folder" if option else ""
     if code in NO_SPACE:
         return f"no space left on the device holding {place} (writing {repo_relative(path)}); free some space there{elsewhere}"
-    return (f"no permission to write {repo_relative(path)} ({os.strerror(code).lower()}); make {place} writable "
-            f"for this user{elsewhere}")
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent  # what needs the permission
+    return (f"no permission to write {repo_relative(path)} ({os.strerror(code).lower()}); make {repo_relative(folder)}/ "
+            f"writable for this user{elsewhere}")
 
 
 def environment_error(err: OSError, roots: Mapping[str, Path] = {}) -> ConfigError | None:

@@ -229,8 +229,8 @@ def without_permission(tmp_path_factory):
 @pytest.mark.parametrize("read_only", READ_ONLY)
 def test_no_permission_on_results_stops_before_anything_is_written(read_only, without_permission):
     ws, target, code, err = without_permission[read_only]
-    ws.assert_stopped_cleanly(code, err, f"no permission to write {target} (permission denied)",
-                              "writable for this user, or point --results at another folder")
+    ws.assert_stopped_cleanly(code, err, f"no permission to write {target} (permission denied); make {target}/ writable "
+                              "for this user, or point --results at another folder")
     assert _leftovers(ws.results) == []
 
 
