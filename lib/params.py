@@ -31,6 +31,7 @@ from lib.runtime import REPO_ROOT, repo_relative
 
 PROFILES = ("smoke", "cpu", "paper")
 PARAMS_FILE = REPO_ROOT / "params.yaml"
+NOTEBOOKS = REPO_ROOT / "notebooks"
 PROFILES_DIR = "profiles"  # beside the parameters file: profiles/<stage>.yaml
 INJECTED = ("profile", "results_dir", "data_dir", "models_dir", "dry_run")  # set by the pipeline, not by params.yaml
 RUN_SETTINGS = ("retrain", "deterministic")  # params.yaml keys that configure the run (lib.notebook.StageRun), not the method
@@ -149,6 +150,14 @@ def method_params(params: dict) -> dict:
 
 
 # --- the notebook's declaration -------------------------------------------------------------
+
+
+def notebook_path(stage: str) -> Path:
+    """The notebook behind ``stage``; clear error if there is none."""
+    path = NOTEBOOKS / f"{stage}.ipynb"
+    known = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
+    require(path.exists(), f"unknown stage '{stage}'; notebooks: {', '.join(known)}")
+    return path
 
 
 @dataclass(frozen=True)

@@ -40,12 +40,12 @@ from lib.params import (
     check_seed,
     declared_parameters,
     method_params,
+    notebook_path,
     params_hash,
 )
 from lib.runtime import QUIET, REPO_ROOT, DryRun, git_state, repo_relative, versions
 from lib.stagelock import stage_lock, stale_note
 
-NOTEBOOKS = REPO_ROOT / "notebooks"
 RESULTS = REPO_ROOT / "results"
 PREPARED = REPO_ROOT / "data" / "prepared"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -73,14 +73,6 @@ def check_config(stage: str, params: dict) -> None:
     if "seed" in params:
         check_seed(params["seed"])
     method_module(stage).Config(**method_params(params), profile=params["profile"]).validate()
-
-
-def notebook_path(stage: str) -> Path:
-    """The notebook behind ``stage``; clear error if there is none."""
-    path = NOTEBOOKS / f"{stage}.ipynb"
-    known = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
-    require(path.exists(), f"unknown stage '{stage}'; notebooks: {', '.join(known)}")
-    return path
 
 
 def _kernel_manager_class():

@@ -24,7 +24,7 @@ import torch
 
 from lib import dryrun
 from lib.errors import ConfigError
-from lib.params import PARAMS_FILE, check_parameters, declared_parameters
+from lib.params import PARAMS_FILE, check_parameters, declared_parameters, notebook_path
 
 IMAGE_SIZES = dryrun.SIZES  # train, test, shape, classes of every dataset at its real size
 
@@ -213,8 +213,6 @@ def plan_stage(stage: str, params: dict) -> StagePlan:
 
 def plans(profile: str | None, stages: list[str] | None = None, params_file=PARAMS_FILE) -> list[StagePlan]:
     """The plans of ``stages`` (default: all) under ``profile`` (default: the parameters file's)."""
-    from lib.pipeline import notebook_path
-
     out = []
     for stage in stages or list(PLANS):
         if stage not in PLANS:

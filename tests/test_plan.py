@@ -7,8 +7,7 @@ import json
 import pytest
 
 from lib import plan as P
-from lib.params import check_parameters, declared_parameters, load_stage_params
-from lib.pipeline import notebook_path
+from lib.params import check_parameters, declared_parameters, load_stage_params, notebook_path
 
 
 def _params(stage: str, profile: str) -> dict:
