@@ -35,15 +35,17 @@ def _place(path: Path, roots: Mapping[str, Path]) -> tuple[str, str | None]:
     return repo_relative(path.parent) + "/", None
 
 
+def existing_ancestor(path: str | Path) -> Path:
+    """``path`` if it exists, else its nearest existing parent (the folder that will hold it)."""
+    path = Path(path).absolute()
+    return next(p for p in (path, *path.parents) if p.exists())
+
+
 def _fullest(roots: Mapping[str, Path]) -> Path | None:
     """The root whose device has the least free space, if that is under 1 MiB (a full disk)."""
     import shutil
 
-    free = {}
-    for root in roots.values():
-        existing = next((p for p in (Path(root), *Path(root).parents) if p.exists()), None)
-        if existing is not None:
-            free[Path(root)] = shutil.disk_usage(existing).free
+    free = {Path(root): shutil.disk_usage(existing_ancestor(root)).free for root in roots.values()}
     if not free:
         return None
     root = min(free, key=free.get)

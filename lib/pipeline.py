@@ -32,6 +32,7 @@ from lib.errors import (
     environment_error,
     environment_error_in,
     environment_message,
+    existing_ancestor,
     require,
 )
 from lib.params import (
@@ -219,10 +220,7 @@ def check_writable(roots: dict[str, Path], final: Path) -> None:
     """Every folder the run writes or replaces is writable: each root (or, if it does not exist
     yet, the folder that will hold it), and every folder of the results it replaces (removing
     them needs it). One :class:`ConfigError` naming the first that is not."""
-    folders = []
-    for root in roots.values():
-        root = Path(root)
-        folders.append(next(p for p in (root, *root.parents) if p.exists()))
+    folders = [existing_ancestor(root) for root in roots.values()]
     if final.exists():
         folders += [final, *(p for p in sorted(final.rglob("*")) if p.is_dir())]
     for folder in folders:
