@@ -34,7 +34,8 @@ repro: setup
 	$(VENV)/bin/dvc repro data
 	$(VENV)/bin/dvc repro --allow-missing
 
-test: setup
+# Lint first (ruff check + ruff format --check), then the tests: CI's one command covers both.
+test: setup lint
 	$(PYTHON) -m pytest
 
 lint: setup

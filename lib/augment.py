@@ -37,9 +37,23 @@ def random_noise(x: torch.Tensor, std: float) -> torch.Tensor:
 class Conventional:
     """The conventional augmentation pipeline of p4 (each transform a parameter; 0 / False disables it)."""
 
-    def __init__(self, degrees: float = 15.0, flip: bool = True, scale: tuple[float, float] = (0.9, 1.1), shift: float = 0.1,
-                 brightness: float = 0.1, noise_std: float = 0.02):
-        self.degrees, self.flip, self.scale, self.shift, self.brightness, self.noise_std = degrees, flip, tuple(scale), shift, brightness, noise_std
+    def __init__(
+        self,
+        degrees: float = 15.0,
+        flip: bool = True,
+        scale: tuple[float, float] = (0.9, 1.1),
+        shift: float = 0.1,
+        brightness: float = 0.1,
+        noise_std: float = 0.02,
+    ):
+        self.degrees, self.flip, self.scale, self.shift, self.brightness, self.noise_std = (
+            degrees,
+            flip,
+            tuple(scale),
+            shift,
+            brightness,
+            noise_std,
+        )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.flip:

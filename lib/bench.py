@@ -79,10 +79,19 @@ def run(n: int = 300, repeats: int = 2, width: int = 16) -> pd.DataFrame:
         t_fb, adv_fb = _timed(repeats, foolbox_attack, model, xs, ys, fb_name, **params)
         acc_o, l2_o = _strength(model, xs, ys, adv_ours)
         acc_f, l2_f = _strength(model, xs, ys, adv_fb)
-        rows.append({
-            "attack": label, "n": len(ys), "ours_s": t_ours, "foolbox_s": t_fb, "speedup (foolbox/ours)": t_fb / t_ours,
-            "ours_acc": acc_o, "foolbox_acc": acc_f, "ours_mean_l2_success": l2_o, "foolbox_mean_l2_success": l2_f,
-        })
+        rows.append(
+            {
+                "attack": label,
+                "n": len(ys),
+                "ours_s": t_ours,
+                "foolbox_s": t_fb,
+                "speedup (foolbox/ours)": t_fb / t_ours,
+                "ours_acc": acc_o,
+                "foolbox_acc": acc_f,
+                "ours_mean_l2_success": l2_o,
+                "foolbox_mean_l2_success": l2_f,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -94,13 +103,22 @@ def autoattack_vs_pgd(n: int = 300, width: int = 16, eps: float = 0.1) -> pd.Dat
     model = M.build("mnist_cnn", ds.shape, 10, width=width, hidden=4 * width).to(device())
     train(model, D.loader(D.subset(ds.train, 4000, 0), 64, True, with_index=True), TrainConfig(epochs=3, lr=1e-3))
     x, y = (t.to(device()) for t in D.tensors(D.subset(ds.test, n, 1)))
-    cases = [("our PGD-20", A.pgd, dict(eps=eps, steps=20)),
-             ("AutoAttack apgd-ce+t", A.autoattack, dict(eps=eps, version="apgd-ce+t")),
-             ("AutoAttack standard", A.autoattack, dict(eps=eps, version="standard"))]
+    cases = [
+        ("our PGD-20", A.pgd, dict(eps=eps, steps=20)),
+        ("AutoAttack apgd-ce+t", A.autoattack, dict(eps=eps, version="apgd-ce+t")),
+        ("AutoAttack standard", A.autoattack, dict(eps=eps, version="standard")),
+    ]
     rows = []
     for label, fn, params in cases:
         seconds, x_adv = _timed(1, fn, model, x, y, **params)
-        rows.append({"attack": label, "n": n, "s per 100 images": 100 * seconds / n, "accuracy": _strength(model, x, y, x_adv)[0]})
+        rows.append(
+            {
+                "attack": label,
+                "n": n,
+                "s per 100 images": 100 * seconds / n,
+                "accuracy": _strength(model, x, y, x_adv)[0],
+            }
+        )
     df = pd.DataFrame(rows)
     df["time / our PGD-20"] = df["s per 100 images"] / df["s per 100 images"].iloc[0]
     return df
@@ -112,16 +130,20 @@ def _machine() -> str:
 
 def autoattack() -> pd.DataFrame:
     df = autoattack_vs_pgd()
-    caption = (f"AutoAttack (pyautoattack 0.2.0) against our PGD-20 (one restart), L∞ eps 0.1, the same trained MnistCNN (width 16) and "
-               f"300 mnist5k test digits; one wall-clock run each on {_machine()}. Accuracy after the attack (lower = stronger).")
+    caption = (
+        f"AutoAttack (pyautoattack 0.2.0) against our PGD-20 (one restart), L∞ eps 0.1, the same trained MnistCNN (width 16) and "
+        f"300 mnist5k test digits; one wall-clock run each on {_machine()}. Accuracy after the attack (lower = stronger)."
+    )
     return ResultsWriter(OUT).table("autoattack", df, caption).data
 
 
 def attacks() -> pd.DataFrame:
     df = run()
-    caption = (f"Attack benchmark, ours vs foolbox 3.3.4, same trained MnistCNN (width 16) and batch of 300 mnist5k test digits; "
-               f"best of 2 wall-clock runs on {_machine()}. Accuracy after the attack (lower = stronger); mean L2 over "
-               "successful examples (lower = stronger for minimal attacks; DeepFool/C&W run on correctly classified digits).")
+    caption = (
+        f"Attack benchmark, ours vs foolbox 3.3.4, same trained MnistCNN (width 16) and batch of 300 mnist5k test digits; "
+        f"best of 2 wall-clock runs on {_machine()}. Accuracy after the attack (lower = stronger); mean L2 over "
+        "successful examples (lower = stronger for minimal attacks; DeepFool/C&W run on correctly classified digits)."
+    )
     return ResultsWriter(OUT).table("attacks", df, caption).data
 
 
@@ -165,10 +187,15 @@ def throughput(profile: str) -> pd.DataFrame:
             row["speed-up"] = fast / slow
         rows.append(row)
     df = pd.DataFrame(rows)
-    off = ("; 'GPU path off' = same code without bf16 autocast, channels-last and on-device data" if gpu
-           else " (CPU: the GPU path changes nothing here, so there is no on/off comparison)")
-    caption = (f"Clean-training throughput, profile '{profile}', every model at its batch size, through lib.train.train on "
-               f"synthetic images of the model's input shape; 1 warm-up + 3 timed batches on {_machine()}{off}.")
+    off = (
+        "; 'GPU path off' = same code without bf16 autocast, channels-last and on-device data"
+        if gpu
+        else " (CPU: the GPU path changes nothing here, so there is no on/off comparison)"
+    )
+    caption = (
+        f"Clean-training throughput, profile '{profile}', every model at its batch size, through lib.train.train on "
+        f"synthetic images of the model's input shape; 1 warm-up + 3 timed batches on {_machine()}{off}."
+    )
     return ResultsWriter(OUT).table(f"throughput_{profile}", df, caption).data
 
 
@@ -196,11 +223,23 @@ def store_speedup(stage: str, profile: str) -> pd.DataFrame:
         out = run_stage(stage, profile, results_root=results_root, models_root=models_root)
         walls.append(time.perf_counter() - t0)
         numbers.append(_numbers(out))
-    df = pd.DataFrame([{"stage": stage, "profile": profile, "first run (trains) s": walls[0], "second run (loads) s": walls[1],
-                        "speed-up": walls[0] / walls[1], "metrics identical": numbers[0] == numbers[1]}])
-    caption = (f"Model store: {stage} ({profile} profile) run twice with `python -m lib.pipeline` into a fresh store under "
-               f"build/bench; the first run trains every model and runs every attack, the second loads them all. Wall time of the whole stage "
-               f"(notebook start to results written) on {_machine()}.")
+    df = pd.DataFrame(
+        [
+            {
+                "stage": stage,
+                "profile": profile,
+                "first run (trains) s": walls[0],
+                "second run (loads) s": walls[1],
+                "speed-up": walls[0] / walls[1],
+                "metrics identical": numbers[0] == numbers[1],
+            }
+        ]
+    )
+    caption = (
+        f"Model store: {stage} ({profile} profile) run twice with `python -m lib.pipeline` into a fresh store under "
+        f"build/bench; the first run trains every model and runs every attack, the second loads them all. Wall time of the whole stage "
+        f"(notebook start to results written) on {_machine()}."
+    )
     return ResultsWriter(OUT).table(f"store_{stage}_{profile}", df, caption).data
 
 
@@ -216,8 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := set(args.parts) - set(PARTS):
         ap.error(f"unknown part(s) {', '.join(sorted(unknown))}; parts: {', '.join(PARTS)}")
     for part in args.parts or PARTS:
-        df = {"attacks": attacks, "autoattack": autoattack, "throughput": lambda: throughput(args.profile),
-              "store": lambda: store_speedup(args.stage, args.profile)}[part]()
+        df = {
+            "attacks": attacks,
+            "autoattack": autoattack,
+            "throughput": lambda: throughput(args.profile),
+            "store": lambda: store_speedup(args.stage, args.profile),
+        }[part]()
         print(f"\n{part}:\n{df.to_string(index=False)}", flush=True)
     return 0
 

@@ -55,9 +55,17 @@ FORMAT = 3  # bump when the file layout changes (old entries then miss); 3: each
 TRAINING_FILES = ("lib/augment.py", "lib/models", "lib/attacks/common.py", "lib/attacks/threat.py")
 # Files whose every line can change what an evaluation returns (besides the attack's own module).
 EVALUATION_FILES = ("lib/models", "lib/attacks", "lib/evaluate.py", "lib/crosscheck.py", "lib/runtime.py")
-TRAINING_FUNCTIONS = ("lib.train:_train", "lib.train:make_optimizer", "lib.train:_split_labels", "lib.train:_ema",
-                      "lib.train:training_precision", "lib.data:batches", "lib.runtime:seed_everything",
-                      "lib.runtime:Acceleration", "lib.runtime:DryRun")
+TRAINING_FUNCTIONS = (
+    "lib.train:_train",
+    "lib.train:make_optimizer",
+    "lib.train:_split_labels",
+    "lib.train:_ema",
+    "lib.train:training_precision",
+    "lib.data:batches",
+    "lib.runtime:seed_everything",
+    "lib.runtime:Acceleration",
+    "lib.runtime:DryRun",
+)
 
 
 @dataclasses.dataclass
@@ -174,7 +182,7 @@ class _Fingerprint:
 
     def _code(self, obj) -> None:
         """Name, and for the project's own code its source (for classes, along the MRO)."""
-        for item in (obj.__mro__ if isinstance(obj, type) else (obj,)):
+        for item in obj.__mro__ if isinstance(obj, type) else (obj,):
             module = getattr(item, "__module__", None) or getattr(inspect.getmodule(item), "__name__", "")
             self.text(f"code:{module}:{getattr(item, '__qualname__', getattr(item, 'co_name', repr(item)))}")
             if str(module).startswith("lib") or isinstance(item, types.CodeType):
@@ -208,8 +216,9 @@ def _training_code() -> str:
     return h.hexdigest()
 
 
-def key_of(name: str, modules: Mapping[str, nn.Module], key=None, caller: types.CodeType | None = None,
-           seeded: bool = True) -> str:
+def key_of(
+    name: str, modules: Mapping[str, nn.Module], key=None, caller: types.CodeType | None = None, seeded: bool = True
+) -> str:
     """The cache key of a training run (24 hex digits); ``seeded=False`` adds the random state."""
     fp = _Fingerprint()
     fp.text(f"format:{FORMAT}:{name}:{_training_code()}")
@@ -284,8 +293,14 @@ def _damaged(path: Path, err: Exception) -> None:
 
 
 def _save(path: Path, modules: Mapping[str, nn.Module], record: dict) -> None:
-    _write_entry(path, {"modules": {n: m.state_dict() for n, m in modules.items()}, "record": json.dumps(record),
-                        "random_state": random_state()})
+    _write_entry(
+        path,
+        {
+            "modules": {n: m.state_dict() for n, m in modules.items()},
+            "record": json.dumps(record),
+            "random_state": random_state(),
+        },
+    )
 
 
 def _load(path: Path, modules: Mapping[str, nn.Module]) -> dict | None:
@@ -312,8 +327,14 @@ def _load(path: Path, modules: Mapping[str, nn.Module]) -> dict | None:
         return None
 
 
-def cached(name: str, modules: Mapping[str, nn.Module], fit: Callable[[], dict | None], key=None,
-           caller: types.CodeType | None = None, seeded: bool = False) -> dict:
+def cached(
+    name: str,
+    modules: Mapping[str, nn.Module],
+    fit: Callable[[], dict | None],
+    key=None,
+    caller: types.CodeType | None = None,
+    seeded: bool = False,
+) -> dict:
     """Train ``modules`` in place with ``fit()`` (returns a JSON-able record), or load them.
 
     ``key``: everything besides the modules' initial state that determines the result.
@@ -341,7 +362,9 @@ def cached(name: str, modules: Mapping[str, nn.Module], fit: Callable[[], dict |
             _save(path, modules, record)
         record["loaded"] = False
         print(f"{name}: trained in {record['seconds']:.0f} s{_outcome(record)}")
-    _RUNS.append({"name": name, "seconds": round(record["seconds"], 2), "loaded": record["loaded"], "device": record["device"]})
+    _RUNS.append(
+        {"name": name, "seconds": round(record["seconds"], 2), "loaded": record["loaded"], "device": record["device"]}
+    )
     return record
 
 
@@ -357,8 +380,14 @@ def _outcome(record: dict) -> str:
         curve = record.get("curve") or []
         return f", {len(curve) - 1} epochs, final test acc under G {100 * curve[-1]:.1f}%" if len(curve) > 1 else ""
     last = history[-1]
-    acc = next(((label, last[k]) for k, label in (("val_acc", "val acc"), ("test_acc", "test acc"), ("train_acc", "train acc"))
-                if isinstance(last.get(k), (int, float))), None)
+    acc = next(
+        (
+            (label, last[k])
+            for k, label in (("val_acc", "val acc"), ("test_acc", "test acc"), ("train_acc", "train acc"))
+            if isinstance(last.get(k), (int, float))
+        ),
+        None,
+    )
     return f", {len(history)} epochs" + (f", final {acc[0]} {100 * acc[1]:.1f}%" if acc else "")
 
 

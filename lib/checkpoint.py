@@ -96,6 +96,8 @@ def load(model: nn.Module, path: Path | str, rebuild: str) -> nn.Module:
     try:
         model.load_state_dict(state)
     except RuntimeError:
-        raise ConfigError(f"checkpoint {repo_relative(path)} does not fit a {type(model).__name__} of this "
-                          f"configuration; rebuild it with `{rebuild}`") from None
+        raise ConfigError(
+            f"checkpoint {repo_relative(path)} does not fit a {type(model).__name__} of this "
+            f"configuration; rebuild it with `{rebuild}`"
+        ) from None
     return model

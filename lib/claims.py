@@ -37,7 +37,12 @@ class Gate:
     passed: bool
 
     def to_json(self) -> dict:
-        return {"gate": self.gate, "value": _number(self.value), "threshold": _number(self.threshold), "pass": self.passed}
+        return {
+            "gate": self.gate,
+            "value": _number(self.value),
+            "threshold": _number(self.threshold),
+            "pass": self.passed,
+        }
 
     def __str__(self) -> str:
         return f"{self.gate}: {_fmt(self.value)} (threshold {_fmt(self.threshold)}) {'pass' if self.passed else 'FAIL'}"
@@ -62,18 +67,25 @@ def at_most(gate: str, value: float, threshold: float) -> Gate:
 def movement(curve: Sequence[float], epochs: int) -> float:
     """How far (max - min, in the curve's units) ``curve`` moved over its last ``epochs`` epochs;
     NaN when it is shorter than ``epochs + 1`` points."""
-    tail = list(curve)[-(epochs + 1):]
+    tail = list(curve)[-(epochs + 1) :]
     # rounded: accuracies are float32 means, so 10 images in 1,000 can read 0.99999 points, which is not "under 1"
     return round(max(tail) - min(tail), 4) if len(tail) == epochs + 1 else math.nan
 
 
-def converged(model: str, val_accuracy: Sequence[float], early_stopped: bool = False, points: float = MOVEMENT_POINTS) -> Gate:
+def converged(
+    model: str, val_accuracy: Sequence[float], early_stopped: bool = False, points: float = MOVEMENT_POINTS
+) -> Gate:
     """``model`` converged: early stopping fired on a validation split, or its validation accuracy
     (%, one value per epoch) moved less than ``points`` over the last two epochs."""
     moved = movement(val_accuracy, 2)
     if early_stopped:
         return Gate(f"{model} converged (early stopping fired on the validation split)", 1.0, 1.0, True)
-    return Gate(f"{model} converged (validation accuracy moved over the last two epochs, points)", moved, points, bool(moved < points))
+    return Gate(
+        f"{model} converged (validation accuracy moved over the last two epochs, points)",
+        moved,
+        points,
+        bool(moved < points),
+    )
 
 
 def converged_history(model: str, history: Sequence[dict], points: float = MOVEMENT_POINTS) -> Gate:
@@ -86,19 +98,29 @@ def converged_history(model: str, history: Sequence[dict], points: float = MOVEM
 def plateaued(curve_name: str, curve: Sequence[float], points: float = PLATEAU_POINTS, epochs: int = 3) -> Gate:
     """``curve`` (%, one value per epoch) moved less than ``points`` over its last ``epochs`` epochs."""
     moved = movement(curve, epochs)
-    return Gate(f"{curve_name} plateaued (moved over the last {epochs} epochs, points)", moved, points, bool(moved < points))
+    return Gate(
+        f"{curve_name} plateaued (moved over the last {epochs} epochs, points)", moved, points, bool(moved < points)
+    )
 
 
-def clean_accuracy(model: str, ours: float, paper: float | None, dataset: str, stand_in: bool,
-                   same_arch_clean: float | None = None) -> Gate:
+def clean_accuracy(
+    model: str, ours: float, paper: float | None, dataset: str, stand_in: bool, same_arch_clean: float | None = None
+) -> Gate:
     """Clean accuracy (%) high enough for a robustness claim to mean something: within 2 points of
     the paper's on the paper's dataset; on a stand-in dataset at least 85%, or within 3 points of
     ``same_arch_clean`` (the same architecture's converged clean run in this stage) when given."""
     if not stand_in and paper is not None:
-        return at_least(f"{model} clean accuracy on {dataset} (%, paper {paper:g} - {MNIST_FROM_PAPER:g})", ours, paper - MNIST_FROM_PAPER)
+        return at_least(
+            f"{model} clean accuracy on {dataset} (%, paper {paper:g} - {MNIST_FROM_PAPER:g})",
+            ours,
+            paper - MNIST_FROM_PAPER,
+        )
     if same_arch_clean is not None:
-        return at_least(f"{model} clean accuracy on {dataset} (%, this stage's clean run - {SAME_ARCH_POINTS:g})", ours,
-                        same_arch_clean - SAME_ARCH_POINTS)
+        return at_least(
+            f"{model} clean accuracy on {dataset} (%, this stage's clean run - {SAME_ARCH_POINTS:g})",
+            ours,
+            same_arch_clean - SAME_ARCH_POINTS,
+        )
     return at_least(f"{model} clean accuracy on {dataset} (%)", ours, STAND_IN_FLOOR)
 
 
@@ -127,11 +149,18 @@ class Claim:
         return "held" if self.held else "did not hold"
 
     def to_json(self) -> dict:
-        return {"claim": self.claim, "verdict": self.verdict, "paper": _number(self.paper), "ours": _number(self.ours),
-                "gates": [g.to_json() for g in self.gates]}
+        return {
+            "claim": self.claim,
+            "verdict": self.verdict,
+            "paper": _number(self.paper),
+            "ours": _number(self.ours),
+            "gates": [g.to_json() for g in self.gates],
+        }
 
     def markdown(self) -> str:
-        head = f"- **{self.verdict}** — {self.claim}: ours {_fmt(self.ours)}" + (f", paper {_fmt(self.paper)}" if self.paper is not None else "")
+        head = f"- **{self.verdict}** — {self.claim}: ours {_fmt(self.ours)}" + (
+            f", paper {_fmt(self.paper)}" if self.paper is not None else ""
+        )
         head += f". {self.detail}" if self.detail else "."
         if self.failed_gates:
             head += " Not testable because: " + "; ".join(str(g) for g in self.failed_gates) + "."

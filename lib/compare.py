@@ -73,28 +73,46 @@ class Config:
     dataset: str = "cifar10"
     n_train: int | None = None
     n_test: int | None = 1000  # the attacks' test images: a seeded subset of the clean-accuracy images
-    n_clean_test: int | None = None  # test images every clean accuracy reads (the target, the 85% floor, the 3-point match; None: all)
+    n_clean_test: int | None = (
+        None  # test images every clean accuracy reads (the target, the 85% floor, the 3-point match; None: all)
+    )
     n_val: int = 5000  # validation images held out of the training split (the convergence gates read them)
     n_rho: int = 500  # C&W
     n_foolbox: int = 200  # foolbox cross-check subset
     model: str = "resnet20"
     model_options: dict = field(default_factory=dict)
     epochs: int = 30  # the most epochs; early stopping may end a model sooner (patience)
-    patience: int | None = None  # epochs without a better validation accuracy before stopping; None: always train `epochs`
+    patience: int | None = (
+        None  # epochs without a better validation accuracy before stopping; None: always train `epochs`
+    )
     batch_size: int = 128
     lr: float = 1e-3
-    strengths: dict = field(default_factory=lambda: {
-        "clean": [None], "fgsm_at": [4 / 255, 8 / 255], "pgd_at": [4 / 255, 8 / 255], "p1_generator_ensemble": [0.03, 0.06],
-        "p2_pgn": [0.005, 0.016], "p3_single_step_reuse": [4 / 255, 8 / 255], "p4_transfer_augmentation": [0.01, 0.03],
-        "p5_alternating_gan": [4 / 255, 8 / 255]})
-    clean_weight: dict = field(default_factory=lambda: {"fgsm_at": 0.5, "p3_single_step_reuse": 0.5, "p5_alternating_gan": 0.5})
+    strengths: dict = field(
+        default_factory=lambda: {
+            "clean": [None],
+            "fgsm_at": [4 / 255, 8 / 255],
+            "pgd_at": [4 / 255, 8 / 255],
+            "p1_generator_ensemble": [0.03, 0.06],
+            "p2_pgn": [0.005, 0.016],
+            "p3_single_step_reuse": [4 / 255, 8 / 255],
+            "p4_transfer_augmentation": [0.01, 0.03],
+            "p5_alternating_gan": [4 / 255, 8 / 255],
+        }
+    )
+    clean_weight: dict = field(
+        default_factory=lambda: {"fgsm_at": 0.5, "p3_single_step_reuse": 0.5, "p5_alternating_gan": 0.5}
+    )
     target_benign: float | None = None  # None: the clean model's accuracy minus target_drop
     target_drop: float = 0.05
     eps_linf: float = 8 / 255
     eps_l2: float = 0.5
-    autoattack: str = "standard"  # the headline evaluation: "standard" (RobustBench's) or "apgd-ce+t" (its first two attacks)
+    autoattack: str = (
+        "standard"  # the headline evaluation: "standard" (RobustBench's) or "apgd-ce+t" (its first two attacks)
+    )
     autoattack_iterations: int = 100  # per APGD run (the reference's 100; fewer only in the smoke profile)
-    autoattack_targets: int = 9  # APGD-T's (and FAB-T's) target classes: the reference's 9; fewer is a labelled reduction
+    autoattack_targets: int = (
+        9  # APGD-T's (and FAB-T's) target classes: the reference's 9; fewer is a labelled reduction
+    )
     pgd_steps: int = 20
     pgd_restarts: int = 2
     eps_grid: list = field(default_factory=lambda: [0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255, 32 / 255, 64 / 255])
@@ -121,21 +139,40 @@ class Config:
         for d, values in self.strengths.items():
             require(len(values) >= 1, f"strengths of {d} must not be empty")
             require(all(v is None or v >= 0 for v in values), f"strengths of {d} must be >= 0, got {values}")
-        for name in ("epochs", "batch_size", "pgd_steps", "pgd_restarts", "cw_steps", "cw_binary_steps", "n_rho", "n_foolbox", "k", "gen_width", "gen_dense", "p5_width"):
+        for name in (
+            "epochs",
+            "batch_size",
+            "pgd_steps",
+            "pgd_restarts",
+            "cw_steps",
+            "cw_binary_steps",
+            "n_rho",
+            "n_foolbox",
+            "k",
+            "gen_width",
+            "gen_dense",
+            "p5_width",
+        ):
             require(int(getattr(self, name)) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lr", "eps_linf", "eps_l2", "gen_lr", "cw_initial_const"):
             require(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
-        require(all(e >= 0 for e in self.eps_grid) and len(self.eps_grid) >= 2, "eps_grid needs two or more values >= 0")
+        require(
+            all(e >= 0 for e in self.eps_grid) and len(self.eps_grid) >= 2, "eps_grid needs two or more values >= 0"
+        )
         S.check_autoattack_settings(self.autoattack, self.autoattack_iterations, targets=self.autoattack_targets)
         require(self.target_benign is None or 0 < self.target_benign <= 1, "target_benign must be in (0, 1] or null")
         require(all(0 <= w < 1 for w in self.clean_weight.values()), "clean_weight values must be in [0, 1)")
         require(self.n_test is None or self.n_test > 0, "n_test must be positive")
-        require(self.n_clean_test is None or (self.n_test is not None and self.n_test <= self.n_clean_test),
-                f"n_clean_test ({self.n_clean_test}) must be null or at least n_test ({self.n_test}): the attacks run on a subset of its images")
+        require(
+            self.n_clean_test is None or (self.n_test is not None and self.n_test <= self.n_clean_test),
+            f"n_clean_test ({self.n_clean_test}) must be null or at least n_test ({self.n_test}): the attacks run on a subset of its images",
+        )
         require(int(self.n_val) >= 1, f"n_val must be >= 1, got {self.n_val}")
         require(self.patience is None or int(self.patience) >= 1, f"patience must be >= 1 or null, got {self.patience}")
-        require(self.n_test is None or max(self.n_rho, self.n_foolbox) <= self.n_test,
-                f"n_rho {self.n_rho} and n_foolbox {self.n_foolbox} must not exceed n_test {self.n_test}")
+        require(
+            self.n_test is None or max(self.n_rho, self.n_foolbox) <= self.n_test,
+            f"n_rho {self.n_rho} and n_foolbox {self.n_foolbox} must not exceed n_test {self.n_test}",
+        )
         return self
 
     @property
@@ -148,7 +185,9 @@ def build_model(ds: D.Dataset, cfg: Config, seed: int) -> nn.Module:
     return M.build(cfg.model, ds.shape, ds.num_classes, seed=seed, **cfg.model_options).to(device())
 
 
-SOURCES: dict[tuple, Clean] = {}  # (defence, value) -> the source of the last fit: a generator there holds the trained weights
+SOURCES: dict[
+    tuple, Clean
+] = {}  # (defence, value) -> the source of the last fit: a generator there holds the trained weights
 
 
 def make_source(defence: str, value, ds: D.Dataset, train_split: D.Split, cfg: Config) -> Clean:
@@ -170,7 +209,9 @@ def _new_source(defence: str, value, ds: D.Dataset, train_split: D.Split, cfg: C
             ensemble = p1.GeneratorEnsemble(shape[0], cfg.k, value, 3, cfg.gen_width, "split").to(device())
             return p1.EnsembleSource(ensemble, cfg.gen_lr, 0.9)
         if defence == "p2_pgn":
-            return p2.PGNSource(p2.PGNGenerator(shape, k, cfg.gen_width, cfg.gen_dense).to(device()), c_l=value, lr=cfg.lr)
+            return p2.PGNSource(
+                p2.PGNGenerator(shape, k, cfg.gen_width, cfg.gen_dense).to(device()), c_l=value, lr=cfg.lr
+            )
         if defence == "p3_single_step_reuse":
             return StoredPerturbation(len(train_split), shape, value, value * cfg.step_fraction, cfg.reset_every)
         if defence == "p5_alternating_gan":
@@ -196,22 +237,47 @@ class Trained:
         return "—" if self.value is None else f"{knob.split(' ')[0]} {self.value:.4g}"
 
 
-def fit(defence: str, value, ds: D.Dataset, train_split: D.Split, val: Validation, clean_test: tuple, cfg: Config, source_model: nn.Module | None = None,
-        seed: int | None = None) -> Trained:
+def fit(
+    defence: str,
+    value,
+    ds: D.Dataset,
+    train_split: D.Split,
+    val: Validation,
+    clean_test: tuple,
+    cfg: Config,
+    source_model: nn.Module | None = None,
+    seed: int | None = None,
+) -> Trained:
     """Train one defence at one strength on the common architecture, data and epoch budget (its
     validation accuracy per epoch in the history; early stopping on it when ``cfg.patience`` is set);
     its benign accuracy is read on ``clean_test``."""
     seed = cfg.seed if seed is None else seed
     split = train_split
     if defence == "p4_transfer_augmentation":
-        split = p4.adversarial_training_set(source_model, train_split, p4.Config(eps=[value], source_arch="the clean model", seed=cfg.seed))
+        split = p4.adversarial_training_set(
+            source_model, train_split, p4.Config(eps=[value], source_arch="the clean model", seed=cfg.seed)
+        )
     model = build_model(ds, cfg, seed)
-    tc = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, clean_weight=cfg.clean_weight.get(defence, 0.0), seed=seed)
+    tc = TrainConfig(
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        clean_weight=cfg.clean_weight.get(defence, 0.0),
+        seed=seed,
+    )
     loader = D.loader(split, cfg.batch_size, shuffle=True, seed=seed, with_index=True)
     desc = f"{DEFENCES[defence][0]} {'' if value is None else f'{value:.4g}'}"
     hook = validation_hook(val.x_val, val.y_val, cfg.patience)
-    result = train(model, loader, tc, make_source(defence, value, ds, split, cfg), on_epoch_end=hook, max_batches=cfg.max_batches, desc=desc,
-                   cache_as=f"{desc} seed {seed}")
+    result = train(
+        model,
+        loader,
+        tc,
+        make_source(defence, value, ds, split, cfg),
+        on_epoch_end=hook,
+        max_batches=cfg.max_batches,
+        desc=desc,
+        cache_as=f"{desc} seed {seed}",
+    )
     return Trained(defence, value, result, accuracy(result.final, *clean_test))
 
 
@@ -239,26 +305,59 @@ def evaluate(t: Trained, transfer: torch.Tensor, test: tuple, cfg: Config) -> di
     linf = accuracy(model, pgd(model, x, y, "linf", cfg.eps_linf, s, r), y)
     linf_2x = accuracy(model, pgd(model, x, y, "linf", cfg.eps_linf, 2 * s, r), y)
     l2 = accuracy(model, pgd(model, x, y, "l2", cfg.eps_l2, s, r), y)
-    curve = [accuracy(model, x, y) if e == 0 else accuracy(model, pgd(model, x, y, "linf", e, s, 1), y) for e in cfg.eps_grid]  # all on the attacks' images
+    curve = [
+        accuracy(model, x, y) if e == 0 else accuracy(model, pgd(model, x, y, "linf", e, s, 1), y) for e in cfg.eps_grid
+    ]  # all on the attacks' images
     xf, yf = x[: cfg.n_foolbox], y[: cfg.n_foolbox]
     step = 2.5 * cfg.eps_linf / s
     ours_subset = accuracy(model, pgd(model, xf, yf, "linf", cfg.eps_linf, s, 1), yf)
-    fb = accuracy(model, foolbox_attack(model, xf.to(device()), yf.to(device()), "pgd_linf", eps=cfg.eps_linf, steps=s, step_size=step).cpu(), yf)
+    fb = accuracy(
+        model,
+        foolbox_attack(
+            model, xf.to(device()), yf.to(device()), "pgd_linf", eps=cfg.eps_linf, steps=s, step_size=step
+        ).cpu(),
+        yf,
+    )
     cw = rho_stats(minimal_norms(model, x[: cfg.n_rho], y[: cfg.n_rho], A.cw_l2, **cfg.cw))
-    aa = {norm: accuracy(model, adversarial_examples(model, x, y, A.autoattack, eps=eps, norm=norm, version=cfg.autoattack,
-                                                     iterations=cfg.autoattack_iterations, targets=cfg.autoattack_targets), y)
-          for norm, eps in (("linf", cfg.eps_linf), ("l2", cfg.eps_l2))}
+    aa = {
+        norm: accuracy(
+            model,
+            adversarial_examples(
+                model,
+                x,
+                y,
+                A.autoattack,
+                eps=eps,
+                norm=norm,
+                version=cfg.autoattack,
+                iterations=cfg.autoattack_iterations,
+                targets=cfg.autoattack_targets,
+            ),
+            y,
+        )
+        for norm, eps in (("linf", cfg.eps_linf), ("l2", cfg.eps_l2))
+    }
     black_box = accuracy(model, transfer, y)
     return {
-        "clean": t.benign, "autoattack_linf": aa["linf"], "autoattack_l2": aa["l2"],
-        "pgd_linf": linf, "pgd_linf_2x_steps": linf_2x, "pgd_l2": l2, "rho_cw": cw["mean_l2"], "cw_success": cw["success_rate"],
-        "black_box_linf": black_box, "foolbox_pgd_linf_subset": fb, "ours_pgd_linf_subset": ours_subset,
+        "clean": t.benign,
+        "autoattack_linf": aa["linf"],
+        "autoattack_l2": aa["l2"],
+        "pgd_linf": linf,
+        "pgd_linf_2x_steps": linf_2x,
+        "pgd_l2": l2,
+        "rho_cw": cw["mean_l2"],
+        "cw_success": cw["success_rate"],
+        "black_box_linf": black_box,
+        "foolbox_pgd_linf_subset": fb,
+        "ours_pgd_linf_subset": ours_subset,
         "eps_curve": dict(zip(cfg.eps_grid, curve)),
         **sanity_checks(curve, cfg.near_zero, linf, linf_2x, l2, aa, black_box, ours_subset, fb),
     }
 
 
-ROUNDING = 1e-6  # accuracies are counts over n images (float32 means, off by up to ~1e-7); rounding must not decide a check
+ROUNDING = (
+    1e-6  # accuracies are counts over n images (float32 means, off by up to ~1e-7); rounding must not decide a check
+)
 
 
 def _at_most(a: float, b: float) -> bool:
@@ -266,16 +365,27 @@ def _at_most(a: float, b: float) -> bool:
     return a <= b + ROUNDING
 
 
-def sanity_checks(curve: list, near_zero: float, linf: float, linf_2x: float, l2: float, aa: dict, black_box: float,
-                  ours_subset: float, foolbox: float) -> dict:
+def sanity_checks(
+    curve: list,
+    near_zero: float,
+    linf: float,
+    linf_2x: float,
+    l2: float,
+    aa: dict,
+    black_box: float,
+    ours_subset: float,
+    foolbox: float,
+) -> dict:
     """The evaluation's sanity checks on one defence (accuracies as fractions; ``aa``: AutoAttack's per norm)."""
     return {
-        "check_monotone_to_zero": all(_at_most(b, a + 0.01) for a, b in zip(curve, curve[1:])) and curve[-1] < near_zero,
+        "check_monotone_to_zero": all(_at_most(b, a + 0.01) for a, b in zip(curve, curve[1:]))
+        and curve[-1] < near_zero,
         "check_black_box_not_below_white_box": _at_most(linf - 0.01, black_box),
         "check_more_steps_never_raise": _at_most(linf_2x, linf + 0.005),  # random starts differ: half a point of slack
         "check_steps_converged": abs(linf_2x - linf) < 0.01 - ROUNDING,
         "check_foolbox_not_stronger": _at_most(ours_subset, foolbox + 0.01),
-        "check_autoattack_within_1pt_of_pgd": _at_most(abs(aa["linf"] - linf), 0.01) and _at_most(abs(aa["l2"] - l2), 0.01),
+        "check_autoattack_within_1pt_of_pgd": _at_most(abs(aa["linf"] - linf), 0.01)
+        and _at_most(abs(aa["l2"] - l2), 0.01),
     }
 
 
@@ -283,17 +393,29 @@ def run(cfg: Config, data_dir) -> dict:
     """Train every defence (its strength sweep), pick the strength nearest the benign target, evaluate all alike."""
     seed_everything(cfg.seed)
     ds = D.load(cfg.dataset, data_dir)
-    train_split, val_split = D.hold_out(D.subset(ds.train, cfg.n_train, cfg.seed, f"{ds.name} train"), cfg.n_val, cfg.seed, f"{ds.name} train")
+    train_split, val_split = D.hold_out(
+        D.subset(ds.train, cfg.n_train, cfg.seed, f"{ds.name} train"), cfg.n_val, cfg.seed, f"{ds.name} train"
+    )
     val = Validation(*D.tensors(val_split))
     clean_split = D.subset(ds.test, cfg.n_clean_test, cfg.seed + 1, f"{ds.name} test")
-    clean_test, test = D.tensors(clean_split), D.tensors(D.subset(clean_split, cfg.n_test, cfg.seed + 2, f"the {len(clean_split)} clean-accuracy test images"))
-    require(max(cfg.n_rho, cfg.n_foolbox) <= len(test[1]), f"n_rho {cfg.n_rho} and n_foolbox {cfg.n_foolbox} must not exceed the {len(test[1])} test images")
+    clean_test, test = (
+        D.tensors(clean_split),
+        D.tensors(
+            D.subset(clean_split, cfg.n_test, cfg.seed + 2, f"the {len(clean_split)} clean-accuracy test images")
+        ),
+    )
+    require(
+        max(cfg.n_rho, cfg.n_foolbox) <= len(test[1]),
+        f"n_rho {cfg.n_rho} and n_foolbox {cfg.n_foolbox} must not exceed the {len(test[1])} test images",
+    )
     clean = fit("clean", None, ds, train_split, val, clean_test, cfg)
     target = cfg.target_benign if cfg.target_benign is not None else clean.benign - cfg.target_drop
     swept: dict[str, dict] = {"clean": {None: clean}}
     for defence, values in cfg.strengths.items():
         if defence != "clean":
-            swept[defence] = {v: fit(defence, v, ds, train_split, val, clean_test, cfg, source_model=clean.model) for v in values}
+            swept[defence] = {
+                v: fit(defence, v, ds, train_split, val, clean_test, cfg, source_model=clean.model) for v in values
+            }
     chosen = {d: runs[closest_benign({v: t.benign for v, t in runs.items()}, target)[0]] for d, runs in swept.items()}
     surrogate = fit("clean", None, ds, train_split, val, clean_test, cfg, seed=cfg.seed + 100).model
     transfer = pgd(surrogate, *test, "linf", cfg.eps_linf, cfg.pgd_steps, cfg.pgd_restarts)
@@ -302,8 +424,19 @@ def run(cfg: Config, data_dir) -> dict:
     for d, t in chosen.items():
         with evaluation(f"{d} (PGD-L∞, PGD-L2, C&W, black-box, foolbox)"):
             results[d] = evaluate(t, transfer, test, cfg)
-    return {"chosen": chosen, "swept": swept, "results": results, "target": target, "perturbation_l2": perturbation_l2, "dataset": ds, "n_train": len(train_split), "n_val": len(val_split),
-            "n_test": len(test[1]), "n_clean_test": len(clean_test[1]), "surrogate_accuracy": accuracy(surrogate, *clean_test)}
+    return {
+        "chosen": chosen,
+        "swept": swept,
+        "results": results,
+        "target": target,
+        "perturbation_l2": perturbation_l2,
+        "dataset": ds,
+        "n_train": len(train_split),
+        "n_val": len(val_split),
+        "n_test": len(test[1]),
+        "n_clean_test": len(clean_test[1]),
+        "surrogate_accuracy": accuracy(surrogate, *clean_test),
+    }
 
 
 def _points(fraction_gap: float) -> float:
@@ -332,25 +465,48 @@ def leaderboard(r: dict, cfg: Config) -> pd.DataFrame:
     rows = []
     for d, t in r["chosen"].items():
         res = r["results"][d]
-        rows.append({
-            "defence": DEFENCES[d][0], "paper": DEFENCES[d][1], "setting": t.setting,
-            "benign gap to target (pt)": _points(t.benign - r["target"]) if d != "clean" else float("nan"),
-            "clean acc": res["clean"], robust_column(cfg): res["autoattack_linf"], f"AutoAttack L2 {cfg.eps_l2:g}": res["autoattack_l2"],
-            f"PGD-L∞ {cfg.eps_linf:.4g}": res["pgd_linf"], "AutoAttack − PGD L∞ (pt)": _points(res["autoattack_linf"] - res["pgd_linf"]),
-            "PGD-L∞ 2x steps": res["pgd_linf_2x_steps"], f"PGD-L2 {cfg.eps_l2:g}": res["pgd_l2"],
-            "AutoAttack − PGD L2 (pt)": _points(res["autoattack_l2"] - res["pgd_l2"]), "rho_cw": res["rho_cw"], "black-box PGD-L∞": res["black_box_linf"],
-            f"ours PGD-L∞ (first {cfg.n_foolbox})": res["ours_pgd_linf_subset"], f"foolbox PGD-L∞ (first {cfg.n_foolbox})": res["foolbox_pgd_linf_subset"],
-            "cost (x clean epoch)": relative_cost(t.result.sec_per_epoch, clean_sec),
-            **{label: "pass" if res[key] else "FAIL" for key, label in CHECKS.items()},
-        })
+        rows.append(
+            {
+                "defence": DEFENCES[d][0],
+                "paper": DEFENCES[d][1],
+                "setting": t.setting,
+                "benign gap to target (pt)": _points(t.benign - r["target"]) if d != "clean" else float("nan"),
+                "clean acc": res["clean"],
+                robust_column(cfg): res["autoattack_linf"],
+                f"AutoAttack L2 {cfg.eps_l2:g}": res["autoattack_l2"],
+                f"PGD-L∞ {cfg.eps_linf:.4g}": res["pgd_linf"],
+                "AutoAttack − PGD L∞ (pt)": _points(res["autoattack_linf"] - res["pgd_linf"]),
+                "PGD-L∞ 2x steps": res["pgd_linf_2x_steps"],
+                f"PGD-L2 {cfg.eps_l2:g}": res["pgd_l2"],
+                "AutoAttack − PGD L2 (pt)": _points(res["autoattack_l2"] - res["pgd_l2"]),
+                "rho_cw": res["rho_cw"],
+                "black-box PGD-L∞": res["black_box_linf"],
+                f"ours PGD-L∞ (first {cfg.n_foolbox})": res["ours_pgd_linf_subset"],
+                f"foolbox PGD-L∞ (first {cfg.n_foolbox})": res["foolbox_pgd_linf_subset"],
+                "cost (x clean epoch)": relative_cost(t.result.sec_per_epoch, clean_sec),
+                **{label: "pass" if res[key] else "FAIL" for key, label in CHECKS.items()},
+            }
+        )
     return pd.DataFrame(rows).sort_values(robust_column(cfg), ascending=False, kind="stable").reset_index(drop=True)
 
 
 def sweep_table(r: dict) -> pd.DataFrame:
     """Every trained strength: benign accuracy and whether it was picked."""
-    return pd.DataFrame([{"defence": DEFENCES[d][0], "knob": DEFENCES[d][2] or "—", "value": t.value, "benign acc": t.benign,
-                          "gap to target (pt)": _points(t.benign - r["target"]), "sec/epoch": t.result.sec_per_epoch,
-                          "picked": t is r["chosen"][d]} for d, runs in r["swept"].items() for t in runs.values()])
+    return pd.DataFrame(
+        [
+            {
+                "defence": DEFENCES[d][0],
+                "knob": DEFENCES[d][2] or "—",
+                "value": t.value,
+                "benign acc": t.benign,
+                "gap to target (pt)": _points(t.benign - r["target"]),
+                "sec/epoch": t.result.sec_per_epoch,
+                "picked": t is r["chosen"][d],
+            }
+            for d, runs in r["swept"].items()
+            for t in runs.values()
+        ]
+    )
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -374,8 +530,11 @@ def pareto_figure(board: pd.DataFrame, cfg: Config, subtitle: str) -> plt.Figure
     front = pareto_front(pts)
     ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], color="0.3", ls="--", lw=1, label="Pareto front")
     ax.set_xscale("log")
-    ax.set(xlabel="training cost (sec/epoch relative to clean training, same run; log)", ylabel=f"accuracy under AutoAttack ({cfg.autoattack}) L∞ eps {cfg.eps_linf:.4g} (%)",
-           title=f"compare — robustness vs cost ({subtitle})")
+    ax.set(
+        xlabel="training cost (sec/epoch relative to clean training, same run; log)",
+        ylabel=f"accuracy under AutoAttack ({cfg.autoattack}) L∞ eps {cfg.eps_linf:.4g} (%)",
+        title=f"compare — robustness vs cost ({subtitle})",
+    )
     ax.legend(fontsize=7)
     return fig
 
@@ -384,17 +543,29 @@ def eps_curves_figure(r: dict, cfg: Config, subtitle: str) -> plt.Figure:
     """Accuracy vs PGD-L∞ eps per defence (the monotonicity sanity check)."""
     fig, ax = plt.subplots(figsize=(7, 4.4))
     for d, res in r["results"].items():
-        ax.plot(list(res["eps_curve"]), [100 * a for a in res["eps_curve"].values()], marker="o", ms=3, label=DEFENCES[d][0])
+        ax.plot(
+            list(res["eps_curve"]), [100 * a for a in res["eps_curve"].values()], marker="o", ms=3, label=DEFENCES[d][0]
+        )
     ax.set(xlabel="PGD-L∞ eps", ylabel="accuracy (%)", ylim=(-2, 102), title=f"compare — accuracy vs eps ({subtitle})")
     ax.legend(fontsize=7)
     return fig
 
 
 def summary_metrics(r: dict) -> dict:
-    return {"target_benign": r["target"], "surrogate_accuracy": r["surrogate_accuracy"], "training_perturbation_mean_l2": r.get("perturbation_l2", {}),
-            "defences": {d: {"setting": r["chosen"][d].setting, "sec_per_epoch": r["chosen"][d].result.sec_per_epoch,
-                             **{k: v for k, v in res.items() if k != "eps_curve"}, "eps_curve": {f"{e:.4g}": a for e, a in res["eps_curve"].items()}}
-                         for d, res in r["results"].items()}}
+    return {
+        "target_benign": r["target"],
+        "surrogate_accuracy": r["surrogate_accuracy"],
+        "training_perturbation_mean_l2": r.get("perturbation_l2", {}),
+        "defences": {
+            d: {
+                "setting": r["chosen"][d].setting,
+                "sec_per_epoch": r["chosen"][d].result.sec_per_epoch,
+                **{k: v for k, v in res.items() if k != "eps_curve"},
+                "eps_curve": {f"{e:.4g}": a for e, a in res["eps_curve"].items()},
+            }
+            for d, res in r["results"].items()
+        },
+    }
 
 
 def findings(board: pd.DataFrame, cfg: Config) -> str:
@@ -403,24 +574,41 @@ def findings(board: pd.DataFrame, cfg: Config) -> str:
     top = board.iloc[0]
     pts = list(zip(board["cost (x clean epoch)"], 100 * board[robust]))
     front = [board["defence"][i] for i in pareto_front(pts)]
-    fails = {row["defence"]: [label for label in CHECKS.values() if row[label] == "FAIL"] for _, row in board.iterrows()}
-    lines = [f"- Most robust under AutoAttack ({cfg.autoattack}) L∞ eps {cfg.eps_linf:.4g}: {top['defence']} ({100 * top[robust]:.1f}%, "
-             f"clean {100 * top['clean acc']:.1f}%, cost {top['cost (x clean epoch)']:.2f}x clean).",
-             f"- Pareto front (AutoAttack accuracy vs cost): {', '.join(front)}."]
+    fails = {
+        row["defence"]: [label for label in CHECKS.values() if row[label] == "FAIL"] for _, row in board.iterrows()
+    }
+    lines = [
+        f"- Most robust under AutoAttack ({cfg.autoattack}) L∞ eps {cfg.eps_linf:.4g}: {top['defence']} ({100 * top[robust]:.1f}%, "
+        f"clean {100 * top['clean acc']:.1f}%, cost {top['cost (x clean epoch)']:.2f}x clean).",
+        f"- Pareto front (AutoAttack accuracy vs cost): {', '.join(front)}.",
+    ]
     lines += [f"- Sanity checks failed by {d}: {', '.join(f)}." for d, f in fails.items() if f]
     gaps = board[board[CHECKS["check_autoattack_within_1pt_of_pgd"]] == "FAIL"]
     if len(gaps):
-        lines.append("- Where AutoAttack and our PGD differ by more than 1 point (L∞ / L2, points): "
-                     + "; ".join(f"{row['defence']} {row['AutoAttack − PGD L∞ (pt)']:+.1f} / {row['AutoAttack − PGD L2 (pt)']:+.1f}" for _, row in gaps.iterrows())
-                     + f". A negative gap means our PGD ({cfg.pgd_steps} steps x {cfg.pgd_restarts} restarts, fixed step size) stopped short of "
-                       "the worst case that APGD's adaptive step and targeted DLR loss reach; the leaderboard ranks by AutoAttack for that reason.")
+        lines.append(
+            "- Where AutoAttack and our PGD differ by more than 1 point (L∞ / L2, points): "
+            + "; ".join(
+                f"{row['defence']} {row['AutoAttack − PGD L∞ (pt)']:+.1f} / {row['AutoAttack − PGD L2 (pt)']:+.1f}"
+                for _, row in gaps.iterrows()
+            )
+            + f". A negative gap means our PGD ({cfg.pgd_steps} steps x {cfg.pgd_restarts} restarts, fixed step size) stopped short of "
+            "the worst case that APGD's adaptive step and targeted DLR loss reach; the leaderboard ranks by AutoAttack for that reason."
+        )
     if not any(fails.values()):
         lines.append("- Every defence passed every sanity check.")
     return "\n".join(lines)
 
 
-PAPER_DEFENCES = ("p1_generator_ensemble", "p2_pgn", "p3_single_step_reuse", "p4_transfer_augmentation", "p5_alternating_gan")
-MATCH_POINTS = 3.0  # a chosen defence's clean accuracy within this of the benign target (issue #18's same-architecture rule)
+PAPER_DEFENCES = (
+    "p1_generator_ensemble",
+    "p2_pgn",
+    "p3_single_step_reuse",
+    "p4_transfer_augmentation",
+    "p5_alternating_gan",
+)
+MATCH_POINTS = (
+    3.0  # a chosen defence's clean accuracy within this of the benign target (issue #18's same-architecture rule)
+)
 
 
 def defence_gates(r: dict, defence: str, cfg: Config) -> list[C.Gate]:
@@ -429,23 +617,43 @@ def defence_gates(r: dict, defence: str, cfg: Config) -> list[C.Gate]:
     mechanism run, as in its own stage (p3: past one reset period; p2: PGN's perturbations within 2x
     of the single-step baseline's in mean L2)."""
     t = r["chosen"][defence]
-    gates = [C.converged_history(f"{DEFENCES[defence][0]} {t.setting}", t.result.history),
-             C.at_most(f"{DEFENCES[defence][0]} clean accuracy minus the benign target (points, absolute)", abs(100 * (t.benign - r["target"])), MATCH_POINTS)]
+    gates = [
+        C.converged_history(f"{DEFENCES[defence][0]} {t.setting}", t.result.history),
+        C.at_most(
+            f"{DEFENCES[defence][0]} clean accuracy minus the benign target (points, absolute)",
+            abs(100 * (t.benign - r["target"])),
+            MATCH_POINTS,
+        ),
+    ]
     if defence == "p3_single_step_reuse":
-        gates.append(C.at_least(f"{DEFENCES[defence][0]}'s epochs past one reset period ({cfg.reset_every} epochs; epochs trained)",
-                                len(t.result.history), cfg.reset_every + 1))
+        gates.append(
+            C.at_least(
+                f"{DEFENCES[defence][0]}'s epochs past one reset period ({cfg.reset_every} epochs; epochs trained)",
+                len(t.result.history),
+                cfg.reset_every + 1,
+            )
+        )
     if defence == "p2_pgn" and r.get("perturbation_l2"):
         l2 = r["perturbation_l2"]
         ratio = l2["p2_pgn"] / l2["fgsm_at"]
-        gates.append(C.Gate(f"PGN's mean L2 perturbation over FGSM-AT's (eps {r['chosen']['fgsm_at'].value:g} L∞; within 2x either way)", ratio,
-                            C.PERTURBATION_RATIO, bool(1 / C.PERTURBATION_RATIO <= ratio <= C.PERTURBATION_RATIO)))
+        gates.append(
+            C.Gate(
+                f"PGN's mean L2 perturbation over FGSM-AT's (eps {r['chosen']['fgsm_at'].value:g} L∞; within 2x either way)",
+                ratio,
+                C.PERTURBATION_RATIO,
+                bool(1 / C.PERTURBATION_RATIO <= ratio <= C.PERTURBATION_RATIO),
+            )
+        )
     return gates
 
 
 def clean_gates(r: dict) -> list[C.Gate]:
     """The clean model the target and the cost unit come from: converged and at least 85% (a stand-in dataset's floor)."""
     t = r["chosen"]["clean"]
-    return [C.converged_history("clean model", t.result.history), C.clean_accuracy("clean model", 100 * t.benign, None, r["dataset"].name, stand_in=True)]
+    return [
+        C.converged_history("clean model", t.result.history),
+        C.clean_accuracy("clean model", 100 * t.benign, None, r["dataset"].name, stand_in=True),
+    ]
 
 
 def claims(r: dict, board: pd.DataFrame, cfg: Config) -> list[C.Claim]:
@@ -455,14 +663,30 @@ def claims(r: dict, board: pd.DataFrame, cfg: Config) -> list[C.Claim]:
     out = []
     if "fgsm_at" in aa:
         for d in (d for d in PAPER_DEFENCES if d in aa):
-            out.append(C.Claim(f"{DEFENCES[d][0]} is at least as robust as FGSM-AT under AutoAttack ({cfg.autoattack}) L∞ {cfg.eps_linf:.4g} "
-                               "at matched clean accuracy (%, it vs FGSM-AT)", None, f"{100 * aa[d]:.1f} vs {100 * aa['fgsm_at']:.1f}",
-                               held=aa[d] >= aa["fgsm_at"], gates=[*clean_gates(r), *defence_gates(r, "fgsm_at", cfg), *defence_gates(r, d, cfg)]))
+            out.append(
+                C.Claim(
+                    f"{DEFENCES[d][0]} is at least as robust as FGSM-AT under AutoAttack ({cfg.autoattack}) L∞ {cfg.eps_linf:.4g} "
+                    "at matched clean accuracy (%, it vs FGSM-AT)",
+                    None,
+                    f"{100 * aa[d]:.1f} vs {100 * aa['fgsm_at']:.1f}",
+                    held=aa[d] >= aa["fgsm_at"],
+                    gates=[*clean_gates(r), *defence_gates(r, "fgsm_at", cfg), *defence_gates(r, d, cfg)],
+                )
+            )
     for _, row in board.iterrows():
         d = next(k for k, v in DEFENCES.items() if v[0] == row["defence"])
         failed = [label for label in CHECKS.values() if row[label] == "FAIL"]
-        out.append(C.Claim(f"{row['defence']} passes every sanity check of the evaluation (checks failed)", None, ", ".join(failed) or "none",
-                           held=not failed, gates=[C.converged_history(f"{row['defence']} {r['chosen'][d].setting}", r["chosen"][d].result.history)]))
+        out.append(
+            C.Claim(
+                f"{row['defence']} passes every sanity check of the evaluation (checks failed)",
+                None,
+                ", ".join(failed) or "none",
+                held=not failed,
+                gates=[
+                    C.converged_history(f"{row['defence']} {r['chosen'][d].setting}", r["chosen"][d].result.history)
+                ],
+            )
+        )
     return out
 
 

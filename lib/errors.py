@@ -65,14 +65,18 @@ def environment_message(code: int, path: str | Path | None, roots: Mapping[str, 
             places = " or ".join(repo_relative(r) + "/" for r in roots.values()) or "a folder this run writes"
             return f"{os.strerror(code).lower()} while writing to {places}; check the space and permissions there"
         place, option = _place(path, roots)
-        return f"no space left on the device holding {place}; free some space there" + (f", or point {option} at another folder" if option else "")
+        return f"no space left on the device holding {place}; free some space there" + (
+            f", or point {option} at another folder" if option else ""
+        )
     place, option = _place(Path(path), roots)
     elsewhere = f", or point {option} at another folder" if option else ""
     if code in NO_SPACE:
         return f"no space left on the device holding {place} (writing {repo_relative(path)}); free some space there{elsewhere}"
     folder = Path(path) if Path(path).is_dir() else Path(path).parent  # what needs the permission
-    return (f"no permission to write {repo_relative(path)} ({os.strerror(code).lower()}); make {repo_relative(folder)}/ "
-            f"writable for this user{elsewhere}")
+    return (
+        f"no permission to write {repo_relative(path)} ({os.strerror(code).lower()}); make {repo_relative(folder)}/ "
+        f"writable for this user{elsewhere}"
+    )
 
 
 def environment_error(err: OSError, roots: Mapping[str, Path] = {}) -> ConfigError | None:

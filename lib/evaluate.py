@@ -41,38 +41,67 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 def adversarial_examples(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Callable, batch_size: int = 500, desc: str | None = None, **params
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attack: Callable,
+    batch_size: int = 500,
+    desc: str | None = None,
+    **params,
 ) -> torch.Tensor:
     """``attack`` applied batch by batch; returns x_adv on the CPU."""
     dev = _device(model)
 
     def craft() -> torch.Tensor:
         batches = list(_batches(x, y, batch_size, dev))
-        return torch.cat([attack(model, xb, yb, **params).cpu() for xb, yb in progress(batches, desc=desc or attack.__name__)])
+        return torch.cat(
+            [attack(model, xb, yb, **params).cpu() for xb, yb in progress(batches, desc=desc or attack.__name__)]
+        )
 
     return remembered("adversarial_examples", craft, model, x, y, attack, batch_size, params)
 
 
-def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Callable, batch_size: int = 500, **params) -> float:
+def robust_accuracy(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Callable, batch_size: int = 500, **params
+) -> float:
     """Accuracy on ``attack``'s examples crafted against ``model`` itself (white-box)."""
     return accuracy(model, adversarial_examples(model, x, y, attack, batch_size, **params), y, batch_size)
 
 
 def accuracy_vs_eps(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Callable, eps_values: list[float], batch_size: int = 500, **params
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attack: Callable,
+    eps_values: list[float],
+    batch_size: int = 500,
+    **params,
 ) -> list[float]:
     """Robust accuracy for each eps in ``eps_values`` (eps = 0 is clean accuracy)."""
-    return [accuracy(model, x, y, batch_size) if eps == 0 else robust_accuracy(model, x, y, attack, batch_size, eps=eps, **params) for eps in eps_values]
+    return [
+        accuracy(model, x, y, batch_size)
+        if eps == 0
+        else robust_accuracy(model, x, y, attack, batch_size, eps=eps, **params)
+        for eps in eps_values
+    ]
 
 
 def transfer_accuracy(
-    source: nn.Module, target: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Callable, batch_size: int = 500, **params
+    source: nn.Module,
+    target: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attack: Callable,
+    batch_size: int = 500,
+    **params,
 ) -> float:
     """Black-box accuracy: ``target`` on examples crafted against ``source``."""
     return accuracy(target, adversarial_examples(source, x, y, attack, batch_size, **params), y, batch_size)
 
 
-def minimal_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Callable, batch_size: int = 500, **params) -> torch.Tensor:
+def minimal_norms(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Callable, batch_size: int = 500, **params
+) -> torch.Tensor:
     """Per-example L2 norm of a minimal-perturbation attack's result (on the CPU).
 
     0 where ``model`` already misclassifies x, the perturbation's norm where the attack succeeds,
@@ -83,7 +112,9 @@ def minimal_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Ca
     if keep.any():
         x_adv = adversarial_examples(model, x[keep], y[keep], attack, batch_size, **params)
         success = predict(model, x_adv, batch_size) != y[keep].cpu()
-        norms[keep] = torch.where(success, l2_distance(x_adv, x[keep].cpu()), torch.full_like(success, float("inf"), dtype=torch.float))
+        norms[keep] = torch.where(
+            success, l2_distance(x_adv, x[keep].cpu()), torch.full_like(success, float("inf"), dtype=torch.float)
+        )
     return norms
 
 
@@ -126,7 +157,14 @@ def closest_benign(benign: dict, target: float) -> tuple:
 
 
 def accuracy_per_iteration(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step_size: float, norm: str = "linf", batch_size: int = 500
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    steps: int,
+    step_size: float,
+    norm: str = "linf",
+    batch_size: int = 500,
 ) -> list[float]:
     """Accuracy after each iteration 1..steps of an iterative attack from x (BIM when norm='linf')."""
     dev = _device(model)

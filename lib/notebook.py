@@ -22,9 +22,17 @@ PENDING = "*The verdicts of this run appear here when it finishes.*"
 class StageRun:
     """One execution of a stage's notebook: results writer, seed, figure style, metadata."""
 
-    def __init__(self, stage: str, profile: str, results_dir: str | Path, seed: int = 0,
-                 models_dir: str | Path | None = None, retrain: bool = False, deterministic: bool | None = None,
-                 dry_run: bool = False):
+    def __init__(
+        self,
+        stage: str,
+        profile: str,
+        results_dir: str | Path,
+        seed: int = 0,
+        models_dir: str | Path | None = None,
+        retrain: bool = False,
+        deterministic: bool | None = None,
+        dry_run: bool = False,
+    ):
         check_profile(profile)
         check_seed(seed)
         Acceleration.configure(profile, deterministic)
@@ -35,7 +43,11 @@ class StageRun:
         seed_everything(seed)
         set_style()
         self.out = ResultsWriter(repo_path(results_dir))
-        stored = "no model store" if models_dir is None else f"models in {models_dir}" + (" (retrain: store ignored)" if retrain else "")
+        stored = (
+            "no model store"
+            if models_dir is None
+            else f"models in {models_dir}" + (" (retrain: store ignored)" if retrain else "")
+        )
         dry = "; DRY RUN: synthetic data, every loop cut short, numbers meaningless" if dry_run else ""
         print(f"{stage}: profile '{profile}' on {device_name()}; {stored}{dry}")
         self._meta: dict = {}
@@ -60,4 +72,6 @@ class StageRun:
         summary = f"## Verdicts of this run\n\n{setting_line(self._meta)}\n\n{C.markdown(claims)}\n\n*Tables, figures and the method's details follow.*"
         if self._summary is not None:
             self._summary.update(Markdown(summary))
-        return Markdown("The verdicts open this notebook (the summary at the top) and are in `claims.md` and `claims.json`.")
+        return Markdown(
+            "The verdicts open this notebook (the summary at the top) and are in `claims.md` and `claims.json`."
+        )

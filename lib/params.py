@@ -34,7 +34,10 @@ PARAMS_FILE = REPO_ROOT / "params.yaml"
 NOTEBOOKS = REPO_ROOT / "notebooks"
 PROFILES_DIR = "profiles"  # beside the parameters file: profiles/<stage>.yaml
 INJECTED = ("profile", "results_dir", "data_dir", "models_dir", "dry_run")  # set by the pipeline, not by params.yaml
-RUN_SETTINGS = ("retrain", "deterministic")  # params.yaml keys that configure the run (lib.notebook.StageRun), not the method
+RUN_SETTINGS = (
+    "retrain",
+    "deterministic",
+)  # params.yaml keys that configure the run (lib.notebook.StageRun), not the method
 _BASES = {"int", "float", "str", "bool", "list", "dict", "None"}
 
 
@@ -47,8 +50,10 @@ def check_profile(profile: str) -> str:
 
 def check_seed(seed: object) -> int:
     """Return ``seed`` if numpy, torch and python can all take it, else raise a clear error."""
-    require(isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**32,
-            f"seed must be an integer in [0, 2**32 - 1], got {seed!r}")
+    require(
+        isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**32,
+        f"seed must be an integer in [0, 2**32 - 1], got {seed!r}",
+    )
     return seed
 
 
@@ -107,24 +112,35 @@ def profiles_file(stage: str, params_file: Path | str = PARAMS_FILE) -> Path:
     return Path(params_file).parent / PROFILES_DIR / f"{stage}.yaml"
 
 
-def _origins(stage: str, profile: str | None, path: Path | str) -> tuple[str, dict[str, object], dict[str, tuple[str, str]]]:
+def _origins(
+    stage: str, profile: str | None, path: Path | str
+) -> tuple[str, dict[str, object], dict[str, tuple[str, str]]]:
     """(profile, effective parameters, key -> where it was set: ('stage.cpu.key', 'profiles/stage.yaml'))."""
     params = read_params(path)
     if profile is None:
-        require(params.get("profile") is not None, f"{repo_relative(path)} sets no profile; add a line 'profile: cpu' "
-                f"(one of {', '.join(PROFILES)}) or pass --profile")
+        require(
+            params.get("profile") is not None,
+            f"{repo_relative(path)} sets no profile; add a line 'profile: cpu' "
+            f"(one of {', '.join(PROFILES)}) or pass --profile",
+        )
         profile = params["profile"]
     profile = check_profile(profile)
     source = profiles_file(stage, path)
     if not source.exists():
         known = sorted(p.stem for p in source.parent.glob("*.yaml"))
         near = difflib.get_close_matches(stage, known, n=1)
-        raise ConfigError(f"no profiles file {repo_relative(source)} for stage '{stage}'" + (f" (did you mean '{near[0]}'?)" if near else ""))
+        raise ConfigError(
+            f"no profiles file {repo_relative(source)} for stage '{stage}'"
+            + (f" (did you mean '{near[0]}'?)" if near else "")
+        )
     section = _read_yaml(source, "profiles file")
     rel = repo_relative(source)
     require(profile in section, f"{rel} has no '{profile}' block")
     overrides = params.get(stage) or {}
-    require(isinstance(overrides, dict), f"section '{stage}' of {repo_relative(path)} must be a mapping of parameters (overrides)")
+    require(
+        isinstance(overrides, dict),
+        f"section '{stage}' of {repo_relative(path)} must be a mapping of parameters (overrides)",
+    )
     merged, origin = {}, {}
     for block in ("common", profile):
         values = section.get(block) or {}
@@ -178,8 +194,10 @@ def declared_parameters(notebook: Path) -> dict[str, Declared]:
     require(len(cells) == 1, f"{Path(notebook).name} needs exactly one cell tagged 'parameters', has {len(cells)}")
     declared = {}
     for node in ast.parse("".join(cells[0]["source"])).body:
-        require(isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None,
-                f"{Path(notebook).name}: every line of the parameters cell must read 'name: type = default'")
+        require(
+            isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None,
+            f"{Path(notebook).name}: every line of the parameters cell must read 'name: type = default'",
+        )
         annotation = ast.unparse(node.annotation)
         _parse_type(annotation)
         declared[node.target.id] = Declared(annotation, ast.literal_eval(node.value))
@@ -192,7 +210,8 @@ def _parse_type(annotation: str) -> ast.expr:
     except SyntaxError:
         raise ConfigError(f"cannot read the parameter type '{annotation}'") from None
     names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | {
-        "None" for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value is None}
+        "None" for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value is None
+    }
     require(names <= _BASES, f"parameter type '{annotation}' may only use {', '.join(sorted(_BASES))}")
     return tree
 
@@ -238,8 +257,9 @@ def _looks_numeric(text: str) -> bool:
     return True
 
 
-def check_parameters(stage: str, profile: str | None, declared: dict[str, Declared], declared_by: str,
-                     path: Path | str = PARAMS_FILE) -> dict:
+def check_parameters(
+    stage: str, profile: str | None, declared: dict[str, Declared], declared_by: str, path: Path | str = PARAMS_FILE
+) -> dict:
     """The effective parameters of ``stage``, checked against ``declared`` (by ``declared_by``).
 
     Unknown keys (with the closest declared name), missing keys and values of the wrong type
@@ -252,13 +272,23 @@ def check_parameters(stage: str, profile: str | None, declared: dict[str, Declar
         if key not in settable:
             near = difflib.get_close_matches(str(key), settable, n=1)
             why = "is set by the pipeline" if key in INJECTED else "is not a parameter"
-            problems.append(f"unknown key {origin[key][0]} in {origin[key][1]} ({why}" + (f"; did you mean {near[0]}?)" if near else ")"))
+            problems.append(
+                f"unknown key {origin[key][0]} in {origin[key][1]} ({why}"
+                + (f"; did you mean {near[0]}?)" if near else ")")
+            )
     for key in settable:
         if key not in merged:
-            problems.append(f"missing key {key} (set it in the common or {profile} block of {repo_relative(profiles_file(stage, path))})")
+            problems.append(
+                f"missing key {key} (set it in the common or {profile} block of {repo_relative(profiles_file(stage, path))})"
+            )
         elif not conforms(merged[key], declared[key].annotation):
-            problems.append(f"{origin[key][0]} must be {declared[key].annotation}, got {_shown(merged[key])} (set in {origin[key][1]})")
-    require(not problems, f"the parameters of {stage} do not match {declared_by}'s (profile {profile}): " + "; ".join(problems))
+            problems.append(
+                f"{origin[key][0]} must be {declared[key].annotation}, got {_shown(merged[key])} (set in {origin[key][1]})"
+            )
+    require(
+        not problems,
+        f"the parameters of {stage} do not match {declared_by}'s (profile {profile}): " + "; ".join(problems),
+    )
     merged["profile"] = profile
     return merged
 

@@ -51,7 +51,16 @@ RESULTS = REPO_ROOT / "results"
 PREPARED = REPO_ROOT / "data" / "prepared"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # What a finished run leaves in results/<stage>/ (dvc.yaml's outputs of the stage; a test keeps them equal)
-OUTPUTS = ("{stage}.ipynb", "{stage}.html", "tables", "figures", "claims.md", "details.json", "training.json", "metrics.json")
+OUTPUTS = (
+    "{stage}.ipynb",
+    "{stage}.html",
+    "tables",
+    "figures",
+    "claims.md",
+    "details.json",
+    "training.json",
+    "metrics.json",
+)
 
 
 class StageInterrupted(KeyboardInterrupt):
@@ -65,7 +74,9 @@ class StageInterrupted(KeyboardInterrupt):
 def method_module(stage: str):
     """The module holding ``stage``'s method and its ``Config``: ``lib.methods.<name>`` for ``pN_<name>``, else ``lib.<stage>``."""
     prefix, _, name = stage.partition("_")
-    return importlib.import_module(f"lib.methods.{name}" if prefix[:1] == "p" and prefix[1:].isdigit() else f"lib.{stage}")
+    return importlib.import_module(
+        f"lib.methods.{name}" if prefix[:1] == "p" and prefix[1:].isdigit() else f"lib.{stage}"
+    )
 
 
 def check_config(stage: str, params: dict) -> None:
@@ -164,6 +175,7 @@ def _stop_kernels() -> None:
 @contextmanager
 def _stoppable() -> Iterator[None]:
     """Turn SIGINT and SIGTERM into :class:`StageInterrupted` for the duration of a run."""
+
     def stop(signum, _frame):
         _stop_kernels()  # first: a kernel outliving its client would write on, and complain
         raise StageInterrupted(signum)
@@ -231,7 +243,10 @@ def check_writable(roots: dict[str, Path], final: Path) -> None:
 def _check_complete(tmp: Path, stage: str) -> None:
     """The folder about to be installed holds every output of the stage."""
     missing = [name.format(stage=stage) for name in OUTPUTS if not (tmp / name.format(stage=stage)).exists()]
-    require(not missing, f"the run of {stage} did not write {', '.join(missing)}; {repo_relative(tmp.parent / stage)} left as it was")
+    require(
+        not missing,
+        f"the run of {stage} did not write {', '.join(missing)}; {repo_relative(tmp.parent / stage)} left as it was",
+    )
 
 
 def _replace(final: Path, tmp: Path) -> None:
@@ -258,9 +273,17 @@ def _rebuilt(folder: Path) -> list[str]:
     return [f"note: {entry['path']} {entry['why']}; rebuilt" for entry in blob.get("rebuilt", [])]
 
 
-def run_stage(stage: str, profile: str | None = None, results_root: Path = RESULTS,
-              params_file: Path = PARAMS_FILE, data_dir: Path = PREPARED, models_root: Path | None = None,
-              dry_run: bool = False, batch_size: int | None = None, examples: int | None = None) -> Path:
+def run_stage(
+    stage: str,
+    profile: str | None = None,
+    results_root: Path = RESULTS,
+    params_file: Path = PARAMS_FILE,
+    data_dir: Path = PREPARED,
+    models_root: Path | None = None,
+    dry_run: bool = False,
+    batch_size: int | None = None,
+    examples: int | None = None,
+) -> Path:
     """Execute ``stage``'s notebook with its checked parameters; returns ``results_root/stage``.
 
     Trained models are stored in (and loaded from) ``models_root/stage``, by default the
@@ -274,7 +297,10 @@ def run_stage(stage: str, profile: str | None = None, results_root: Path = RESUL
     source = notebook_path(stage)
     params = check_parameters(stage, profile, declared_parameters(source), f"notebooks/{source.name}", params_file)
     check_config(stage, params)
-    require((batch_size is None and examples is None) or dry_run, "--batch-size and --examples are for the dry run only (set sizes in profiles/<stage>.yaml)")
+    require(
+        (batch_size is None and examples is None) or dry_run,
+        "--batch-size and --examples are for the dry run only (set sizes in profiles/<stage>.yaml)",
+    )
     require(examples is None or examples >= 1, f"--examples must be >= 1, got {examples}")
     require(batch_size is None or batch_size >= 1, f"--batch-size must be >= 1, got {batch_size}")
     if dry_run:
@@ -302,14 +328,26 @@ def _dry_run_setup(stage: str, params: dict, models_root: Path, batch_size: int 
     DryRun.configure(True)
     changed = dryrun.overrides(params, batch_size)
     DryRun.configure(False)
-    print(f"{stage}: dry run ({params['profile']} profile) on synthetic data; {dryrun.cuts()}; changed: "
-          + ", ".join(f"{k}={v}" for k, v in changed.items()), flush=True)
+    print(
+        f"{stage}: dry run ({params['profile']} profile) on synthetic data; {dryrun.cuts()}; changed: "
+        + ", ".join(f"{k}={v}" for k, v in changed.items()),
+        flush=True,
+    )
     params.update(changed)
     return data_dir
 
 
-def _execute(stage: str, source: Path, params: dict, final: Path, models_root: Path, data_dir: Path,
-             dry_run: bool, batch_size: int | None, examples: int | None) -> Path:
+def _execute(
+    stage: str,
+    source: Path,
+    params: dict,
+    final: Path,
+    models_root: Path,
+    data_dir: Path,
+    dry_run: bool,
+    batch_size: int | None,
+    examples: int | None,
+) -> Path:
     """Run the notebook into a temporary folder of this run and install it as ``final`` (the
     caller holds the stage's lock)."""
     planned = dict(params)  # the plan is of the profile's own settings, dry run or not
@@ -320,8 +358,12 @@ def _execute(stage: str, source: Path, params: dict, final: Path, models_root: P
 
     logging.getLogger("papermill").addFilter(_PARAMETER_GUESS)
     tmp = final.with_name(f".{stage}.{os.getpid()}.tmp")
-    params.update(results_dir=repo_relative(tmp), data_dir=repo_relative(data_dir), models_dir=repo_relative(models_root / stage),
-                  dry_run=dry_run)
+    params.update(
+        results_dir=repo_relative(tmp),
+        data_dir=repo_relative(data_dir),
+        models_dir=repo_relative(models_root / stage),
+        dry_run=dry_run,
+    )
     started = time.perf_counter()
     # kernels are started by name; make 'python' this interpreter (the project's environment)
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
@@ -331,8 +373,13 @@ def _execute(stage: str, source: Path, params: dict, final: Path, models_root: P
         with _stoppable():
             try:
                 pm.execute_notebook(
-                    str(source), str(tmp / f"{stage}.ipynb"), parameters=params, cwd=str(REPO_ROOT),
-                    kernel_name="python3", progress_bar=False, log_output=False,
+                    str(source),
+                    str(tmp / f"{stage}.ipynb"),
+                    parameters=params,
+                    cwd=str(REPO_ROOT),
+                    kernel_name="python3",
+                    progress_bar=False,
+                    log_output=False,
                     kernel_manager_class=_kernel_manager_class(),
                     extra_arguments=["--IPKernelApp.log_level=CRITICAL"],  # the kernel's own log (transport,
                     # shutdown); what the notebook prints or warns is kept in the notebook's outputs
@@ -340,10 +387,13 @@ def _execute(stage: str, source: Path, params: dict, final: Path, models_root: P
             except pm.PapermillExecutionError as err:
                 roots = {"--results": final.parent, "--models": models_root}
                 raise environment_error_in(f"{err.evalue}", roots) or ConfigError(
-                    f"notebook {source.name} failed: {err.ename}: {err.evalue}") from None
+                    f"notebook {source.name} failed: {err.ename}: {err.evalue}"
+                ) from None
             _finish_notebook(tmp / f"{stage}.ipynb", source, final)
             _add_provenance(tmp, run_provenance)
-            _add_training(tmp, stage_plan(stage, planned), time.perf_counter() - started)  # after the notebook checked the values
+            _add_training(
+                tmp, stage_plan(stage, planned), time.perf_counter() - started
+            )  # after the notebook checked the values
             _check_complete(tmp, stage)
             _replace(final, tmp)
     except BaseException:
@@ -361,17 +411,37 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", type=Path, default=PARAMS_FILE, help="parameters file (default: params.yaml)")
     ap.add_argument("--results", type=Path, default=RESULTS, help="results root (default: results/)")
     ap.add_argument("--data", type=Path, default=PREPARED, help="prepared data folder (default: data/prepared)")
-    ap.add_argument("--models", type=Path, default=None, help="model store root (default: models/ beside the results root)")
-    ap.add_argument("--dry-run", action="store_true", help="synthetic data of the real sizes, every loop cut short, into build/dry-run/")
-    ap.add_argument("--batch-size", type=int, default=None, help="dry run only: every batch size (a CPU-sized check of a GPU profile)")
+    ap.add_argument(
+        "--models", type=Path, default=None, help="model store root (default: models/ beside the results root)"
+    )
+    ap.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="synthetic data of the real sizes, every loop cut short, into build/dry-run/",
+    )
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="dry run only: every batch size (a CPU-sized check of a GPU profile)",
+    )
     ap.add_argument("--examples", type=int, default=None, help="dry run only: examples per evaluation set (default 64)")
     args = ap.parse_args(argv)
     models = args.models if args.models is not None else args.results.parent / "models"
     roots = {"--results": args.results, "--models": models}  # what a run writes
     try:
         try:
-            out = run_stage(args.stage, args.profile, args.results, args.params, args.data, args.models,
-                            args.dry_run, args.batch_size, args.examples)
+            out = run_stage(
+                args.stage,
+                args.profile,
+                args.results,
+                args.params,
+                args.data,
+                args.models,
+                args.dry_run,
+                args.batch_size,
+                args.examples,
+            )
         except OSError as err:
             mapped = environment_error(err, roots)
             if mapped is None:
@@ -381,8 +451,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except StageInterrupted as stop:
-        print(f"error: {args.stage} stopped by {stop}; {repo_relative(args.results / args.stage)} left as it was",
-              file=sys.stderr)
+        print(
+            f"error: {args.stage} stopped by {stop}; {repo_relative(args.results / args.stage)} left as it was",
+            file=sys.stderr,
+        )
         return 128 + stop.signum
     print(f"{args.stage}: results in {repo_relative(out)}")
     return 0

@@ -64,8 +64,17 @@ class StagePlan:
     models: list[Planned] = field(default_factory=list)
 
     def add(self, name: str, model: Model, epochs: int, examples: int, passes: float, batch_size: int) -> None:
-        self.models.append(Planned(name, model, epochs, examples, passes, batch_size,
-                                   round(epochs * examples / self.train_examples * passes, 2)))
+        self.models.append(
+            Planned(
+                name,
+                model,
+                epochs,
+                examples,
+                passes,
+                batch_size,
+                round(epochs * examples / self.train_examples * passes, 2),
+            )
+        )
 
     @property
     def units(self) -> float:
@@ -75,8 +84,13 @@ class StagePlan:
         return sum(m.epochs * m.examples * m.passes / throughput[m.model] for m in self.models)
 
     def as_dict(self) -> dict:
-        return {"stage": self.stage, "profile": self.profile, "train_examples": self.train_examples, "clean_epoch_units": self.units,
-                "models": [{**asdict(m), "model": m.model.label()} for m in self.models]}
+        return {
+            "stage": self.stage,
+            "profile": self.profile,
+            "train_examples": self.train_examples,
+            "clean_epoch_units": self.units,
+            "models": [{**asdict(m), "model": m.model.label()} for m in self.models],
+        }
 
 
 def train_size(name: str, n: int | None, held_out: int = 0) -> int:
@@ -98,11 +112,27 @@ def plan_p3(p: dict) -> StagePlan:
     n = train_size(names[0], p["n_train"], p["n_val"])
     plan = StagePlan("p3_single_step_reuse", p["profile"], n)
     both = 1 + (p["clean_weight"] > 0)  # adversarial (+ clean) forward-backward
-    passes = {"vanilla": 1, "fgsm_adv": 1 + both, "atda": 1 + both, "proposed": 1 + both, "bim10_adv": 10 + both, "bim30_adv": 30 + both}
+    passes = {
+        "vanilla": 1,
+        "fgsm_adv": 1 + both,
+        "atda": 1 + both,
+        "proposed": 1 + both,
+        "bim10_adv": 10 + both,
+        "bim30_adv": 30 + both,
+    }
     for name in names:
-        model = Model("mnist_cnn", _shape(name), _classes(name), (("width", p["model_width"]), ("hidden", p["model_hidden"])))
+        model = Model(
+            "mnist_cnn", _shape(name), _classes(name), (("width", p["model_width"]), ("hidden", p["model_hidden"]))
+        )
         for d in p["defences"]:
-            plan.add(f"{name} {d}", model, p["epochs"], train_size(name, p["n_train"], p["n_val"]), passes[d], p["batch_size"])
+            plan.add(
+                f"{name} {d}",
+                model,
+                p["epochs"],
+                train_size(name, p["n_train"], p["n_val"]),
+                passes[d],
+                p["batch_size"],
+            )
     return plan
 
 
@@ -114,11 +144,17 @@ def plan_p5(p: dict) -> StagePlan:
     plan.add("phase 1: D", model, p["d_epochs"], n, 1, p["d_batch_size"])
     for i in p["intensities"]:
         plan.add(f"phase 2: G at intensity {i:g}", model, p["g_epochs"], n, 1, p["batch_size"])
-    if p.get("diagnosis") and 0.3 in p["intensities"]:  # the headline's diagnosis: one G with the reference's clamped output
-        plan.add("diagnosis: G with clamped tanh (eps 0)", model, p["g_epochs"], n, 1, p["batch_size"])  # eps: pixel units, from the data
+    if (
+        p.get("diagnosis") and 0.3 in p["intensities"]
+    ):  # the headline's diagnosis: one G with the reference's clamped output
+        plan.add(
+            "diagnosis: G with clamped tanh (eps 0)", model, p["g_epochs"], n, 1, p["batch_size"]
+        )  # eps: pixel units, from the data
     both = 1 + (p["clean_weight"] > 0)
     for _ in p["alternating_intensities"]:
-        plan.add("phase 3: D and G alternately, eps 0", model, p["alt_epochs"], n, 1 + both, p["batch_size"])  # eps: pixel units, from the data
+        plan.add(
+            "phase 3: D and G alternately, eps 0", model, p["alt_epochs"], n, 1 + both, p["batch_size"]
+        )  # eps: pixel units, from the data
     return plan
 
 
@@ -130,10 +166,19 @@ def plan_p1(p: dict) -> StagePlan:
     both = 1 + (p["clean_weight"] > 0)
     plan.add("base (clean pre-training)", model, p["base_epochs"], n, 1, p["batch_size"])
     plan.add("black-box surrogate (independent clean model)", model, p["base_epochs"], n, 1, p["batch_size"])
-    plan.add("fine-tune proposed", model, p["epochs"], n, 1 + both, p["batch_size"])  # generators' ascent + the classifier
+    plan.add(
+        "fine-tune proposed", model, p["epochs"], n, 1 + both, p["batch_size"]
+    )  # generators' ascent + the classifier
     plan.add("fine-tune min-max", model, p["epochs"], n, p["minmax_steps"] + both, p["batch_size"])
     timed = 4 * (1 + p["timing_batches"]) * p["batch_size"]  # four methods: a warm-up batch + the timed batches
-    plan.add("table 1 timing runs", model, 1, timed, (1 + 2 * (1 + both) + p["timing_minmax_steps"] + both) / 4, p["batch_size"])
+    plan.add(
+        "table 1 timing runs",
+        model,
+        1,
+        timed,
+        (1 + 2 * (1 + both) + p["timing_minmax_steps"] + both) / 4,
+        p["batch_size"],
+    )
     return plan
 
 
@@ -148,17 +193,34 @@ def plan_p2(p: dict) -> StagePlan:
         runs += [(f"FGM-AT eps {eps:g}", 1 + both, width, epochs) for eps in p["at_eps"]]
         runs += [(f"PGD-AT eps {eps:g}", p["pgd_train_steps"] + both, width, epochs) for eps in p["pgd_eps"]]
         runs += [(f"PGN c_L {c_l:g}", pgn, width, epochs) for c_l in p["c_l"]]
-        runs += [(f"PGN ablation: no {drop}", pgn, width, epochs) for drop in ("label", "image", "gradient") if p["ablation"]]
+        runs += [
+            (f"PGN ablation: no {drop}", pgn, width, epochs) for drop in ("label", "image", "gradient") if p["ablation"]
+        ]
         runs += [(f"PGN width x{m:g}", pgn, width * m, epochs) for m in p["capacity"]]
-        if p.get("reference_check"):  # the matched pair retrained with the reference code's choices (eps / c_L chosen at run time)
+        if p.get(
+            "reference_check"
+        ):  # the matched pair retrained with the reference code's choices (eps / c_L chosen at run time)
             runs += [("FGM-AT (reference: augment)", 1 + both, width, epochs)]
             runs += [(f"PGN (reference: {tag})", pgn, width, epochs) for tag in ("augment", "leaky", "augment leaky")]
         for desc, passes, w, e in runs:
-            plan.add(f"{name} {desc}", Model("convpool_cnn", _shape(name), _classes(name), (("width", w),)), e, n, passes, p["batch_size"])
+            plan.add(
+                f"{name} {desc}",
+                Model("convpool_cnn", _shape(name), _classes(name), (("width", w),)),
+                e,
+                n,
+                passes,
+                p["batch_size"],
+            )
         for _kind in ("FGM-AT", "PGD-AT"):  # Fig. 3: PGN attackers against two fixed classifiers (G alone learns)
             for c_l in p["attack_c_l"]:
-                plan.add(f"PGN attacker c_L {c_l:g}", Model("convpool_cnn", _shape(name), _classes(name), (("width", width),)),
-                         p["attack_epochs"], n, 2, p["batch_size"])
+                plan.add(
+                    f"PGN attacker c_L {c_l:g}",
+                    Model("convpool_cnn", _shape(name), _classes(name), (("width", width),)),
+                    p["attack_epochs"],
+                    n,
+                    2,
+                    p["batch_size"],
+                )
     return plan
 
 
@@ -189,21 +251,41 @@ def plan_compare(p: dict) -> StagePlan:
     plan = StagePlan("compare", p["profile"], n)
     model = Model(p["model"], _shape(name), _classes(name), tuple(sorted(p["model_options"].items())))
     both = {d: 1 + (w > 0) for d, w in p["clean_weight"].items()}
-    passes = {"clean": 1, "fgsm_at": 2, "pgd_at": 11, "p1_generator_ensemble": 3, "p2_pgn": 3, "p3_single_step_reuse": 2,
-              "p4_transfer_augmentation": 1, "p5_alternating_gan": 2}
+    passes = {
+        "clean": 1,
+        "fgsm_at": 2,
+        "pgd_at": 11,
+        "p1_generator_ensemble": 3,
+        "p2_pgn": 3,
+        "p3_single_step_reuse": 2,
+        "p4_transfer_augmentation": 1,
+        "p5_alternating_gan": 2,
+    }
     seed = p["seed"]
     for defence, values in p["strengths"].items():
         for v in values:
             label = DEFENCES[defence][0]
             examples = n * (2 if defence == "p4_transfer_augmentation" else 1)  # clean + one FGSM set
-            plan.add(f"{label} {'' if v is None else f'{v:.4g}'} seed {seed}", model, p["epochs"], examples,
-                     passes[defence] - 1 + both.get(defence, 1), p["batch_size"])
+            plan.add(
+                f"{label} {'' if v is None else f'{v:.4g}'} seed {seed}",
+                model,
+                p["epochs"],
+                examples,
+                passes[defence] - 1 + both.get(defence, 1),
+                p["batch_size"],
+            )
     plan.add(f"{DEFENCES['clean'][0]}  seed {seed + 100}", model, p["epochs"], n, 1, p["batch_size"])
     return plan
 
 
-PLANS = {"p1_conv_generator_ensemble": plan_p1, "p2_pgn": plan_p2, "p3_single_step_reuse": plan_p3,
-         "p4_resnet_transfer_augmentation": plan_p4, "p5_mnist_gan": plan_p5, "compare": plan_compare}
+PLANS = {
+    "p1_conv_generator_ensemble": plan_p1,
+    "p2_pgn": plan_p2,
+    "p3_single_step_reuse": plan_p3,
+    "p4_resnet_transfer_augmentation": plan_p4,
+    "p5_mnist_gan": plan_p5,
+    "compare": plan_compare,
+}
 
 
 def plan_stage(stage: str, params: dict) -> StagePlan:
@@ -218,7 +300,12 @@ def plans(profile: str | None, stages: list[str] | None = None, params_file=PARA
         if stage not in PLANS:
             raise ConfigError(f"no plan for stage '{stage}'; stages: {', '.join(PLANS)}")
         source = notebook_path(stage)
-        out.append(plan_stage(stage, check_parameters(stage, profile, declared_parameters(source), f"notebooks/{source.name}", params_file)))
+        out.append(
+            plan_stage(
+                stage,
+                check_parameters(stage, profile, declared_parameters(source), f"notebooks/{source.name}", params_file),
+            )
+        )
     return out
 
 
@@ -300,10 +387,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {out['device']}")
     for plan, blob in zip(stage_plans, out["stages"]):
         eta = f", ETA {_hours(blob['eta_s'])}" if "eta_s" in blob else ""
-        print(f"\n{plan.stage} ({plan.profile}): {len(plan.models)} models, {plan.units:g} clean-epoch units "
-              f"(1 unit = one clean epoch over {plan.train_examples:,} examples){eta}")
+        print(
+            f"\n{plan.stage} ({plan.profile}): {len(plan.models)} models, {plan.units:g} clean-epoch units "
+            f"(1 unit = one clean epoch over {plan.train_examples:,} examples){eta}"
+        )
         for m in plan.models:
-            print(f"  {m.name:52s} {m.model.label():44s} {m.epochs:4d} ep x {m.examples:7,d} ex x {m.passes:5.1f} passes = {m.units:9.2f}")
+            print(
+                f"  {m.name:52s} {m.model.label():44s} {m.epochs:4d} ep x {m.examples:7,d} ex x {m.passes:5.1f} passes = {m.units:9.2f}"
+            )
     if throughput:
         print("\nthroughput (training images/s, probe):")
         for label, v in out["throughput_images_per_s"].items():

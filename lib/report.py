@@ -69,7 +69,9 @@ def widen(long: pd.DataFrame, index: list[str]) -> pd.DataFrame:
     wide = wide.reindex(columns=pd.MultiIndex.from_tuples(cols))
     wide.columns = [f"{m} {v}" for v, m in cols]
     order = list(dict.fromkeys(map(tuple, long[index].values.tolist())))
-    return wide.reindex(pd.MultiIndex.from_tuples(order, names=index) if len(index) > 1 else [o[0] for o in order]).reset_index()
+    return wide.reindex(
+        pd.MultiIndex.from_tuples(order, names=index) if len(index) > 1 else [o[0] for o in order]
+    ).reset_index()
 
 
 def setting_line(meta: dict) -> str:
@@ -92,7 +94,11 @@ WIDTH_CHARS = 120  # what fits a 1,300 px window at the notebook's table font, i
 
 def printed_decimals(values: Iterable) -> int:
     """How many decimals the paper prints: the most among ``values`` (1 when none, at most 3)."""
-    places = [len(repr(float(v)).split(".")[1].rstrip("0")) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    places = [
+        len(repr(float(v)).split(".")[1].rstrip("0"))
+        for v in values
+        if isinstance(v, (int, float)) and math.isfinite(v)
+    ]
     return min(max(places, default=1), 3) or 1
 
 
@@ -138,8 +144,9 @@ def _formatters(df: pd.DataFrame) -> dict[str, Callable[[object], str]]:
             decimals = magnitude_decimals(df[col].tolist())
         else:
             decimals = None
-        out[col] = (lambda v, d=decimals, s=signed, i=integral:
-                    format_number(int(v) if i and isinstance(v, float) and math.isfinite(v) else v, d, s))
+        out[col] = lambda v, d=decimals, s=signed, i=integral: format_number(
+            int(v) if i and isinstance(v, float) and math.isfinite(v) else v, d, s
+        )
     return out
 
 
@@ -155,7 +162,9 @@ def formatted(df: pd.DataFrame) -> pd.DataFrame:
         for i, (paper, *values) in enumerate(df[list(LONG)].itertuples(index=False)):
             if isinstance(paper, (int, float)) and math.isfinite(paper):
                 d = printed_decimals([paper])
-                out.iloc[i, [df.columns.get_loc(c) for c in LONG]] = [format_number(v, d, c == "delta") for c, v in zip(LONG, (paper, *values))]
+                out.iloc[i, [df.columns.get_loc(c) for c in LONG]] = [
+                    format_number(v, d, c == "delta") for c, v in zip(LONG, (paper, *values))
+                ]
     return out
 
 
@@ -175,7 +184,7 @@ def column_parts(data: pd.DataFrame, text: pd.DataFrame, width: int = WIDTH_CHAR
             break
         keys.append(c)
     groups: list[list[str]] = []
-    for c in cols[len(keys):]:
+    for c in cols[len(keys) :]:
         if groups and _metric(groups[-1][0]) == _metric(c):
             groups[-1].append(c)
         else:
@@ -253,14 +262,21 @@ class ResultsWriter:
         Returns a one-line confirmation for the notebook."""
         bad = [k for k, v in headline.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
         require(not bad, f"headline metrics must be flat numbers; not numbers: {', '.join(bad)}")
-        require(len(headline) <= MAX_HEADLINE, f"{len(headline)} headline metrics; keep at most {MAX_HEADLINE} (the rest go to details)")
+        require(
+            len(headline) <= MAX_HEADLINE,
+            f"{len(headline)} headline metrics; keep at most {MAX_HEADLINE} (the rest go to details)",
+        )
         blob = {"meta": {**meta, "attack_libraries": attack_libraries()}, **details}
         _atomic_write(self.root / "details.json", lambda p: p.write_text(json.dumps(_clean(blob), indent=2) + "\n"))
         _atomic_write(self.root / "metrics.json", lambda p: p.write_text(json.dumps(_clean(headline), indent=2) + "\n"))
-        models = json.dumps({"models": runs(), "rebuilt": rebuilt()}, indent=2) + "\n"  # the pipeline adds the plan and the total
+        models = (
+            json.dumps({"models": runs(), "rebuilt": rebuilt()}, indent=2) + "\n"
+        )  # the pipeline adds the plan and the total
         _atomic_write(self.root / "training.json", lambda p: p.write_text(models))
-        return (f"Wrote metrics.json ({len(headline)} headline numbers, what `dvc metrics show` lists), details.json "
-                "(every number, the configuration and the metadata) and training.json (every model and its training time).")
+        return (
+            f"Wrote metrics.json ({len(headline)} headline numbers, what `dvc metrics show` lists), details.json "
+            "(every number, the configuration and the metadata) and training.json (every model and its training time)."
+        )
 
     def add_metrics(self, extra: dict[str, float]) -> None:
         """Add ``extra`` (flat numbers, such as the claims' counts) to the ``metrics.json`` that
@@ -270,7 +286,10 @@ class ResultsWriter:
         headline = {**json.loads(path.read_text()), **extra}
         bad = [k for k, v in extra.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
         require(not bad, f"headline metrics must be flat numbers; not numbers: {', '.join(bad)}")
-        require(len(headline) <= MAX_HEADLINE, f"{len(headline)} headline metrics; keep at most {MAX_HEADLINE} (the rest go to details)")
+        require(
+            len(headline) <= MAX_HEADLINE,
+            f"{len(headline)} headline metrics; keep at most {MAX_HEADLINE} (the rest go to details)",
+        )
         _atomic_write(path, lambda p: p.write_text(json.dumps(_clean(headline), indent=2) + "\n"))
 
 

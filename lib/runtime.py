@@ -117,7 +117,14 @@ def device_name() -> str:
 
 
 PIPELINE_OUTPUTS = ("results/", "models/", "dvc.lock", "README.md")  # written by `dvc repro`, not its inputs
-STAGE_INPUTS = ("lib/", "notebooks/", "profiles/", "params.yaml", "dvc.yaml", "pyproject.toml")  # an untracked file here can change a run
+STAGE_INPUTS = (
+    "lib/",
+    "notebooks/",
+    "profiles/",
+    "params.yaml",
+    "dvc.yaml",
+    "pyproject.toml",
+)  # an untracked file here can change a run
 TOOLS = ("torch", "torchvision", "numpy", "papermill", "nbconvert", "dvc")
 ATTACK_LIBRARIES = {"foolbox": "foolbox", "autoattack": "pyautoattack"}  # import name -> distribution
 
@@ -141,7 +148,12 @@ def git_state(root: Path = REPO_ROOT) -> dict:
     changed = sorted(f for f in changed if not f.startswith(PIPELINE_OUTPUTS))
     untracked = (_git(root, "ls-files", "--others", "--exclude-standard", "--", *STAGE_INPUTS) or "").splitlines()
     untracked = sorted(f for f in untracked if not f.startswith(PIPELINE_OUTPUTS))
-    return {"commit": commit.strip(), "dirty": bool(changed or untracked), "changed_files": changed, "untracked_files": untracked}
+    return {
+        "commit": commit.strip(),
+        "dirty": bool(changed or untracked),
+        "changed_files": changed,
+        "untracked_files": untracked,
+    }
 
 
 def versions(names: tuple[str, ...] = TOOLS) -> dict[str, str]:

@@ -58,8 +58,10 @@ def stage_lock(results_root: Path, stage: str) -> Iterator[dict | None]:
     try:
         lock.acquire()
     except Timeout:
-        raise StageBusy(f"{stage} is already running ({_describe(_read_owner(owner_file))}); wait for it to "
-                        "finish, or stop it, before starting another run of this stage") from None
+        raise StageBusy(
+            f"{stage} is already running ({_describe(_read_owner(owner_file))}); wait for it to "
+            "finish, or stop it, before starting another run of this stage"
+        ) from None
     try:
         stale = _read_owner(owner_file) if owner_file.exists() else None
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())

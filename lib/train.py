@@ -68,7 +68,15 @@ class StoredPerturbation(Clean):
     ``reset_every`` epochs all deltas return to zero (Liu, Khalil, Khreishah).
     """
 
-    def __init__(self, num_examples: int, example_shape: tuple, eps: float, step_size: float, reset_every: int, norm: str = "linf"):
+    def __init__(
+        self,
+        num_examples: int,
+        example_shape: tuple,
+        eps: float,
+        step_size: float,
+        reset_every: int,
+        norm: str = "linf",
+    ):
         require(eps >= 0 and step_size >= 0, "eps and step_size must be >= 0")
         require(reset_every >= 1, f"reset_every must be >= 1, got {reset_every}")
         self.delta = torch.zeros(num_examples, *example_shape)
@@ -100,7 +108,10 @@ class GeneratorSource(Clean):
     joint = True
 
     def __init__(self, make_adv: Callable, optimizer: torch.optim.Optimizer):
-        require(any(g.get("maximize") for g in optimizer.param_groups), "generator optimizer must be built with maximize=True")
+        require(
+            any(g.get("maximize") for g in optimizer.param_groups),
+            "generator optimizer must be built with maximize=True",
+        )
         self.make_adv, self.optimizer = make_adv, optimizer
 
     def __call__(self, model, x, y, idx):
@@ -199,8 +210,14 @@ def train(
     if cache_as is None:
         return _train(model, loader, cfg, source, ema, on_epoch_end, max_batches, desc)
     modules = {"model": model, **({"ema": ema} if ema is not None else {}), **source_modules(source)}
-    record = cached(cache_as, modules, lambda: {"history": _train(model, loader, cfg, source, ema, on_epoch_end, max_batches, desc).history},
-                    key=(cfg, loader, on_epoch_end, max_batches), caller=sys._getframe(1).f_code, seeded=True)
+    record = cached(
+        cache_as,
+        modules,
+        lambda: {"history": _train(model, loader, cfg, source, ema, on_epoch_end, max_batches, desc).history},
+        key=(cfg, loader, on_epoch_end, max_batches),
+        caller=sys._getframe(1).f_code,
+        seeded=True,
+    )
     model.eval()
     return TrainResult(model, record["history"], ema, seconds=record["seconds"], loaded=record["loaded"])
 
@@ -212,7 +229,11 @@ def training_precision(dev: torch.device):
 
 def _ema(model: nn.Module, cfg: TrainConfig) -> AveragedModel | None:
     """The exponential moving average of ``model``'s weights, when ``cfg.ema_decay`` asks for one."""
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) if cfg.ema_decay else None
+    return (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        if cfg.ema_decay
+        else None
+    )
 
 
 def source_modules(source: Clean) -> dict[str, nn.Module]:

@@ -75,11 +75,24 @@ def p5_smoke_runs():
     shutil.rmtree(root, ignore_errors=True)
     runs = {"root": root}
     results = root / "first" / "results"
-    argv = [sys.executable, "-m", "lib.pipeline", "p5_mnist_gan", "--profile", "smoke", "--results", str(results),
-            "--models", str(root / "models")]
+    argv = [
+        sys.executable,
+        "-m",
+        "lib.pipeline",
+        "p5_mnist_gan",
+        "--profile",
+        "smoke",
+        "--results",
+        str(results),
+        "--models",
+        str(root / "models"),
+    ]
     try:
         t0 = time.perf_counter()
-        together = [subprocess.Popen(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        together = [
+            subprocess.Popen(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)
+        ]
         deadline = time.monotonic() + 120
         while not list(results.glob(".p5_mnist_gan.*.tmp")) and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -89,9 +102,13 @@ def p5_smoke_runs():
         winners = [run for run in done if run[0] == 0]
         assert len(winners) == 1, f"want one run of the two started together to finish: {done}"
         runs["winner"] = winners[0][1]
-        runs["refused"] = {"together": [(code, err) for code, _, err in done if code != 0],
-                           "late": (late.returncode, late.stderr)}
-        runs["store_after_first"] = {str(f.relative_to(root)): f.stat().st_mtime_ns for f in (root / "models").rglob("*") if f.is_file()}
+        runs["refused"] = {
+            "together": [(code, err) for code, _, err in done if code != 0],
+            "late": (late.returncode, late.stderr),
+        }
+        runs["store_after_first"] = {
+            str(f.relative_to(root)): f.stat().st_mtime_ns for f in (root / "models").rglob("*") if f.is_file()
+        }
         t0 = time.perf_counter()
         run_stage("p5_mnist_gan", "smoke", results_root=root / "second" / "results", models_root=root / "models")
         runs["second"] = (root / "second" / "results", time.perf_counter() - t0)

@@ -71,7 +71,10 @@ def test_fgm_is_an_l2_step_along_the_gradient_on_linear_model(linear_model):
 
 def test_more_pgd_steps_never_raise_accuracy(trained_cnn, test_batch):
     x, y = test_batch
-    accs = [robust_accuracy(trained_cnn, x, y, A.pgd, eps=0.1, steps=s, step_size=0.025, random_start=False) for s in (1, 5, 20)]
+    accs = [
+        robust_accuracy(trained_cnn, x, y, A.pgd, eps=0.1, steps=s, step_size=0.025, random_start=False)
+        for s in (1, 5, 20)
+    ]
     assert accs[0] >= accs[1] >= accs[2]
 
 
@@ -115,7 +118,11 @@ def _fb_accuracy(model, x, y, attack, eps):
         (A.pgd, dict(eps=1.5, steps=40, step_size=0.1, norm="l2"), fb.attacks.L2PGD(steps=40, abs_stepsize=0.1)),
         (A.fgm, dict(eps=1.5), fb.attacks.FGM()),
         # foolbox has no MIM; its closest peer is L2 basic iterative with the same step budget.
-        (A.mim, dict(eps=1.5, steps=20, step_size=0.15, norm="l2"), fb.attacks.L2BasicIterativeAttack(steps=20, abs_stepsize=0.15)),
+        (
+            A.mim,
+            dict(eps=1.5, steps=20, step_size=0.15, norm="l2"),
+            fb.attacks.L2BasicIterativeAttack(steps=20, abs_stepsize=0.15),
+        ),
     ],
     ids=["fgsm", "pgd_linf", "pgd_l2", "fgm", "mim_vs_l2bim"],
 )

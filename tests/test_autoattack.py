@@ -52,6 +52,7 @@ def _recorded(method, name: str, ran: list):
     def wrapper(self, *args, **kwargs):
         ran.append(name)
         return method(self, *args, **kwargs)
+
     return wrapper
 
 
@@ -67,12 +68,15 @@ def test_misclassified_images_and_eps_zero_come_back_unchanged_and_the_random_st
     assert already.any() and torch.equal(x_adv[already], x[already])
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(eps=-0.1), "eps must be a finite number >= 0"),
-    (dict(eps=0.1, norm="l1"), "unknown norm 'l1' for AutoAttack"),
-    (dict(eps=0.1, version="plus"), "unknown AutoAttack version 'plus'"),
-    (dict(eps=0.1, iterations=0), "iterations must be an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(eps=-0.1), "eps must be a finite number >= 0"),
+        (dict(eps=0.1, norm="l1"), "unknown norm 'l1' for AutoAttack"),
+        (dict(eps=0.1, version="plus"), "unknown AutoAttack version 'plus'"),
+        (dict(eps=0.1, iterations=0), "iterations must be an integer >= 1"),
+    ],
+)
 def test_bad_input_is_one_clear_error(trained_cnn, test_batch, kwargs, message):
     x, y = test_batch[0][:4], test_batch[1][:4]
     with pytest.raises(ConfigError, match=message):
@@ -81,12 +85,15 @@ def test_bad_input_is_one_clear_error(trained_cnn, test_batch, kwargs, message):
         A.autoattack(trained_cnn, x * 2, y, eps=0.1)
 
 
-@pytest.mark.parametrize("args,message", [
-    (("plus", 10), "autoattack must be one of standard, apgd-ce\\+t, got 'plus'"),
-    (("standard", 0), "autoattack_iterations must be >= 1, got 0"),
-    (("standard", 10, [], [0.1, 0.3]), "autoattack_eps must be a non-empty subset"),
-    (("standard", 10, [0.2], [0.1, 0.3]), "autoattack_eps must be a non-empty subset of \\[0.1, 0.3\\]"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("plus", 10), "autoattack must be one of standard, apgd-ce\\+t, got 'plus'"),
+        (("standard", 0), "autoattack_iterations must be >= 1, got 0"),
+        (("standard", 10, [], [0.1, 0.3]), "autoattack_eps must be a non-empty subset"),
+        (("standard", 10, [0.2], [0.1, 0.3]), "autoattack_eps must be a non-empty subset of \\[0.1, 0.3\\]"),
+    ],
+)
 def test_a_stage_configs_autoattack_settings_are_checked_in_one_place(args, message):
     with pytest.raises(ConfigError, match=message):
         S.check_autoattack_settings(*args)

@@ -32,8 +32,11 @@ PROFILES = {f.stem: yaml.safe_load(f.read_text()) for f in (REPO_ROOT / "profile
 def _digest(root: Path) -> dict[str, str]:
     """Every file and folder under ``root`` (hidden ones too) with its content hash; the stages' lock
     files (``.<stage>.lock``, empty, kept between runs) aside."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(root.rglob("*")) if not (p.parent == root and p.name.endswith(".lock"))}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(root.rglob("*"))
+        if not (p.parent == root and p.name.endswith(".lock"))
+    }
 
 
 class Workspace:
@@ -59,7 +62,15 @@ class Workspace:
         write_profiles(self.params.parent, profiles)
 
     def argv(self, stage: str | None = None) -> list[str]:
-        return [stage or self.stage, "--params", str(self.params), "--results", str(self.results), "--data", str(self.data)]
+        return [
+            stage or self.stage,
+            "--params",
+            str(self.params),
+            "--results",
+            str(self.results),
+            "--data",
+            str(self.data),
+        ]
 
     def assert_stopped_cleanly(self, code: int, stderr: str, *fragments: str, expected_code: int = 2) -> None:
         lines = stderr.strip().splitlines()
@@ -78,8 +89,10 @@ def write_profiles(root: Path, profiles: dict) -> None:
 
 def _override(stage: str, **changes):
     """Values set in params.yaml's section of ``stage`` (what ``dvc exp run -S +stage.key=value`` writes)."""
+
     def change(params, profiles):
         params[stage] = {**(params.get(stage) or {}), **changes}
+
     return change
 
 
@@ -87,16 +100,19 @@ def _rename(stage: str, old: str, new: str):
     def change(params, profiles):
         block = profiles[stage]["smoke"]
         block[new] = block.pop(old)
+
     return change
 
 
 def _drop(*path: str):
     """Remove a stage's profiles (one name) or a block or key of them."""
+
     def change(params, profiles):
         node = profiles
         for key in path[:-1]:
             node = node[key]
         del node[path[-1]]
+
     return change
 
 
@@ -108,24 +124,64 @@ P5, P3, COMPARE = "p5_mnist_gan", "p3_single_step_reuse", "compare"
 
 # id -> (stage, change to params.yaml, fragments of the one error line)
 BEFORE_THE_KERNEL = {
-    "mistyped key": (P5, _rename(P5, "g_epochs", "g_epoch"),
-                     ["unknown key p5_mnist_gan.smoke.g_epoch in", "profiles/p5_mnist_gan.yaml (is not a parameter; did you mean g_epochs?)", "missing key g_epochs"]),
-    "extra key": (P3, _override(P3, learning_rate_decay=0.1),
-                  ["unknown key p3_single_step_reuse.learning_rate_decay in", "params.yaml (is not a parameter)"]),
-    "key the pipeline sets": (P3, _override(P3, results_dir="elsewhere"), ["unknown key p3_single_step_reuse.results_dir in", "params.yaml (is set by the pipeline"]),
-    "missing key": (P3, _drop(P3, "smoke", "epochs"), ["missing key epochs (set it in the common or smoke block of", "profiles/p3_single_step_reuse.yaml)"]),
-    "string for a number": (P3, _override(P3, lr="1e-3"),
-                            ["p3_single_step_reuse.lr must be float, got '1e-3' (str)", "write 1.0e-3"]),
-    "list for a scalar": (P5, _override(P5, g_lr=[0.1, 0.01]), ["p5_mnist_gan.g_lr must be float, got [0.1, 0.01] (list)"]),
+    "mistyped key": (
+        P5,
+        _rename(P5, "g_epochs", "g_epoch"),
+        [
+            "unknown key p5_mnist_gan.smoke.g_epoch in",
+            "profiles/p5_mnist_gan.yaml (is not a parameter; did you mean g_epochs?)",
+            "missing key g_epochs",
+        ],
+    ),
+    "extra key": (
+        P3,
+        _override(P3, learning_rate_decay=0.1),
+        ["unknown key p3_single_step_reuse.learning_rate_decay in", "params.yaml (is not a parameter)"],
+    ),
+    "key the pipeline sets": (
+        P3,
+        _override(P3, results_dir="elsewhere"),
+        ["unknown key p3_single_step_reuse.results_dir in", "params.yaml (is set by the pipeline"],
+    ),
+    "missing key": (
+        P3,
+        _drop(P3, "smoke", "epochs"),
+        ["missing key epochs (set it in the common or smoke block of", "profiles/p3_single_step_reuse.yaml)"],
+    ),
+    "string for a number": (
+        P3,
+        _override(P3, lr="1e-3"),
+        ["p3_single_step_reuse.lr must be float, got '1e-3' (str)", "write 1.0e-3"],
+    ),
+    "list for a scalar": (
+        P5,
+        _override(P5, g_lr=[0.1, 0.01]),
+        ["p5_mnist_gan.g_lr must be float, got [0.1, 0.01] (list)"],
+    ),
     "NaN size": (P5, _override(P5, n_train=float("nan")), ["p5_mnist_gan.n_train must be int | None, got nan (float)"]),
     "non-integer size": (P5, _override(P5, n_test=2.5), ["p5_mnist_gan.n_test must be int | None, got 2.5 (float)"]),
     "NaN rate": (P5, _override(P5, g_lr=float("nan")), ["g_lr must be float, got nan (float)"]),
-    "several problems at once": (P5, lambda p, f: (_rename(P5, "g_epochs", "g_epoch")(p, f), _override(P5, d_lr="fast")(p, f)),
-                                 ["unknown key p5_mnist_gan.smoke.g_epoch", "missing key g_epochs", "d_lr must be float, got 'fast'"]),
-    "missing profiles file": (P5, _drop(P5), ["no profiles file", "profiles/p5_mnist_gan.yaml for stage 'p5_mnist_gan'"]),
+    "several problems at once": (
+        P5,
+        lambda p, f: (_rename(P5, "g_epochs", "g_epoch")(p, f), _override(P5, d_lr="fast")(p, f)),
+        ["unknown key p5_mnist_gan.smoke.g_epoch", "missing key g_epochs", "d_lr must be float, got 'fast'"],
+    ),
+    "missing profiles file": (
+        P5,
+        _drop(P5),
+        ["no profiles file", "profiles/p5_mnist_gan.yaml for stage 'p5_mnist_gan'"],
+    ),
     "missing profile block": (P5, _drop(P5, "smoke"), ["profiles/p5_mnist_gan.yaml has no 'smoke' block"]),
-    "override section not a mapping": (P5, lambda p, f: p.update(p5_mnist_gan=[1]), ["section 'p5_mnist_gan' of", "must be a mapping"]),
-    "unknown profile": (P5, lambda p, f: p.update(profile="huge"), ["unknown profile 'huge'; choose one of smoke, cpu, paper"]),
+    "override section not a mapping": (
+        P5,
+        lambda p, f: p.update(p5_mnist_gan=[1]),
+        ["section 'p5_mnist_gan' of", "must be a mapping"],
+    ),
+    "unknown profile": (
+        P5,
+        lambda p, f: p.update(profile="huge"),
+        ["unknown profile 'huge'; choose one of smoke, cpu, paper"],
+    ),
 }
 
 # Bad values of the right type: caught by the method's own Config.validate(), which the pipeline
@@ -137,14 +193,20 @@ BEFORE_THE_KERNEL |= {
     "unknown optimizer": (P5, _override(P5, g_optimizer="adamw"), ["g_optimizer must be sgd or adam, got 'adamw'"]),
     "unknown model": (COMPARE, _override(COMPARE, model="resnet999"), ["unknown model 'resnet999'; known:"]),
     # no parameter names an attack; the training attacks of compare are named by its defences
-    "unknown defence (training attack)": (COMPARE, _override(COMPARE, strengths={**PROFILES[COMPARE]["smoke"]["strengths"], "pgd_att": [0.1]}),
-                                          ["unknown defences ['pgd_att']"]),
+    "unknown defence (training attack)": (
+        COMPARE,
+        _override(COMPARE, strengths={**PROFILES[COMPARE]["smoke"]["strengths"], "pgd_att": [0.1]}),
+        ["unknown defences ['pgd_att']"],
+    ),
 }
 
 # ids -> (stage, change, fragments): what only the data can tell, caught by the notebook in its first cells
 IN_THE_NOTEBOOK = {
-    "size larger than the data": (P5, _override(P5, n_train=1_000_000_000),
-                                  ["ConfigError: 1000000000 examples asked of mnist5k train, which has 4000 (null means all)"]),
+    "size larger than the data": (
+        P5,
+        _override(P5, n_train=1_000_000_000),
+        ["ConfigError: 1000000000 examples asked of mnist5k train, which has 4000 (null means all)"],
+    ),
 }
 
 
@@ -171,7 +233,9 @@ def test_unknown_stage(tmp_path, capfd):
     ws = Workspace(tmp_path, P5)
     ws.write_params(_unchanged)
     code = P.main(ws.argv("p9_nothing"))
-    ws.assert_stopped_cleanly(code, capfd.readouterr().err, "unknown stage 'p9_nothing'; notebooks: compare, p1_conv_generator_ensemble")
+    ws.assert_stopped_cleanly(
+        code, capfd.readouterr().err, "unknown stage 'p9_nothing'; notebooks: compare, p1_conv_generator_ensemble"
+    )
 
 
 def test_unreadable_params_file(tmp_path, capfd):
@@ -191,8 +255,11 @@ def test_corrupt_prepared_data_names_the_file_and_the_rebuild_command(tmp_path, 
     path = _prepared_mnist5k(ws.data)
     path.write_bytes(b"not a torch file" * 64)
     code = P.main(ws.argv())
-    ws.assert_stopped_cleanly(code, capfd.readouterr().err,
-                              f"prepared dataset file {path} is corrupt or truncated; rebuild it with `dvc repro -f data`")
+    ws.assert_stopped_cleanly(
+        code,
+        capfd.readouterr().err,
+        f"prepared dataset file {path} is corrupt or truncated; rebuild it with `dvc repro -f data`",
+    )
 
 
 def test_truncated_prepared_data_is_reported_as_corrupt(tmp_path):  # the stage's path: the case above
@@ -213,8 +280,13 @@ def test_prepared_data_of_the_wrong_structure_is_reported_as_corrupt(tmp_path):
 def test_a_signal_mid_run_removes_the_temporary_folder_and_keeps_results(sig, tmp_path):
     ws = Workspace(tmp_path, P5)
     ws.write_params(_unchanged)
-    proc = subprocess.Popen([sys.executable, "-m", "lib.pipeline", *ws.argv()], cwd=REPO_ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lib.pipeline", *ws.argv()],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     running = ws.results / f".{P5}.{proc.pid}.tmp" / "figures"  # the notebook's first cells have run
     deadline = time.monotonic() + 120
     while not running.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -223,7 +295,9 @@ def test_a_signal_mid_run_removes_the_temporary_folder_and_keeps_results(sig, tm
     time.sleep(1.0)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    ws.assert_stopped_cleanly(proc.returncode, err, f"{P5} stopped by {sig.name}", "left as it was", expected_code=128 + sig)
+    ws.assert_stopped_cleanly(
+        proc.returncode, err, f"{P5} stopped by {sig.name}", "left as it was", expected_code=128 + sig
+    )
 
 
 def test_data_stage_rejects_a_bad_section_and_leaves_its_output(tmp_path, capfd):
@@ -235,7 +309,8 @@ def test_data_stage_rejects_a_bad_section_and_leaves_its_output(tmp_path, capfd)
     write_profiles(tmp_path, {"data": {"cpu": {"datasets": ["mnist9"], "extra": 1}}})
     assert D.main(["--params", str(params), "--out", str(out)]) == 2
     assert capfd.readouterr().err.strip().splitlines() == [
-        f"error: the parameters of data do not match the data stage's (profile cpu): unknown key data.cpu.extra in {tmp_path}/profiles/data.yaml (is not a parameter)"]
+        f"error: the parameters of data do not match the data stage's (profile cpu): unknown key data.cpu.extra in {tmp_path}/profiles/data.yaml (is not a parameter)"
+    ]
     assert [p.name for p in out.iterdir()] == ["keep.pt"] and not (tmp_path / "prepared.tmp").exists()
     write_profiles(tmp_path, {"data": {"cpu": {"datasets": ["mnist9"]}}})
     assert D.main(["--params", str(params), "--out", str(out)]) == 2
@@ -253,7 +328,9 @@ def _net() -> torch.nn.Module:
 
 def test_checkpoint_round_trip(tmp_path):
     saved = checkpoint.save(_net(), tmp_path / "m.pt")
-    loaded = checkpoint.load(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)), saved, "dvc repro -f p5_mnist_gan")
+    loaded = checkpoint.load(
+        torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)), saved, "dvc repro -f p5_mnist_gan"
+    )
     assert torch.equal(loaded[1].weight, _net()[1].weight)
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
 
@@ -271,7 +348,11 @@ def test_damaged_checkpoint_names_the_file_and_the_rebuild_command(damage, tmp_p
         model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 5))
     else:
         path.unlink()
-    expected = {"garbage": "is corrupt or truncated", "truncated": "is corrupt or truncated",
-                "wrong architecture": "does not fit a Sequential of this configuration", "missing": "does not exist"}[damage]
+    expected = {
+        "garbage": "is corrupt or truncated",
+        "truncated": "is corrupt or truncated",
+        "wrong architecture": "does not fit a Sequential of this configuration",
+        "missing": "does not exist",
+    }[damage]
     with pytest.raises(ConfigError, match=f"checkpoint .*m.pt {expected}.*`dvc repro -f p5_mnist_gan`"):
         checkpoint.load(model, path, "dvc repro -f p5_mnist_gan")

@@ -71,7 +71,12 @@ def test_what_determines_the_model_changes_the_key(store, change):
     else:
         torch.manual_seed(5)
         model = M.build("mnist_cnn", (1, 28, 28), 10, seed=5, width=4, hidden=16)
-        r = train(model, D.loader(_split(), 32, True, 0, with_index=True), TrainConfig(epochs=2, batch_size=32), cache_as="tiny")
+        r = train(
+            model,
+            D.loader(_split(), 32, True, 0, with_index=True),
+            TrainConfig(epochs=2, batch_size=32),
+            cache_as="tiny",
+        )
     assert not r.loaded
     assert len(list(store.root.glob("tiny-*.pt"))) == 2
 
@@ -102,8 +107,12 @@ def test_a_flipped_byte_in_a_stored_models_weights_is_caught_and_retrained(store
     split = _split()
     m1, _, draw1 = _fit(split)
     (entry,) = store.root.glob("tiny-*.pt")
-    flip_byte_of(entry, m1.state_dict()["features.0.weight"] if "features.0.weight" in m1.state_dict()
-                 else next(iter(m1.state_dict().values())))
+    flip_byte_of(
+        entry,
+        m1.state_dict()["features.0.weight"]
+        if "features.0.weight" in m1.state_dict()
+        else next(iter(m1.state_dict().values())),
+    )
     torch.load(entry, weights_only=True)  # torch itself reads the damaged file without a word
     m2, r2, draw2 = _fit(split)
     why = "does not match the digest recorded when it was written"
@@ -140,10 +149,18 @@ def test_a_generator_trained_with_the_classifier_is_stored_too(store):
         torch.manual_seed(0)
         model = M.build("mnist_cnn", (1, 28, 28), 10, seed=0, width=4, hidden=16)
         gen = torch.nn.Conv2d(1, 1, 3, padding=1)
-        source = GeneratorSource(lambda m, x, y: (x + 0.1 * torch.tanh(gen(x))).clamp(0, 1),
-                                 torch.optim.SGD(gen.parameters(), lr=0.1, maximize=True))
+        source = GeneratorSource(
+            lambda m, x, y: (x + 0.1 * torch.tanh(gen(x))).clamp(0, 1),
+            torch.optim.SGD(gen.parameters(), lr=0.1, maximize=True),
+        )
         source.gen = gen
-        r = train(model, D.loader(split, 32, True, 0, with_index=True), TrainConfig(epochs=1, batch_size=32), source, cache_as="joint")
+        r = train(
+            model,
+            D.loader(split, 32, True, 0, with_index=True),
+            TrainConfig(epochs=1, batch_size=32),
+            source,
+            cache_as="joint",
+        )
         return gen, r
 
     g1, r1 = run()
@@ -157,8 +174,13 @@ def test_early_stopping_stores_the_best_weights(store):
     torch.manual_seed(0)
     model = M.build("mnist_cnn", (1, 28, 28), 10, seed=0, width=4, hidden=16)
     stopper = EarlyStopping(val.x, val.y, patience=1)
-    r = train(model, D.loader(split, 32, True, 0, with_index=True), TrainConfig(epochs=4, batch_size=32, lr=0.05), on_epoch_end=stopper,
-              cache_as="stopped")
+    r = train(
+        model,
+        D.loader(split, 32, True, 0, with_index=True),
+        TrainConfig(epochs=4, batch_size=32, lr=0.05),
+        on_epoch_end=stopper,
+        cache_as="stopped",
+    )
     assert r.best_epoch == stopper.best_epoch
     assert all(torch.equal(v, stopper.state[k]) for k, v in model.state_dict().items())
 

@@ -28,14 +28,17 @@ def test_movement_counts_the_whole_tail_not_only_its_ends():
     assert C.plateaued("G's accuracy", [80, 45, 44.8, 44.6, 44.5]).passed
 
 
-@pytest.mark.parametrize("ours,paper,stand_in,same,passed,threshold", [
-    (97.5, 99.2, False, None, True, 97.2),  # MNIST: within 2 points of the paper's
-    (96.9, 99.2, False, None, False, 97.2),
-    (86.0, 75.4, True, None, True, 85.0),  # stand-in: the 85% floor, whatever the paper's number
-    (84.9, None, True, None, False, 85.0),
-    (80.0, None, True, 82.5, True, 79.5),  # or within 3 points of this stage's converged clean run
-    (79.0, None, True, 82.5, False, 79.5),
-])
+@pytest.mark.parametrize(
+    "ours,paper,stand_in,same,passed,threshold",
+    [
+        (97.5, 99.2, False, None, True, 97.2),  # MNIST: within 2 points of the paper's
+        (96.9, 99.2, False, None, False, 97.2),
+        (86.0, 75.4, True, None, True, 85.0),  # stand-in: the 85% floor, whatever the paper's number
+        (84.9, None, True, None, False, 85.0),
+        (80.0, None, True, 82.5, True, 79.5),  # or within 3 points of this stage's converged clean run
+        (79.0, None, True, 82.5, False, 79.5),
+    ],
+)
 def test_clean_accuracy_floor_met_and_missed(ours, paper, stand_in, same, passed, threshold):
     g = C.clean_accuracy("Baseline", ours, paper, "MNIST" if not stand_in else "Fashion-MNIST", stand_in, same)
     assert g.passed is passed and g.threshold == pytest.approx(threshold)
@@ -63,8 +66,16 @@ def test_floors_are_not_decided_by_float32_rounding():
 
 def test_claims_json_md_and_counts(tmp_path):
     claims = [
-        C.Claim("Proposed within 5 points of BIM(10)-Adv under BIM(10)", -3.1, -7.5, held=False,
-                gates=[C.converged("Proposed", [60, 70, 70.2, 70.4]), C.at_least("BIM(10)-Adv under BIM(10) (%)", 71.8, 80.0)]),
+        C.Claim(
+            "Proposed within 5 points of BIM(10)-Adv under BIM(10)",
+            -3.1,
+            -7.5,
+            held=False,
+            gates=[
+                C.converged("Proposed", [60, 70, 70.2, 70.4]),
+                C.at_least("BIM(10)-Adv under BIM(10) (%)", 71.8, 80.0),
+            ],
+        ),
         C.Claim("cheaper than min-max", 0.19, 0.21, held=True, gates=[C.at_least("epochs timed", 2, 2)]),
         C.Claim("degrades slower than the base", None, "5 of 5 eps", held=False),
     ]
@@ -72,7 +83,12 @@ def test_claims_json_md_and_counts(tmp_path):
     blob = json.loads((tmp_path / "claims.json").read_text())
     assert [c["verdict"] for c in blob] == ["not testable", "held", "did not hold"]
     assert set(blob[0]) == {"claim", "verdict", "paper", "ours", "gates"}
-    assert blob[0]["gates"][1] == {"gate": "BIM(10)-Adv under BIM(10) (%)", "value": 71.8, "threshold": 80.0, "pass": False}
+    assert blob[0]["gates"][1] == {
+        "gate": "BIM(10)-Adv under BIM(10) (%)",
+        "value": 71.8,
+        "threshold": 80.0,
+        "pass": False,
+    }
     assert C.counts(claims) == {"claims_held": 1, "claims_did_not_hold": 1, "claims_not_testable": 1}
     md = (tmp_path / "claims.md").read_text()
     assert md.startswith("**3 claims: 1 held, 1 did not hold, 1 not testable.**")
@@ -96,12 +112,20 @@ def test_metrics_take_the_claims_counts(tmp_path):
     out = ResultsWriter(tmp_path)
     out.metrics({"a": 1.0}, {}, {})
     out.add_metrics({"claims_held": 2, "claims_did_not_hold": 0, "claims_not_testable": 1})
-    assert json.loads((tmp_path / "metrics.json").read_text()) == {"a": 1.0, "claims_held": 2, "claims_did_not_hold": 0, "claims_not_testable": 1}
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {
+        "a": 1.0,
+        "claims_held": 2,
+        "claims_did_not_hold": 0,
+        "claims_not_testable": 1,
+    }
     with pytest.raises(ConfigError, match="at most 20"):
         out.add_metrics({f"m{i}": 1.0 for i in range(20)})
 
 
 def test_movement_of_float32_accuracies_is_not_below_its_threshold_by_rounding():
     import torch
-    curve = [100 * float(torch.tensor(x, dtype=torch.float32)) for x in (0.777, 0.770, 0.767, 0.772)]  # 10 of 1,000 digits
+
+    curve = [
+        100 * float(torch.tensor(x, dtype=torch.float32)) for x in (0.777, 0.770, 0.767, 0.772)
+    ]  # 10 of 1,000 digits
     assert C.movement(curve, 3) == 1.0 and not C.plateaued("G", curve).passed

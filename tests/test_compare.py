@@ -28,9 +28,20 @@ def test_every_paper_defence_and_the_references_are_in_every_profile():
     assert (paper.dataset, paper.model, paper.eps_linf) == ("cifar10", "resnet20", 0.0314)
 
 
-@pytest.mark.parametrize("bad", [dict(strengths={"clean": [None], "magic": [0.1]}), dict(strengths={"fgsm_at": [0.1]}),
-                                 dict(eps_linf=-0.1), dict(model="vgg"), dict(dataset="svhn"), dict(strengths={"clean": [None], "pgd_at": [-1.0]}),
-                                 dict(patience=0), dict(n_test=300, n_clean_test=200), dict(n_test=None, n_clean_test=500)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(strengths={"clean": [None], "magic": [0.1]}),
+        dict(strengths={"fgsm_at": [0.1]}),
+        dict(eps_linf=-0.1),
+        dict(model="vgg"),
+        dict(dataset="svhn"),
+        dict(strengths={"clean": [None], "pgd_at": [-1.0]}),
+        dict(patience=0),
+        dict(n_test=300, n_clean_test=200),
+        dict(n_test=None, n_clean_test=500),
+    ],
+)
 def test_bad_config_is_rejected(bad):
     with pytest.raises(ConfigError):
         compare.Config(**{"dataset": "fashion_mnist", **bad}).validate()
@@ -39,13 +50,30 @@ def test_bad_config_is_rejected(bad):
 def test_sanity_checks_are_decided_by_counts_not_float_rounding():
     # 400 images: a 4-image gap is exactly one point, but accuracies are float32 means: 0.3925 - 0.3825 is 0.0100000202...
     f32 = lambda v: float(torch.tensor(v, dtype=torch.float32))  # noqa: E731
-    ok = dict(curve=[0.9, 0.5, 0.01], near_zero=0.05, linf=f32(0.3925), linf_2x=f32(0.3925), l2=f32(0.54),
-              aa={"linf": f32(0.3825), "l2": f32(0.53)}, black_box=f32(0.3825), ours_subset=f32(0.3925), foolbox=f32(0.3825))
+    ok = dict(
+        curve=[0.9, 0.5, 0.01],
+        near_zero=0.05,
+        linf=f32(0.3925),
+        linf_2x=f32(0.3925),
+        l2=f32(0.54),
+        aa={"linf": f32(0.3825), "l2": f32(0.53)},
+        black_box=f32(0.3825),
+        ours_subset=f32(0.3925),
+        foolbox=f32(0.3825),
+    )
     assert abs(ok["aa"]["linf"] - ok["linf"]) > 0.01  # what made the committed check fail
     checks = compare.sanity_checks(**ok)
     assert all(checks.values()), checks
-    worse = compare.sanity_checks(**{**ok, "aa": {"linf": 0.3800, "l2": 0.49}, "black_box": 0.3800, "ours_subset": 0.3950,
-                                     "linf_2x": 0.4025, "curve": [0.9, 0.5, 0.06]})  # 4-5 images off, no fall to zero
+    worse = compare.sanity_checks(
+        **{
+            **ok,
+            "aa": {"linf": 0.3800, "l2": 0.49},
+            "black_box": 0.3800,
+            "ours_subset": 0.3950,
+            "linf_2x": 0.4025,
+            "curve": [0.9, 0.5, 0.06],
+        }
+    )  # 4-5 images off, no fall to zero
     assert not any(worse.values()), worse
 
 
@@ -57,8 +85,13 @@ def _trained(defence: str, benign: float, epochs: int, stopped: bool = True) -> 
 
 def test_p3_in_the_comparison_must_pass_a_reset_as_in_its_own_stage():
     cfg = _config("cpu")
-    r = {"target": 0.81, "chosen": {"p3_single_step_reuse": _trained("p3_single_step_reuse", 0.82, 4),
-                                    "fgsm_at": _trained("fgsm_at", 0.80, 7)}}
+    r = {
+        "target": 0.81,
+        "chosen": {
+            "p3_single_step_reuse": _trained("p3_single_step_reuse", 0.82, 4),
+            "fgsm_at": _trained("fgsm_at", 0.80, 7),
+        },
+    }
     short = compare.defence_gates(r, "p3_single_step_reuse", cfg)
     assert [g.passed for g in short] == [True, True, False] and short[-1].threshold == cfg.reset_every + 1
     r["chosen"]["p3_single_step_reuse"] = _trained("p3_single_step_reuse", 0.82, cfg.reset_every + 1, stopped=False)
@@ -69,8 +102,11 @@ def test_p3_in_the_comparison_must_pass_a_reset_as_in_its_own_stage():
 @pytest.mark.parametrize(("pgn_l2", "passed"), [(1.0, True), (0.6, True), (0.4, False), (2.5, False)])
 def test_pgn_in_the_comparison_needs_perturbations_comparable_to_fgsm_at(pgn_l2, passed):
     cfg = _config("cpu")
-    r = {"target": 0.81, "chosen": {"p2_pgn": _trained("p2_pgn", 0.82, 7), "fgsm_at": _trained("fgsm_at", 0.80, 7)},
-         "perturbation_l2": {"p2_pgn": pgn_l2, "fgsm_at": 1.0}}
+    r = {
+        "target": 0.81,
+        "chosen": {"p2_pgn": _trained("p2_pgn", 0.82, 7), "fgsm_at": _trained("fgsm_at", 0.80, 7)},
+        "perturbation_l2": {"p2_pgn": pgn_l2, "fgsm_at": 1.0},
+    }
     gates = compare.defence_gates(r, "p2_pgn", cfg)
     assert len(gates) == 3 and gates[-1].passed is passed and gates[-1].value == pytest.approx(pgn_l2)
     del r["perturbation_l2"]  # not measured (no FGSM-AT in the run): no gate rather than an invented one

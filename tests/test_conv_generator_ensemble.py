@@ -82,13 +82,23 @@ def test_all_assignment_trains_through_the_shared_loop():
 
 def test_paper_profile_is_the_papers_setting():
     cfg = _config("paper")
-    assert (cfg.dataset, cfg.model, cfg.k, cfg.s, cfg.lr, cfg.epochs, cfg.flip) == ("cifar10", "resnet20", 32, 0.2, 0.005, 8, True)
+    assert (cfg.dataset, cfg.model, cfg.k, cfg.s, cfg.lr, cfg.epochs, cfg.flip) == (
+        "cifar10",
+        "resnet20",
+        32,
+        0.2,
+        0.005,
+        8,
+        True,
+    )
     assert (cfg.minmax_eps, cfg.minmax_steps, cfg.minmax_step_size) == (0.05, 40, 0.005)
     assert max(cfg.eval_eps) == 0.5
 
 
-@pytest.mark.parametrize("bad", [dict(s=-0.1), dict(assignment="some"), dict(k=0), dict(dataset="svhn"), dict(eval_eps=[-1.0]),
-                                 dict(patience=0)])
+@pytest.mark.parametrize(
+    "bad",
+    [dict(s=-0.1), dict(assignment="some"), dict(k=0), dict(dataset="svhn"), dict(eval_eps=[-1.0]), dict(patience=0)],
+)
 def test_bad_config_is_rejected(bad):
     with pytest.raises(ConfigError):
         p1.Config(**bad).validate()
@@ -106,19 +116,40 @@ def _run(base_val, base_clean=0.88, tuned_clean=0.86, tuned_val=(0.858, 0.86, 0.
     def hist(val):
         return SimpleNamespace(history=[{"epoch": i, "val_acc": v} for i, v in enumerate(val, 1)])
 
-    results = {m: {"pgd_l2": curve(c, s), "autoattack_l2": {0.5: c - s * 0.5 - 0.05}, "transfer_l2": curve(c, s / 2)}
-               for m, c, s in (("base", base_clean, 1.2), ("proposed", tuned_clean, 0.6), ("min-max", tuned_clean, 0.55))}
-    return {"results": results, "base": hist(base_val), "trained": {"proposed": hist(tuned_val), "min-max": hist(tuned_val)},
-            "per_batch": {"clean": 0.1, "proposed (K=32, split)": 0.2, "proposed (K=32, all)": 0.9, "min-max (PGD-L2, 40 it.)": 1.0}}
+    results = {
+        m: {"pgd_l2": curve(c, s), "autoattack_l2": {0.5: c - s * 0.5 - 0.05}, "transfer_l2": curve(c, s / 2)}
+        for m, c, s in (("base", base_clean, 1.2), ("proposed", tuned_clean, 0.6), ("min-max", tuned_clean, 0.55))
+    }
+    return {
+        "results": results,
+        "base": hist(base_val),
+        "trained": {"proposed": hist(tuned_val), "min-max": hist(tuned_val)},
+        "per_batch": {
+            "clean": 0.1,
+            "proposed (K=32, split)": 0.2,
+            "proposed (K=32, all)": 0.9,
+            "min-max (PGD-L2, 40 it.)": 1.0,
+        },
+    }
 
 
 def test_claims_against_the_base_need_it_converged_and_accurate():
     cfg = _config("cpu")
     claims = p1.claims(_run([0.80, 0.873, 0.875, 0.877]), cfg)
-    assert [c.verdict for c in claims] == ["held", "held", "held", "held", "held", "held", "held", "held", "held"], [c.markdown() for c in claims]
+    assert [c.verdict for c in claims] == ["held", "held", "held", "held", "held", "held", "held", "held", "held"], [
+        c.markdown() for c in claims
+    ]
     unconverged = p1.claims(_run([0.70, 0.80, 0.85]), cfg)  # moved 5 points over its last two epochs
-    assert all(c.verdict == "not testable" for c in unconverged[:-1]) and unconverged[-1].verdict == "held"  # the cost claim needs no base
-    assert "base (clean pre-training) converged (validation accuracy moved over the last two epochs, points): 15 (threshold 0.5) FAIL" in unconverged[0].markdown()
+    assert (
+        all(c.verdict == "not testable" for c in unconverged[:-1]) and unconverged[-1].verdict == "held"
+    )  # the cost claim needs no base
+    assert (
+        "base (clean pre-training) converged (validation accuracy moved over the last two epochs, points): 15 (threshold 0.5) FAIL"
+        in unconverged[0].markdown()
+    )
     weak = p1.claims(_run([0.80, 0.79, 0.791], base_clean=0.79, tuned_clean=0.82), cfg)
     loses = next(c for c in weak if c.claim.startswith("proposed loses some clean accuracy"))
-    assert loses.verdict == "not testable" and "base clean accuracy on fashion_mnist (%): 79 (threshold 85) FAIL" in loses.markdown()
+    assert (
+        loses.verdict == "not testable"
+        and "base clean accuracy on fashion_mnist (%): 79 (threshold 85) FAIL" in loses.markdown()
+    )

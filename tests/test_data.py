@@ -71,7 +71,9 @@ def test_missing_dataset_offline_names_folder_and_offline_profile(monkeypatch, t
 
 
 def test_sizes_beyond_the_data_are_errors_naming_both_sizes(mnist):
-    assert D.subset(mnist.train, None, 0) is mnist.train and len(D.subset(mnist.train, len(mnist.train), 0)) == len(mnist.train)
+    assert D.subset(mnist.train, None, 0) is mnist.train and len(D.subset(mnist.train, len(mnist.train), 0)) == len(
+        mnist.train
+    )
     with pytest.raises(ConfigError, match=r"4001 examples asked of mnist5k train, which has 4000 \(null means all\)"):
         D.subset(mnist.train, 4001, 0, "mnist5k train")
     for bad in (0, -3, 2.5, True):
@@ -88,5 +90,7 @@ def test_hold_out_is_stratified_disjoint_and_checked():
     keep, val = D.hold_out(split, 100, seed=0)
     assert (len(keep), len(val)) == (900, 100) and torch.bincount(val.y).tolist() == [10] * 10
     assert D.hold_out(split, 100, seed=0)[1].y.tolist() == val.y.tolist()  # deterministic
-    with pytest.raises(ConfigError, match="a validation split of 1000 examples asked of the training split, which has 1000"):
+    with pytest.raises(
+        ConfigError, match="a validation split of 1000 examples asked of the training split, which has 1000"
+    ):
         D.hold_out(split, 1000, seed=0)

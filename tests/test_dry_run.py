@@ -73,7 +73,15 @@ def test_synthetic_data_has_the_real_sizes():
 
 
 def test_the_dry_run_changes_only_evaluation_sizes_and_curve_points():
-    params = {"pgd_steps": 50, "pgd_restarts": 2, "bim_iterations": [1, 2, 3], "n_rho": 1000, "epochs": 200, "batch_size": 128, "lr": 0.1}
+    params = {
+        "pgd_steps": 50,
+        "pgd_restarts": 2,
+        "bim_iterations": [1, 2, 3],
+        "n_rho": 1000,
+        "epochs": 200,
+        "batch_size": 128,
+        "lr": 0.1,
+    }
     assert dryrun.overrides(params) == {"pgd_restarts": 1, "bim_iterations": [1, 2], "n_rho": DryRun.examples_cap}
     assert dryrun.overrides(params, batch_size=8)["batch_size"] == 8
 

@@ -70,7 +70,10 @@ def test_the_run_that_holds_the_lock_finishes_complete_with_a_lone_runs_numbers(
     for name in P.OUTPUTS:
         assert (out / name.format(stage=P5)).exists(), name
     assert json.loads((out / "metrics.json").read_text()) == json.loads((lone / "metrics.json").read_text())
-    assert json.loads((out / "details.json").read_text())["results"] == json.loads((lone / "details.json").read_text())["results"]
+    assert (
+        json.loads((out / "details.json").read_text())["results"]
+        == json.loads((lone / "details.json").read_text())["results"]
+    )
     assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(p.name for p in (lone / "figures").iterdir())
     assert _store_entries_verified(p5_smoke_runs["root"] / "models") > 10
     # test_model_store_stage checks these numbers against a recorded lone run (tests/golden/)
@@ -82,13 +85,20 @@ def test_a_damaged_store_entry_is_reported_on_the_terminal_and_rebuilt(p5_smoke_
     entry = max((models / P5).glob("*.pt"), key=lambda f: f.stat().st_size)
     blob = torch.load(entry, weights_only=True)
     flip_byte_of(entry, next(iter(next(iter(blob["modules"].values())).values())))
-    run = subprocess.run([*PIPELINE, P5, "--profile", "smoke", "--results", str(tmp_path / "results"), "--models", str(models)],
-                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [*PIPELINE, P5, "--profile", "smoke", "--results", str(tmp_path / "results"), "--models", str(models)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     notes = [line for line in run.stdout.splitlines() if line.startswith("note: ")]
     assert notes == [f"note: {entry} does not match the digest recorded when it was written; rebuilt"]
     lone = p5_smoke_runs["second"][0] / P5
-    assert json.loads((tmp_path / "results" / P5 / "metrics.json").read_text()) == json.loads((lone / "metrics.json").read_text())
+    assert json.loads((tmp_path / "results" / P5 / "metrics.json").read_text()) == json.loads(
+        (lone / "metrics.json").read_text()
+    )
     assert _store_entries_verified(models) > 10
 
 
@@ -126,7 +136,9 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
     assert (tmp_path / f".{P5}.lock.owner").exists()
     with stage_lock(tmp_path, P5) as stale:
         assert stale["pid"] == holder.pid
-        assert stale_note(P5, stale).startswith(f"note: took over the lock of an earlier {P5} run that ended without releasing it (PID {holder.pid}")
+        assert stale_note(P5, stale).startswith(
+            f"note: took over the lock of an earlier {P5} run that ended without releasing it (PID {holder.pid}"
+        )
         with pytest.raises(StageBusy):  # and it is held again
             with stage_lock(tmp_path, P5):
                 pass
@@ -164,7 +176,11 @@ def test_the_outputs_checked_are_dvc_yamls_outputs_of_each_stage():
     for stage, spec in stages.items():
         if not stage.startswith(("p", "compare")):
             continue
-        outs = [next(iter(o)) if isinstance(o, dict) else o for key in ("outs", "metrics", "plots") for o in spec.get(key, [])]
+        outs = [
+            next(iter(o)) if isinstance(o, dict) else o
+            for key in ("outs", "metrics", "plots")
+            for o in spec.get(key, [])
+        ]
         ours = sorted(o.removeprefix(f"results/{stage}/") for o in outs if o.startswith(f"results/{stage}/"))
         assert ours == sorted(n.format(stage=stage) for n in P.OUTPUTS), stage
 
@@ -202,7 +218,11 @@ def without_permission(tmp_path_factory):
     for case in READ_ONLY:
         ws = Workspace(tmp_path_factory.mktemp("perm"), P5)
         ws.write_params(_unchanged)
-        target = {"results root": ws.results, "stage folder": ws.results / P5, "a subfolder of the stage's": ws.results / P5 / "figures"}[case]
+        target = {
+            "results root": ws.results,
+            "stage folder": ws.results / P5,
+            "a subfolder of the stage's": ws.results / P5 / "figures",
+        }[case]
         cases[case] = (ws, target)
         calls.append(["pipeline", ws.argv()])
     data_root = tmp_path_factory.mktemp("perm-data")
@@ -217,8 +237,14 @@ def without_permission(tmp_path_factory):
         for ws, _ in cases.values():
             if ws is not None:
                 ws.before = _digest(ws.results)
-        run = subprocess.run([sys.executable, "-c", RUN_EACH, json.dumps(calls)], cwd=REPO_ROOT, capture_output=True,
-                             text=True, timeout=300, preexec_fn=_without_permission_override)
+        run = subprocess.run(
+            [sys.executable, "-c", RUN_EACH, json.dumps(calls)],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            preexec_fn=_without_permission_override,
+        )
     finally:
         for _, target in cases.values():
             os.chmod(target, 0o755)
@@ -229,8 +255,12 @@ def without_permission(tmp_path_factory):
 @pytest.mark.parametrize("read_only", READ_ONLY)
 def test_no_permission_on_results_stops_before_anything_is_written(read_only, without_permission):
     ws, target, code, err = without_permission[read_only]
-    ws.assert_stopped_cleanly(code, err, f"no permission to write {target} (permission denied); make {target}/ writable "
-                              "for this user, or point --results at another folder")
+    ws.assert_stopped_cleanly(
+        code,
+        err,
+        f"no permission to write {target} (permission denied); make {target}/ writable "
+        "for this user, or point --results at another folder",
+    )
     assert _leftovers(ws.results) == []
 
 
@@ -238,7 +268,8 @@ def test_no_permission_on_the_data_folder_stops_the_data_stage_with_one_line(wit
     _, read_only, code, err = without_permission["data"]
     assert code == 2 and err.strip().splitlines() == [
         f"error: no permission to write {read_only}/.data.lock (permission denied); make {read_only}/ writable "
-        "for this user, or point --out at another folder"], err
+        "for this user, or point --out at another folder"
+    ], err
     assert list(read_only.iterdir()) == []
 
 
@@ -281,7 +312,9 @@ def _run_on_a_small_disk(tmp_path: Path, full: str, size: str) -> dict:
     script, report = tmp_path / "in_a_full_disk.py", tmp_path / "report.json"
     script.write_text(IN_A_FULL_DISK)
     inner = f"mount -t tmpfs -o size={size} tmpfs {mount} && exec {sys.executable} {script} {mount} {REPO_ROOT / 'results' / P5} {ws.params} {report}"
-    subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", inner], cwd=REPO_ROOT, check=True, timeout=300)
+    subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", inner], cwd=REPO_ROOT, check=True, timeout=300
+    )
     return json.loads(report.read_text())
 
 
@@ -299,7 +332,9 @@ def test_a_model_store_on_a_full_disk_stops_with_one_line_and_no_partial_entry(t
     report = _run_on_a_small_disk(tmp_path, "models", "1000k")  # room for the first model (~700 kB), not the next
     lines = report["stderr"].strip().splitlines()
     assert report["code"] == 2 and len(lines) == 1, report["stderr"]
-    assert lines[0].startswith(f"error: no space left on the device holding {tmp_path}/disk/models/models/ (writing {tmp_path}/disk/models/models/"), lines[0]
+    assert lines[0].startswith(
+        f"error: no space left on the device holding {tmp_path}/disk/models/models/ (writing {tmp_path}/disk/models/models/"
+    ), lines[0]
     assert lines[0].endswith(".pt); free some space there, or point --models at another folder"), lines[0]
     assert report["same"] and report["results"] == [f".{P5}.lock", P5]
     assert report["entries"] and all(state == "verified" for _, state in report["entries"]), report["entries"]
@@ -329,7 +364,9 @@ def test_a_failed_store_write_names_the_folder_and_leaves_no_partial_file(tmp_pa
     monkeypatch.setattr(checkpoint, "open", Full, raising=False)
     with pytest.raises(ConfigError) as err:
         checkpoint.write({"w": torch.zeros(100)}, tmp_path / "store" / "m.pt")
-    assert str(err.value).startswith(f"no space left on the device holding {tmp_path}/store/ (writing {tmp_path}/store/m.pt)")
+    assert str(err.value).startswith(
+        f"no space left on the device holding {tmp_path}/store/ (writing {tmp_path}/store/m.pt)"
+    )
     assert list((tmp_path / "store").iterdir()) == []
 
 
@@ -346,8 +383,11 @@ def test_a_key_set_twice_is_an_error_naming_the_key_and_both_lines(tmp_path, cap
     lines.insert(at, "  g_epochs: 2")
     profile.write_text("\n".join(lines) + "\n")
     code = P.main(ws.argv())
-    ws.assert_stopped_cleanly(code, capfd.readouterr().err,
-                              f"profiles file {profile} sets 'g_epochs' twice in one block (lines {at + 1} and {at + 2}); keep one")
+    ws.assert_stopped_cleanly(
+        code,
+        capfd.readouterr().err,
+        f"profiles file {profile} sets 'g_epochs' twice in one block (lines {at + 1} and {at + 2}); keep one",
+    )
 
 
 @pytest.mark.parametrize("case", ["empty params.yaml", "params.yaml without a profile", "empty --profile"])
@@ -362,8 +402,11 @@ def test_no_profile_is_an_error_naming_the_three(case, tmp_path, capfd):
     else:
         argv += ["--profile", ""]
     code = P.main(argv)
-    expected = "empty profile; choose one of smoke, cpu, paper" if case == "empty --profile" else \
-        f"{ws.params} sets no profile; add a line 'profile: cpu' (one of smoke, cpu, paper) or pass --profile"
+    expected = (
+        "empty profile; choose one of smoke, cpu, paper"
+        if case == "empty --profile"
+        else f"{ws.params} sets no profile; add a line 'profile: cpu' (one of smoke, cpu, paper) or pass --profile"
+    )
     ws.assert_stopped_cleanly(code, capfd.readouterr().err, expected)
 
 
@@ -379,7 +422,9 @@ def test_a_negative_seed_names_the_seed(tmp_path, capfd, monkeypatch):
     ws = Workspace(tmp_path, P5)
     ws.write_params(_override(P5, seed=-1))
     monkeypatch.setattr("papermill.execute_notebook", lambda *a, **k: pytest.fail("a kernel was started"))
-    ws.assert_stopped_cleanly(P.main(ws.argv()), capfd.readouterr().err, "seed must be an integer in [0, 2**32 - 1], got -1")
+    ws.assert_stopped_cleanly(
+        P.main(ws.argv()), capfd.readouterr().err, "seed must be an integer in [0, 2**32 - 1], got -1"
+    )
 
 
 # --- prepared data and provenance --------------------------------------------------------------
@@ -390,7 +435,9 @@ def mnist5k():
     return D.load("mnist5k", prepared_dir=None)
 
 
-@pytest.mark.parametrize("damage", ["label out of range", "negative label", "float labels", "float images", "class count"])
+@pytest.mark.parametrize(
+    "damage", ["label out of range", "negative label", "float labels", "float images", "class count"]
+)
 def test_prepared_data_is_checked_on_load_and_names_the_fix(damage, mnist5k, tmp_path):
     path = D.save_prepared(mnist5k, tmp_path)
     blob = torch.load(path, weights_only=True)
@@ -405,11 +452,13 @@ def test_prepared_data_is_checked_on_load_and_names_the_fix(damage, mnist5k, tmp
     else:
         blob["num_classes"] = 3
     torch.save(blob, path)
-    expected = {"label out of range": "holds 1 train labels outside 0..9 (e.g. [99])",
-                "negative label": "holds 1 test labels outside 0..9 (e.g. [-1])",
-                "float labels": "holds train labels of dtype torch.float32, not integers",
-                "float images": "holds train images of dtype torch.float32 and shape (1, 28, 28), not uint8",
-                "class count": "says 3 classes, mnist5k has 10"}[damage]
+    expected = {
+        "label out of range": "holds 1 train labels outside 0..9 (e.g. [99])",
+        "negative label": "holds 1 test labels outside 0..9 (e.g. [-1])",
+        "float labels": "holds train labels of dtype torch.float32, not integers",
+        "float images": "holds train images of dtype torch.float32 and shape (1, 28, 28), not uint8",
+        "class count": "says 3 classes, mnist5k has 10",
+    }[damage]
     with pytest.raises(ConfigError) as err:
         D.load("mnist5k", tmp_path)
     assert str(err.value).startswith(f"prepared dataset file {path} {expected}")
@@ -423,8 +472,11 @@ def test_labels_out_of_range_stop_the_stage_with_one_line(tmp_path, capfd, mnist
     blob = torch.load(path, weights_only=True)
     blob["train_y"][0] = 99
     torch.save(blob, path)
-    ws.assert_stopped_cleanly(P.main(ws.argv()), capfd.readouterr().err,
-                              f"prepared dataset file {path} holds 1 train labels outside 0..9 (e.g. [99])")
+    ws.assert_stopped_cleanly(
+        P.main(ws.argv()),
+        capfd.readouterr().err,
+        f"prepared dataset file {path} holds 1 train labels outside 0..9 (e.g. [99])",
+    )
 
 
 def test_a_fallback_to_the_datasets_source_is_recorded(mnist5k, tmp_path):

@@ -126,7 +126,9 @@ def test_robust_accuracy_and_the_iteration_curve_come_from_the_store(store):
 
     def run():
         torch.manual_seed(5)  # as a stage run does: the same draws before each evaluation
-        return robust_accuracy(model, x, y, counted_pgd, eps=0.1, steps=2), accuracy_per_iteration(model, x, y, 0.1, 3, 0.05)
+        return robust_accuracy(model, x, y, counted_pgd, eps=0.1, steps=2), accuracy_per_iteration(
+            model, x, y, 0.1, 3, 0.05
+        )
 
     first = run()
     entries = len(list(store.evaluations.glob("*.pt")))

@@ -10,8 +10,10 @@ from lib.runtime import REPO_ROOT
 
 def lib_imports() -> dict[str, set[str]]:
     """Each module of lib (dotted name) and the lib modules it imports anywhere in its source."""
-    files = {".".join(f.relative_to(REPO_ROOT).with_suffix("").parts).removesuffix(".__init__"): f
-             for f in (REPO_ROOT / "lib").rglob("*.py")}
+    files = {
+        ".".join(f.relative_to(REPO_ROOT).with_suffix("").parts).removesuffix(".__init__"): f
+        for f in (REPO_ROOT / "lib").rglob("*.py")
+    }
     graph = {}
     for name, path in files.items():
         found = set()

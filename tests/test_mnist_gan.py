@@ -63,7 +63,9 @@ def test_alternating_source_returns_bounded_detached_images():
 
 
 def test_normalized_intensity_is_a_multiple_of_the_pixel_std():
-    split = D.Split(torch.tensor([[[[0, 255]]]], dtype=torch.uint8).repeat(4, 1, 1, 1), torch.zeros(4, dtype=torch.long))
+    split = D.Split(
+        torch.tensor([[[[0, 255]]]], dtype=torch.uint8).repeat(4, 1, 1, 1), torch.zeros(4, dtype=torch.long)
+    )
     std = p5.pixel_std(split)
     assert std == pytest.approx(0.5345, abs=1e-3)  # unbiased std of {0, 1, 0, 1, ...} over 8 pixels
     assert p5.pixel_eps(0.3, std, "normalized") == pytest.approx(0.3 * std)
@@ -76,11 +78,22 @@ def test_paper_profile_is_the_papers_setting():
     assert (cfg.d_epochs, cfg.g_epochs, cfg.g_optimizer, cfg.g_lr, cfg.batch_size) == (70, 200, "sgd", 0.01, 100)
 
 
-@pytest.mark.parametrize("bad", [
-    dict(intensities=[-0.1]), dict(intensity_units="furlongs"), dict(alternating_intensities=[0.9]),
-    dict(dataset="svhn"), dict(g_optimizer="rmsprop"), dict(g_epochs=0),
-    dict(g_epochs=40, g_lr_milestones=[40]), dict(g_lr_milestones=[30, 10]), dict(g_lr_milestones=[0]), dict(g_lr_gamma=0.0), dict(g_lr_gamma=1.5),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(intensities=[-0.1]),
+        dict(intensity_units="furlongs"),
+        dict(alternating_intensities=[0.9]),
+        dict(dataset="svhn"),
+        dict(g_optimizer="rmsprop"),
+        dict(g_epochs=0),
+        dict(g_epochs=40, g_lr_milestones=[40]),
+        dict(g_lr_milestones=[30, 10]),
+        dict(g_lr_milestones=[0]),
+        dict(g_lr_gamma=0.0),
+        dict(g_lr_gamma=1.5),
+    ],
+)
 def test_bad_config_is_rejected(bad):
     with pytest.raises(ConfigError):
         p5.Config(**bad).validate()
@@ -90,11 +103,25 @@ def _results(d_val, curve_03, clean=0.98, alt_val=(0.97, 0.971, 0.972)):
     """A hand-made run: D's validation history, G's curves (0.3 as given, the others flat) and one alternating run."""
     flat = [0.9, 0.6, 0.5, 0.5, 0.5, 0.5]
     alt = [{"epoch": 0, "acc_on_G": 0.5, "acc_clean": clean, "val_acc": clean}] + [
-        {"epoch": e, "acc_on_G": 0.96, "acc_clean": clean, "val_acc": v} for e, v in enumerate(alt_val, 1)]
-    robust = {"clean D": {0.3: {"PGD-20": 0.40, "AutoAttack": 0.38}}, "alternating D (0.3)": {0.3: {"PGD-20": 0.50, "AutoAttack": 0.45}}}
-    return {"d_history": [{"epoch": e, "val_acc": v} for e, v in enumerate(d_val, 1)], "clean_accuracy": clean,
-            "frozen": {0.1: {"gan": 0.95, "fgsm": 0.94}, 0.3: {"gan": curve_03[-1], "fgsm": 0.72}, 0.5: {"gan": 0.3, "fgsm": 0.31}, 0.7: {"gan": 0.1, "fgsm": 0.12}},
-            "curves": {0.1: [0.98, 0.96, 0.95, 0.95, 0.95, 0.95], 0.3: curve_03, 0.5: flat, 0.7: flat}, "alternating": {0.3: alt}, "robust": robust}
+        {"epoch": e, "acc_on_G": 0.96, "acc_clean": clean, "val_acc": v} for e, v in enumerate(alt_val, 1)
+    ]
+    robust = {
+        "clean D": {0.3: {"PGD-20": 0.40, "AutoAttack": 0.38}},
+        "alternating D (0.3)": {0.3: {"PGD-20": 0.50, "AutoAttack": 0.45}},
+    }
+    return {
+        "d_history": [{"epoch": e, "val_acc": v} for e, v in enumerate(d_val, 1)],
+        "clean_accuracy": clean,
+        "frozen": {
+            0.1: {"gan": 0.95, "fgsm": 0.94},
+            0.3: {"gan": curve_03[-1], "fgsm": 0.72},
+            0.5: {"gan": 0.3, "fgsm": 0.31},
+            0.7: {"gan": 0.1, "fgsm": 0.12},
+        },
+        "curves": {0.1: [0.98, 0.96, 0.95, 0.95, 0.95, 0.95], 0.3: curve_03, 0.5: flat, 0.7: flat},
+        "alternating": {0.3: alt},
+        "robust": robust,
+    }
 
 
 def test_claims_are_not_testable_exactly_when_a_gate_fails():
@@ -113,14 +140,19 @@ def test_claims_are_not_testable_exactly_when_a_gate_fails():
 
 def test_clamped_output_saturates_at_the_budget_where_the_scaled_one_does_not():
     torch.manual_seed(0)
-    scaled, clamped = p5.PerturbationGenerator((1, 28, 28), 0.1), p5.PerturbationGenerator((1, 28, 28), 0.1, output="clamp")
+    scaled, clamped = (
+        p5.PerturbationGenerator((1, 28, 28), 0.1),
+        p5.PerturbationGenerator((1, 28, 28), 0.1, output="clamp"),
+    )
     clamped.load_state_dict(scaled.state_dict())
     x = torch.rand(4, 1, 28, 28)
     with torch.no_grad():
         a, b = scaled(x), clamped(x)
         raw = scaled.net(F.pad(x, (2, 2, 2, 2)))[..., 2:30, 2:30]
     assert torch.allclose(a, 0.1 * raw) and torch.allclose(b, raw.clamp(-0.1, 0.1))
-    assert b.abs().max() <= 0.1 + 1e-7 and (b.abs() >= 0.1 - 1e-7).float().mean() >= (a.abs() >= 0.1 - 1e-7).float().mean()
+    assert (
+        b.abs().max() <= 0.1 + 1e-7 and (b.abs() >= 0.1 - 1e-7).float().mean() >= (a.abs() >= 0.1 - 1e-7).float().mean()
+    )
     with pytest.raises(ConfigError, match="output must be one of"):
         p5.PerturbationGenerator((1, 28, 28), 0.1, output="sigmoid")
 
@@ -139,8 +171,13 @@ def test_budget_use_on_hand_cases():
 def test_diagnosis_finding_reads_the_three_cases():
     def case(fgsm: float, ours: float, ref: float) -> dict:
         row = {"mean_abs_over_eps": 0.5, "at_budget": 0.3, "mean_l2": 1.0}
-        return {"FGSM (one step)": {**row, "accuracy": fgsm}, "G, eps·tanh (ours)": {**row, "accuracy": ours},
-                "G, tanh clamped at eps (reference)": {**row, "accuracy": ref}, "curve_clamp": []}
+        return {
+            "FGSM (one step)": {**row, "accuracy": fgsm},
+            "G, eps·tanh (ours)": {**row, "accuracy": ours},
+            "G, tanh clamped at eps (reference)": {**row, "accuracy": ref},
+            "curve_clamp": [],
+        }
+
     assert "not from the method" in p5.diagnosis_finding(case(0.7, 0.8, 0.6))
     assert "explains part of the gap" in p5.diagnosis_finding(case(0.7, 0.8, 0.75))
     assert "is not our output parameterisation" in p5.diagnosis_finding(case(0.7, 0.8, 0.85))
@@ -157,5 +194,13 @@ def test_the_scale_free_convergence_reading_of_fig_1a():
     assert list(table["fall (points)"].round(1)) == [0.5, 18.0, 78.0]
     finding = p5.convergence_finding({0.1: flat, 0.3: shallow, 0.5: deep})
     assert "at intensity 0.1" in finding and "holds on this scale-free reading" in finding
-    slower = [0.98, 0.9, 0.7, 0.5, 0.3, 0.21, 0.2]  # the larger intensity covers its fall later: the measure is not what fails
+    slower = [
+        0.98,
+        0.9,
+        0.7,
+        0.5,
+        0.3,
+        0.21,
+        0.2,
+    ]  # the larger intensity covers its fall later: the measure is not what fails
     assert "does not decrease with the intensity either" in p5.convergence_finding({0.3: shallow, 0.5: slower})

@@ -18,15 +18,21 @@ STAGE = "p5_mnist_gan"
 
 
 def _metrics(root) -> dict:
-    blob = json.loads((root / STAGE / "details.json").read_text()) | {"headline": json.loads((root / STAGE / "metrics.json").read_text())}
+    blob = json.loads((root / STAGE / "details.json").read_text()) | {
+        "headline": json.loads((root / STAGE / "metrics.json").read_text())
+    }
     blob["meta"] = {k: v for k, v in blob["meta"].items() if k not in ("wall_time_s", "provenance")}
     return blob
 
 
 def _outputs(root) -> str:
     nb = json.loads((root / STAGE / f"{STAGE}.ipynb").read_text())
-    return "".join(o.get("text", "") if isinstance(o.get("text", ""), str) else "".join(o["text"])
-                   for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []))
+    return "".join(
+        o.get("text", "") if isinstance(o.get("text", ""), str) else "".join(o["text"])
+        for c in nb["cells"]
+        if c["cell_type"] == "code"
+        for o in c.get("outputs", [])
+    )
 
 
 def test_a_stage_run_from_the_store_gives_exactly_the_metrics_of_the_run_that_trained(p5_smoke_runs):
@@ -35,7 +41,9 @@ def test_a_stage_run_from_the_store_gives_exactly_the_metrics_of_the_run_that_tr
     stored = p5_smoke_runs["store_after_first"]
     assert sum(f"/.evaluations/{STAGE}/" in f for f in stored) >= 5  # every attack of the stage, kept
     assert sum(f"models/{STAGE}/" in f for f in stored) >= 5  # every model
-    assert {str(f.relative_to(root)): f.stat().st_mtime_ns for f in (root / "models").rglob("*") if f.is_file()} == stored  # nothing retrained nor re-evaluated
+    assert {
+        str(f.relative_to(root)): f.stat().st_mtime_ns for f in (root / "models").rglob("*") if f.is_file()
+    } == stored  # nothing retrained nor re-evaluated
     assert _metrics(first_root) == _metrics(second_root)
     trained, loaded = _outputs(first_root), _outputs(second_root)
     assert "phase 1: D: trained in" in trained and "phase 1: D: loaded" in loaded and ": trained in" not in loaded
@@ -71,7 +79,16 @@ def test_a_killed_run_keeps_the_models_it_finished_and_the_next_run_loads_them(t
     params[STAGE] = {"g_epochs": 8}  # an override: time to stop it after phase 1, inside phase 2
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     shutil.copytree(REPO_ROOT / "profiles", tmp_path / "profiles")
-    argv = [sys.executable, "-m", "lib.pipeline", STAGE, "--params", str(tmp_path / "params.yaml"), "--results", str(tmp_path / "results")]
+    argv = [
+        sys.executable,
+        "-m",
+        "lib.pipeline",
+        STAGE,
+        "--params",
+        str(tmp_path / "params.yaml"),
+        "--results",
+        str(tmp_path / "results"),
+    ]
     store = tmp_path / "models" / STAGE
     proc = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
@@ -81,7 +98,9 @@ def test_a_killed_run_keeps_the_models_it_finished_and_the_next_run_loads_them(t
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM
-    assert [p.name for p in (tmp_path / "results").iterdir()] == [f".{STAGE}.lock"]  # nothing half-written (the lock file stays, empty)
+    assert [p.name for p in (tmp_path / "results").iterdir()] == [
+        f".{STAGE}.lock"
+    ]  # nothing half-written (the lock file stays, empty)
     assert [p.name for p in store.iterdir() if p.name.startswith(".")] == []  # no half-written entry
     finished = {p.name for p in store.iterdir()}
     assert any(n.startswith("phase-1-d-") for n in finished)

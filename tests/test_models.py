@@ -9,10 +9,18 @@ import lib.models as M
 from lib.errors import ConfigError
 
 
-@pytest.mark.parametrize("name,kw", [
-    ("mnist_cnn", {}), ("convpool_cnn", {"width": 0.25}), ("resnet20", {}), ("tanh_cnn", {"mean": 0.13, "std": 0.31}),
-    ("resnet18", {}), ("resnet50", {}), ("resnet101", {"small_input_stem": False}),
-])
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        ("mnist_cnn", {}),
+        ("convpool_cnn", {"width": 0.25}),
+        ("resnet20", {}),
+        ("tanh_cnn", {"mean": 0.13, "std": 0.31}),
+        ("resnet18", {}),
+        ("resnet50", {}),
+        ("resnet101", {"small_input_stem": False}),
+    ],
+)
 @pytest.mark.parametrize("shape,classes", [((1, 28, 28), 10), ((3, 32, 32), 100), ((3, 32, 32), 2)])
 def test_classifier_shapes(name, kw, shape, classes):
     model = M.build(name, shape, classes, **kw).eval()

@@ -62,11 +62,17 @@ def test_minimax_step_trains_the_classifier_and_the_generator_ascends(synthetic)
     assert src.penalty is not None and src.penalty >= 0
 
 
-@pytest.mark.parametrize(("drops", "held"), [
-    ({"no label": 0.01, "no image": 0.02, "no gradient": 0.30}, True),   # the largest drop, and a real one
-    ({"no label": -0.24, "no image": -0.15, "no gradient": 0.013}, False),  # largest, but 2% of rho: noise (the old rule passed it)
-    ({"no label": 0.40, "no image": 0.02, "no gradient": 0.30}, False),  # another input matters more
-])
+@pytest.mark.parametrize(
+    ("drops", "held"),
+    [
+        ({"no label": 0.01, "no image": 0.02, "no gradient": 0.30}, True),  # the largest drop, and a real one
+        (
+            {"no label": -0.24, "no image": -0.15, "no gradient": 0.013},
+            False,
+        ),  # largest, but 2% of rho: noise (the old rule passed it)
+        ({"no label": 0.40, "no image": 0.02, "no gradient": 0.30}, False),  # another input matters more
+    ],
+)
 def test_ablation_verdict_needs_the_largest_and_a_meaningful_drop(drops, held):
     assert pgn.gradient_matters_most(0.533, drops, min_drop=0.05) is held
 
@@ -119,15 +125,30 @@ def test_attacker_ascends_against_a_fixed_classifier_and_leaves_it_unchanged(syn
     before = loss(g)
     pgn.train_attacker(g, model, D.loader(ds.train, 16, True), c_l=0.0, lr=1e-3, epochs=3)
     assert loss(g) > before
-    assert all(torch.equal(a, b) for a, b in zip(frozen, model.parameters())) and all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(frozen, model.parameters())) and all(
+        p.grad is None for p in model.parameters()
+    )
 
 
 def test_paper_profile_is_the_papers_setting():
     cfg = _config("paper")
     assert cfg.datasets == ["cifar100", "cifar10"] and (cfg.width, cfg.gen_width, cfg.gen_dense) == (1.0, 128, 1024)
     assert (cfg.lr, cfg.batch_size, cfg.ema_decay, cfg.epochs, cfg.clean_weight) == (5e-4, 128, 0.998, 200, 0.0)
-    assert (cfg.fgm_eps, cfg.mim_eps, cfg.mim_steps, cfg.df_steps, cfg.cw_steps, cfg.pgd_train_steps) == (0.5, 0.5, 100, 100, 100, 10)
-    assert cfg.main_c_l in cfg.c_l and cfg.generator_lr == cfg.lr and 0.02 in cfg.at_eps and 0.1 in cfg.at_eps and cfg.fig3_eps == 0.5
+    assert (cfg.fgm_eps, cfg.mim_eps, cfg.mim_steps, cfg.df_steps, cfg.cw_steps, cfg.pgd_train_steps) == (
+        0.5,
+        0.5,
+        100,
+        100,
+        100,
+        10,
+    )
+    assert (
+        cfg.main_c_l in cfg.c_l
+        and cfg.generator_lr == cfg.lr
+        and 0.02 in cfg.at_eps
+        and 0.1 in cfg.at_eps
+        and cfg.fig3_eps == 0.5
+    )
     # the ATPGN reference code: c_L 50 in our units, flip + shift, leaky-ReLU He-initialised generator
     assert cfg.main_c_l == 50.0 and (cfg.augment, cfg.leaky_generator, cfg.reference_check) == (True, True, False)
 
@@ -142,22 +163,41 @@ def test_cpu_profile_checks_the_reference_choices_from_the_papers_protocol():
 def test_leaky_generator_is_he_initialised_and_leaky():
     g = pgn.PGNGenerator((1, 28, 28), 10, width=32, dense=64, leaky=True)
     fan_in = g.up3.weight.shape[1] * 9  # ConvTranspose2d: (in, out, k, k); fan_in = out * k * k, as TF's
-    assert abs(g.up3.weight.std().item() - (2 / fan_in) ** 0.5) < 0.15 * (2 / fan_in) ** 0.5 and torch.all(g.up3.bias == 0)
+    assert abs(g.up3.weight.std().item() - (2 / fan_in) ** 0.5) < 0.15 * (2 / fan_in) ** 0.5 and torch.all(
+        g.up3.bias == 0
+    )
     z = torch.tensor([-1.0, 2.0])
-    assert torch.equal(g._act(z), torch.tensor([-0.2, 2.0])) and torch.equal(pgn.PGNGenerator((1, 28, 28), 10, 8, 16)._act(z), torch.tensor([0.0, 2.0]))
+    assert torch.equal(g._act(z), torch.tensor([-0.2, 2.0])) and torch.equal(
+        pgn.PGNGenerator((1, 28, 28), 10, 8, 16)._act(z), torch.tensor([0.0, 2.0])
+    )
 
 
 def _pair(pgn_fgm: float, pgn_mim: float) -> dict:
-    return {"FGM-AT": {"benign": 0.8, "fgm_acc": 0.5, "mim_acc": 0.4}, "PGN": {"benign": 0.8, "fgm_acc": pgn_fgm, "mim_acc": pgn_mim}}
+    return {
+        "FGM-AT": {"benign": 0.8, "fgm_acc": 0.5, "mim_acc": 0.4},
+        "PGN": {"benign": 0.8, "fgm_acc": pgn_fgm, "mim_acc": pgn_mim},
+    }
 
 
 def test_reference_finding_names_the_variant_that_turns_the_gap():
     variants = list(pgn.REFERENCE_VARIANTS)
-    r = {"reference": {variants[0]: _pair(0.45, 0.35), variants[1]: _pair(0.55, 0.41), variants[2]: _pair(0.48, 0.45), variants[3]: _pair(0.5, 0.4)}}
+    r = {
+        "reference": {
+            variants[0]: _pair(0.45, 0.35),
+            variants[1]: _pair(0.55, 0.41),
+            variants[2]: _pair(0.48, 0.45),
+            variants[3]: _pair(0.5, 0.4),
+        }
+    }
     table = pgn.reference_table(r)
     assert table["PGN − FGM-AT, FGM (pt)"].round(6).tolist() == [-5.0, 5.0, -2.0, 0.0]
     finding = pgn.reference_finding(r)
-    assert "-5.0 points under FGM" in finding and variants[1] in finding and variants[3] in finding and variants[2] not in finding
+    assert (
+        "-5.0 points under FGM" in finding
+        and variants[1] in finding
+        and variants[3] in finding
+        and variants[2] not in finding
+    )
     r["reference"] = {v: _pair(0.45, 0.35) for v in variants}
     assert "do not explain the gap" in pgn.reference_finding(r)
 
@@ -165,9 +205,30 @@ def test_reference_finding_names_the_variant_that_turns_the_gap():
 def test_paper_profile_code_path_one_batch_on_cifar_shaped_data(synthetic, monkeypatch):
     ds = synthetic("cifar10", (3, 32, 32), 40)
     monkeypatch.setattr(D, "load", lambda name, prepared_dir=None: ds)
-    cfg = _config("paper", datasets=["cifar10"], epochs=1, max_batches=1, batch_size=16, n_rho=4, n_val=8, at_eps=[0.5], pgd_eps=[0.5], c_l=[50.0], main_c_l=50.0, capacity=[0.5],
-                  mim_steps=2, df_steps=2, cw_steps=2, cw_binary_steps=1, track_n=4, attack_c_l=[50.0], attack_epochs=1,
-                  attack_eps=[0.5], attack_pgd_steps=2, n_examples=2)
+    cfg = _config(
+        "paper",
+        datasets=["cifar10"],
+        epochs=1,
+        max_batches=1,
+        batch_size=16,
+        n_rho=4,
+        n_val=8,
+        at_eps=[0.5],
+        pgd_eps=[0.5],
+        c_l=[50.0],
+        main_c_l=50.0,
+        capacity=[0.5],
+        mim_steps=2,
+        df_steps=2,
+        cw_steps=2,
+        cw_binary_steps=1,
+        track_n=4,
+        attack_c_l=[50.0],
+        attack_epochs=1,
+        attack_eps=[0.5],
+        attack_pgd_steps=2,
+        n_examples=2,
+    )
     r = pgn.run_dataset("cifar10", cfg, None)
     assert set(r["matched"]) == set(pgn.DEFENCES) and len(r["ablation"]) == 4 and len(r["capacity"]) == 2
     assert r["sweep"][("PGN", 50.0)].source.generator.in_shape == (3, 32, 32)
@@ -176,33 +237,72 @@ def test_paper_profile_code_path_one_batch_on_cifar_shaped_data(synthetic, monke
     assert table["benign acc delta"].notna().all()  # same dataset as the paper: deltas are shown
     stand_in = pgn.results_table({**r, "name": "fashion_mnist"})
     assert stand_in["benign acc delta"].isna().all() and stand_in["cost vs Baseline delta"].notna().all()
-    assert pgn.table_name("cifar10") == "table3_cifar10" and pgn.table_name("fashion_mnist") == "table3_fashion_mnist_standin"
+    assert (
+        pgn.table_name("cifar10") == "table3_cifar10"
+        and pgn.table_name("fashion_mnist") == "table3_fashion_mnist_standin"
+    )
     for figure in (pgn.figure2, pgn.figure3, pgn.figure4, pgn.figure5, pgn.figure8, pgn.example_grid):
         figure(r, cfg, "test")
     claims = pgn.claims(r, cfg)
     assert any("costs between FGM-AT and PGD-AT" in c.claim for c in claims) and "matched" in pgn.summary_metrics(r)
     assert all(c.verdict == "not testable" for c in claims)  # one batch, one epoch: nothing converged
     assert any(g.gate.startswith("PGN's mean L2 perturbation over the matched FGM-AT eps") for g in claims[0].gates)
-    fig3 = next(c for c in claims if "PGN attackers reach lower accuracy than PGD" in c.claim)  # the fixed classifiers it attacks are gated
-    assert [g.gate.split(" converged")[0] for g in fig3.gates[1:]] == ["FGM-AT eps 0.5", "PGD-AT eps 0.5"], [g.gate for g in fig3.gates]
+    fig3 = next(
+        c for c in claims if "PGN attackers reach lower accuracy than PGD" in c.claim
+    )  # the fixed classifiers it attacks are gated
+    assert [g.gate.split(" converged")[0] for g in fig3.gates[1:]] == ["FGM-AT eps 0.5", "PGD-AT eps 0.5"], [
+        g.gate for g in fig3.gates
+    ]
 
 
 def test_an_ablation_not_run_is_one_not_testable_claim(synthetic, monkeypatch):
     ds = synthetic("fashion_mnist", (1, 28, 28), 40)
     monkeypatch.setattr(D, "load", lambda name, prepared_dir=None: ds)
-    cfg = _config("smoke", n_train=None, epochs=1, max_batches=1, batch_size=16, n_rho=4, n_val=8, n_test=16, ablation=False, capacity=[], mim_steps=2, df_steps=2,
-                  cw_steps=2, cw_binary_steps=1, track_n=4, attack_epochs=1, attack_pgd_steps=2, n_examples=2, reference_check=False)
+    cfg = _config(
+        "smoke",
+        n_train=None,
+        epochs=1,
+        max_batches=1,
+        batch_size=16,
+        n_rho=4,
+        n_val=8,
+        n_test=16,
+        ablation=False,
+        capacity=[],
+        mim_steps=2,
+        df_steps=2,
+        cw_steps=2,
+        cw_binary_steps=1,
+        track_n=4,
+        attack_epochs=1,
+        attack_pgd_steps=2,
+        n_examples=2,
+        reference_check=False,
+    )
     r = pgn.run_dataset("fashion_mnist", cfg, None)
     assert list(r["ablation"]) == ["all inputs"] and len(r["capacity"]) == 1  # nothing extra trained
     ablation = next(c for c in pgn.claims(r, cfg) if "the gradient input matters most" in c.claim)
-    assert ablation.verdict == "not testable" and [g.gate for g in ablation.gates] == ["ablation run in this profile (1 = yes)"]
+    assert ablation.verdict == "not testable" and [g.gate for g in ablation.gates] == [
+        "ablation run in this profile (1 = yes)"
+    ]
     for figure in (pgn.figure5, pgn.figure8):
         figure(r, cfg, "test")
 
 
-@pytest.mark.parametrize("bad", [dict(main_c_l=3.0), dict(track_eps=0.3), dict(at_eps=[-0.5]), dict(pgd_eps=[1.0]), dict(datasets=["svhn"]),
-                                 dict(grad_reduction="max"), dict(ema_decay=1.5), dict(c_l=[-1.0]),
-                                 dict(ablation_min_drop=1.0)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(main_c_l=3.0),
+        dict(track_eps=0.3),
+        dict(at_eps=[-0.5]),
+        dict(pgd_eps=[1.0]),
+        dict(datasets=["svhn"]),
+        dict(grad_reduction="max"),
+        dict(ema_decay=1.5),
+        dict(c_l=[-1.0]),
+        dict(ablation_min_drop=1.0),
+    ],
+)
 def test_bad_config_is_rejected(bad):
     with pytest.raises(ConfigError):
         pgn.Config(**{"datasets": ["fashion_mnist"], **bad}).validate()

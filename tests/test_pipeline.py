@@ -38,7 +38,11 @@ def test_params_yaml_is_the_switch_and_empty_overrides():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_is_stored_stripped(path):
     nb = json.loads(path.read_text())
-    dirty = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))]
+    dirty = [
+        i
+        for i, c in enumerate(nb["cells"])
+        if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))
+    ]
     assert not dirty, f"{path.name}: cells {dirty} carry outputs; strip them (executed copies belong in results/)"
 
 
@@ -65,7 +69,7 @@ def test_dvc_stage_lists_only_its_own_params_and_its_outputs(path):
     assert stage["cmd"] == f"python -m lib.pipeline {path.stem}"
     outs = [o for key in ("outs", "metrics", "plots") for o in stage.get(key, [])]
     for out in outs:  # DVC deletes non-persistent outputs before a run; results must survive a failure
-        (name, flags), = out.items()
+        ((name, flags),) = out.items()
         if name == f"models/{path.stem}":  # the model store: DVC-cached (shared by push / pull), kept between runs
             assert flags == {"persist": True}, name
         else:  # results: in git
@@ -103,7 +107,9 @@ def test_bad_parameter_stops_before_the_kernel_and_leaves_previous_results(tmp_p
     old.mkdir()
     (old / "metrics.json").write_text("{}")
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({**PARAMS, stage: wrong}))  # an override, as `dvc exp run -S +stage.key=...` writes
+    params.write_text(
+        yaml.safe_dump({**PARAMS, stage: wrong})
+    )  # an override, as `dvc exp run -S +stage.key=...` writes
     shutil.copytree(REPO_ROOT / "profiles", tmp_path / "profiles")
     with pytest.raises(ConfigError, match=message):
         run_stage(stage, "smoke", results_root=tmp_path, params_file=params)
@@ -112,8 +118,12 @@ def test_bad_parameter_stops_before_the_kernel_and_leaves_previous_results(tmp_p
 
 
 def test_command_line_reports_one_clear_error_and_nonzero_exit():
-    out = subprocess.run([sys.executable, "-m", "lib.pipeline", "p3_single_step_reuse", "--profile", "nope"],
-                         capture_output=True, text=True, cwd=REPO_ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "lib.pipeline", "p3_single_step_reuse", "--profile", "nope"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+    )
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == ["error: unknown profile 'nope'; choose one of smoke, cpu, paper"]
 

@@ -35,7 +35,9 @@ def test_units_follow_epochs_examples_and_attack_steps():
     doubled = P.plan_stage("p3_single_step_reuse", {**p, "epochs": 2 * p["epochs"]})
     assert doubled.units == 2 * P.plan_stage("p3_single_step_reuse", p).units
     cpu = load_stage_params("p3_single_step_reuse", "cpu")
-    assert cpu["n_train"] - cpu["n_val"] == P.plan_stage("p3_single_step_reuse", p).train_examples  # the validation split is held out
+    assert (
+        cpu["n_train"] - cpu["n_val"] == P.plan_stage("p3_single_step_reuse", p).train_examples
+    )  # the validation split is held out
 
 
 def test_the_probe_measures_a_positive_throughput():

@@ -32,14 +32,22 @@ def repo(tmp_path):
 
 def test_clean_tree_is_not_dirty(repo):
     state = git_state(repo)
-    assert state["dirty"] is False and state["changed_files"] == state["untracked_files"] == [] and len(state["commit"]) >= 7
+    assert (
+        state["dirty"] is False
+        and state["changed_files"] == state["untracked_files"] == []
+        and len(state["commit"]) >= 7
+    )
 
 
 def test_changed_inputs_make_the_tree_dirty_and_are_named(repo):
     (repo / "lib/train.py").write_text("v2\n")
     (repo / "params.yaml").write_text("v2\n")
-    assert git_state(repo) | {"commit": None} == {"commit": None, "dirty": True, "changed_files": ["lib/train.py", "params.yaml"],
-                                                   "untracked_files": []}
+    assert git_state(repo) | {"commit": None} == {
+        "commit": None,
+        "dirty": True,
+        "changed_files": ["lib/train.py", "params.yaml"],
+        "untracked_files": [],
+    }
 
 
 def test_an_untracked_file_among_the_inputs_makes_the_tree_dirty_and_is_named(repo):
@@ -48,8 +56,12 @@ def test_an_untracked_file_among_the_inputs_makes_the_tree_dirty_and_is_named(re
     (repo / "notes.txt").write_text("scratch\n")  # not among the stages' inputs
     (repo / ".gitignore").write_text("lib/ignored.py\n")
     (repo / "lib/ignored.py").write_text("y = 2\n")
-    assert git_state(repo) | {"commit": None} == {"commit": None, "dirty": True, "changed_files": [],
-                                                   "untracked_files": ["lib/new_attack.py"]}
+    assert git_state(repo) | {"commit": None} == {
+        "commit": None,
+        "dirty": True,
+        "changed_files": [],
+        "untracked_files": ["lib/new_attack.py"],
+    }
 
 
 def test_the_pipelines_own_outputs_do_not_make_the_tree_dirty(repo):
@@ -59,7 +71,12 @@ def test_the_pipelines_own_outputs_do_not_make_the_tree_dirty(repo):
 
 
 def test_outside_a_checkout_the_commit_is_unknown(tmp_path):
-    assert git_state(tmp_path) == {"commit": "unknown (not a git checkout)", "dirty": None, "changed_files": [], "untracked_files": []}
+    assert git_state(tmp_path) == {
+        "commit": "unknown (not a git checkout)",
+        "dirty": None,
+        "changed_files": [],
+        "untracked_files": [],
+    }
 
 
 def test_params_hash_follows_values_not_machine_paths():
@@ -80,10 +97,23 @@ def test_readme_marks_results_from_a_dirty_tree(tmp_path):
     stage = tmp_path / "p5_mnist_gan"
     (stage / "tables").mkdir(parents=True)
     (stage / "tables" / "headline.csv").write_text("metric,paper,ours,delta\nD clean,98.4,97.1,-1.3\n")
-    meta = {"profile": "cpu", "reduced": True, "device": "CPU: X", "wall_time_s": 60,
-            "provenance": {"commit": "abc1234", "dirty": True, "changed_files": ["lib/train.py"], "untracked_files": ["lib/new.py"]}}
+    meta = {
+        "profile": "cpu",
+        "reduced": True,
+        "device": "CPU: X",
+        "wall_time_s": 60,
+        "provenance": {
+            "commit": "abc1234",
+            "dirty": True,
+            "changed_files": ["lib/train.py"],
+            "untracked_files": ["lib/new.py"],
+        },
+    }
     (stage / "details.json").write_text(json.dumps({"meta": meta}))
-    assert "commit abc1234 **with uncommitted changes (dirty tree: `lib/train.py`, `lib/new.py` (untracked))**" in readme.render(tmp_path)
+    assert (
+        "commit abc1234 **with uncommitted changes (dirty tree: `lib/train.py`, `lib/new.py` (untracked))**"
+        in readme.render(tmp_path)
+    )
     meta["provenance"].update(dirty=False, changed_files=[], untracked_files=[])
     (stage / "details.json").write_text(json.dumps({"meta": meta}))
     text = readme.render(tmp_path)
@@ -100,8 +130,16 @@ def test_a_stage_run_records_provenance_and_no_machine_path(p5_smoke_runs):
     paths = nb["metadata"]["papermill"]
     injected = {k: v for k, v in paths["parameters"].items() if k.endswith("_dir")}
     rel = results.relative_to(REPO_ROOT)
-    assert (paths["input_path"], paths["output_path"]) == ("notebooks/p5_mnist_gan.ipynb", f"{rel}/p5_mnist_gan/p5_mnist_gan.ipynb")
-    assert re.fullmatch(rf"{rel}/\.p5_mnist_gan\.\d+\.tmp", injected.pop("results_dir")), "a temporary folder of the run's own"
+    assert (paths["input_path"], paths["output_path"]) == (
+        "notebooks/p5_mnist_gan.ipynb",
+        f"{rel}/p5_mnist_gan/p5_mnist_gan.ipynb",
+    )
+    assert re.fullmatch(rf"{rel}/\.p5_mnist_gan\.\d+\.tmp", injected.pop("results_dir")), (
+        "a temporary folder of the run's own"
+    )
     assert injected == {"data_dir": "data/prepared", "models_dir": f"{rel.parent.parent}/models/p5_mnist_gan"}
     assert str(REPO_ROOT) not in "".join((out / n).read_text() for n in ("metrics.json", "details.json", "claims.md"))
-    assert sorted(p.name for p in results.iterdir()) == [".p5_mnist_gan.lock", "p5_mnist_gan"]  # the lock file stays, empty
+    assert sorted(p.name for p in results.iterdir()) == [
+        ".p5_mnist_gan.lock",
+        "p5_mnist_gan",
+    ]  # the lock file stays, empty

@@ -27,22 +27,37 @@ def test_the_executed_notebooks_carry_at_most_twenty_stderr_lines_together():
 
 
 def test_no_file_under_results_holds_a_machine_path():
-    offenders = [str(f.relative_to(REPO_ROOT)) for f in sorted(RESULTS.rglob("*"))
-                 if f.is_file() and f.suffix in {".ipynb", ".html", ".json", ".md", ".csv"}
-                 and MACHINE_PATH.search(f.read_text(errors="replace"))]
+    offenders = [
+        str(f.relative_to(REPO_ROOT))
+        for f in sorted(RESULTS.rglob("*"))
+        if f.is_file()
+        and f.suffix in {".ipynb", ".html", ".json", ".md", ".csv"}
+        and MACHINE_PATH.search(f.read_text(errors="replace"))
+    ]
     assert not offenders, offenders
 
 
 TABLE_ROW = re.compile(r"^\|.*\|$", re.M)
 LONG_DECIMAL = re.compile(r"\d\.\d{5,}")
-STAGES = ("p1_conv_generator_ensemble", "p2_pgn", "p3_single_step_reuse", "p4_resnet_transfer_augmentation", "p5_mnist_gan", "compare")
+STAGES = (
+    "p1_conv_generator_ensemble",
+    "p2_pgn",
+    "p3_single_step_reuse",
+    "p4_resnet_transfer_augmentation",
+    "p5_mnist_gan",
+    "compare",
+)
 
 
 def _displayed(notebook) -> list[str]:
     """Every rich output of a notebook as the reader sees it (Markdown / HTML / plain text)."""
     cells = json.loads(notebook.read_text())["cells"]
-    return ["".join(o["data"].get("text/markdown") or o["data"].get("text/html") or o["data"].get("text/plain", ""))
-            for c in cells for o in c.get("outputs", []) if "data" in o]
+    return [
+        "".join(o["data"].get("text/markdown") or o["data"].get("text/html") or o["data"].get("text/plain", ""))
+        for c in cells
+        for o in c.get("outputs", [])
+        if "data" in o
+    ]
 
 
 def test_displayed_tables_show_at_most_four_decimals_and_no_raw_dataframe():
@@ -68,7 +83,9 @@ def test_each_notebook_opens_with_its_verdicts():
 def test_the_html_shows_the_values_the_run_used_not_the_smoke_defaults():
     for stage in STAGES:
         html = (RESULTS / stage / f"{stage}.html").read_text()
-        assert "build/smoke/" not in html and f"results/.{stage}.tmp" in html, stage  # injected cell kept, defaults cell left out
+        assert "build/smoke/" not in html and f"results/.{stage}.tmp" in html, (
+            stage
+        )  # injected cell kept, defaults cell left out
 
 
 def test_dvc_metrics_hold_a_few_flat_headline_numbers_and_no_config():

@@ -52,8 +52,15 @@ def test_early_stopping_stops_and_restores_the_best_weights(synthetic):
     model = M.build("resnet18", ds.shape, 10, small_input_stem=False)
     x, y = D.tensors(ds.test)
     stopper = EarlyStopping(x, torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(1)), patience=1)
-    res = train(model, D.loader(ds.train, 32, True, with_index=True), TrainConfig(epochs=20, lr=1e-3), on_epoch_end=stopper)
-    assert len(res.history) < 20 and "val_acc" in res.history[0] and "stop" not in res.history[-1] and res.history[-1]["early_stopped"]
+    res = train(
+        model, D.loader(ds.train, 32, True, with_index=True), TrainConfig(epochs=20, lr=1e-3), on_epoch_end=stopper
+    )
+    assert (
+        len(res.history) < 20
+        and "val_acc" in res.history[0]
+        and "stop" not in res.history[-1]
+        and res.history[-1]["early_stopped"]
+    )
     assert C.converged_history("tiny", res.history).passed
     stopper.restore(model)
     assert p4.accuracy(model, x, stopper.y_val) == pytest.approx(stopper.best)
@@ -70,7 +77,9 @@ def test_paper_profile_is_the_papers_setting():
 # builds every ResNet at 1x28x28); the whole paper profile at all three sizes: `make dry-run` (README).
 @pytest.mark.parametrize("name,shape,classes,n", [("cifar10", (3, 32, 32), 10, 30)])
 def test_paper_profile_code_path_one_batch_per_architecture(synthetic, monkeypatch, name, shape, classes, n):
-    cfg = _config("paper", datasets=[name], max_epochs=1, max_batches=1, pgd_steps=1, batch_size=4, eps=[0.03])  # small batch, one step
+    cfg = _config(
+        "paper", datasets=[name], max_epochs=1, max_batches=1, pgd_steps=1, batch_size=4, eps=[0.03]
+    )  # small batch, one step
     ds = synthetic(name, shape, n, classes)  # pooled train + test = 2n, split 70/10/20
     monkeypatch.setattr(p4.D, "load", lambda n, data_dir=None: ds)
     calls = []  # AutoAttack's wiring only: the reference itself (standard version, FAB-T and Square included) is
@@ -83,7 +92,9 @@ def test_paper_profile_code_path_one_batch_per_architecture(synthetic, monkeypat
     monkeypatch.setattr(p4.A, "autoattack", autoattack)
     r = p4.run_dataset(name, cfg, None)
     assert len(calls) == len(p4.VARIANTS) * len(p4.ARCHS)
-    assert all(c == {"eps": 0.03, "norm": "linf", "version": "standard", "iterations": 100, "targets": 9} for c in calls), calls[0]
+    assert all(
+        c == {"eps": 0.03, "norm": "linf", "version": "standard", "iterations": 100, "targets": 9} for c in calls
+    ), calls[0]
     assert set(r) >= set(p4.VARIANTS) and all(set(r[v]) == set(p4.ARCHS) for v in p4.VARIANTS)
     results = {name: r}
     assert len(p4.table1(results, cfg)) == 3 * 2 * 3  # this dataset + the two not run, per model, before/after
@@ -105,9 +116,20 @@ def test_autoattack_runs_only_on_the_variants_asked(synthetic, monkeypatch):
     p4.figure({"mnist5k": r}, cfg, "test")
 
 
-@pytest.mark.parametrize("bad", [dict(eps=[-0.01]), dict(archs=["vgg16"]), dict(source_arch="resnet34"), dict(datasets=["svhn"]),
-                                 dict(fractions=[0.8, 0.1, 0.2]), dict(scale_min=0.0), dict(proposed_patience=0),
-                                 dict(autoattack_variants=["before"]), dict(autoattack_variants=["before", "proposed", "after"])])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(eps=[-0.01]),
+        dict(archs=["vgg16"]),
+        dict(source_arch="resnet34"),
+        dict(datasets=["svhn"]),
+        dict(fractions=[0.8, 0.1, 0.2]),
+        dict(scale_min=0.0),
+        dict(proposed_patience=0),
+        dict(autoattack_variants=["before"]),
+        dict(autoattack_variants=["before", "proposed", "after"]),
+    ],
+)
 def test_bad_config_is_rejected(bad):
     with pytest.raises(ConfigError):
         p4.Config(**bad).validate()
@@ -117,31 +139,49 @@ def _model(clean, fgsm, val=(0.95, 0.97, 0.971, 0.972), stopped=False):
     history = [{"epoch": e, "val_acc": v} for e, v in enumerate(val, 1)]
     if stopped:
         history[-1]["early_stopped"] = True
-    return {"clean": clean, "fgsm": {e: fgsm for e in (0.01, 0.02, 0.03)}, "pgd": {e: fgsm - 0.05 for e in (0.01, 0.02, 0.03)},
-            "autoattack": {0.03: fgsm - 0.1}, "history": history}
+    return {
+        "clean": clean,
+        "fgsm": {e: fgsm for e in (0.01, 0.02, 0.03)},
+        "pgd": {e: fgsm - 0.05 for e in (0.01, 0.02, 0.03)},
+        "autoattack": {0.03: fgsm - 0.1},
+        "history": history,
+    }
 
 
 def test_claims_gate_on_convergence_clean_accuracy_and_breadth():
     cfg = _config("cpu")
-    r = {"before": {"resnet18": _model(0.975, 0.60)}, "augmentation only": {"resnet18": _model(0.98, 0.65)},
-         "proposed": {"resnet18": _model(0.985, 0.80, stopped=True, val=(0.9, 0.98))}}
+    r = {
+        "before": {"resnet18": _model(0.975, 0.60)},
+        "augmentation only": {"resnet18": _model(0.98, 0.65)},
+        "proposed": {"resnet18": _model(0.985, 0.80, stopped=True, val=(0.9, 0.98))},
+    }
     claims = p4.claims({"mnist5k": r, "fashion_mnist": {**r, "before": {"resnet18": _model(0.84, 0.5)}}}, cfg)
     verdicts = {c.claim.split(":")[0] + ":" + c.claim.split(":")[1][:30]: c.verdict for c in claims}
     mnist = [c for c in claims if c.claim.startswith("MNIST")]
     assert [c.verdict for c in mnist] == ["held", "held", "held", "held", "not testable", "not testable"], verdicts
     assert "architectures run in this profile: 1 (threshold 2) FAIL" in mnist[-1].markdown()
     fmnist = [c for c in claims if c.claim.startswith("Fashion")]
-    assert all(c.verdict == "not testable" for c in fmnist) and "resnet18 before clean accuracy on Fashion-MNIST (stand-in for CIFAR-10) (%): 84 (threshold 85) FAIL" in fmnist[0].markdown()
+    assert (
+        all(c.verdict == "not testable" for c in fmnist)
+        and "resnet18 before clean accuracy on Fashion-MNIST (stand-in for CIFAR-10) (%): 84 (threshold 85) FAIL"
+        in fmnist[0].markdown()
+    )
     assert claims[-1].claim.startswith("Cats vs Dogs") and claims[-1].verdict == "not testable"
 
 
 def test_a_paper_dataset_not_run_is_one_not_testable_claim_naming_why():
     cfg = _config("cpu")
-    r = {"before": {"resnet18": _model(0.975, 0.60)}, "augmentation only": {"resnet18": _model(0.98, 0.65)},
-         "proposed": {"resnet18": _model(0.985, 0.80, stopped=True)}}
+    r = {
+        "before": {"resnet18": _model(0.975, 0.60)},
+        "augmentation only": {"resnet18": _model(0.98, 0.65)},
+        "proposed": {"resnet18": _model(0.985, 0.80, stopped=True)},
+    }
     claims = p4.claims({"mnist5k": r}, p4.Config(**{**vars(cfg), "datasets": ["mnist5k"]}))
     cifar, cats = claims[-2:]
     assert cifar.claim.startswith("CIFAR-10") and cifar.verdict == "not testable"
-    assert "CIFAR-10 or its stand-in (Fashion-MNIST (stand-in for CIFAR-10)) run in this profile (1 = yes): 0 (threshold 1) FAIL" in cifar.markdown()
+    assert (
+        "CIFAR-10 or its stand-in (Fashion-MNIST (stand-in for CIFAR-10)) run in this profile (1 = yes): 0 (threshold 1) FAIL"
+        in cifar.markdown()
+    )
     assert cats.claim.startswith("Cats vs Dogs") and "Cats vs Dogs available offline (1 = yes): 0" in cats.markdown()
     assert not any(c.claim.startswith("Fashion") for c in claims)

@@ -34,8 +34,18 @@ def test_atda_loss_is_finite_and_differentiable():
     assert same >= 0
 
 
-@pytest.mark.parametrize("bad", [dict(datasets={"mnist": -0.1}), dict(datasets={"svhn": 0.1}), dict(defences=["magic"]), dict(reset_every=0),
-                                 dict(patience={"proposed": 2}), dict(patience={"vanilla": 0}), dict(patience={"magic": 2})])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(datasets={"mnist": -0.1}),
+        dict(datasets={"svhn": 0.1}),
+        dict(defences=["magic"]),
+        dict(reset_every=0),
+        dict(patience={"proposed": 2}),
+        dict(patience={"vanilla": 0}),
+        dict(patience={"magic": 2}),
+    ],
+)
 def test_bad_config_is_rejected(bad):
     with pytest.raises(ConfigError):
         p3.Config(**bad).validate()
@@ -43,13 +53,26 @@ def test_bad_config_is_rejected(bad):
 
 def _defence(original, bim10, epochs=25, val=(0.97, 0.975, 0.976, 0.977)):
     history = [{"epoch": e, "val_acc": val[min(e - 1, len(val) - 1)]} for e in range(1, epochs + 1)]
-    return {"original": original, "bim10": bim10, "bim30": bim10 - 0.01, "pgd": bim10 - 0.02, "autoattack": bim10 - 0.03,
-            "history": history, "sec_per_epoch": 1.0}
+    return {
+        "original": original,
+        "bim10": bim10,
+        "bim30": bim10 - 0.01,
+        "pgd": bim10 - 0.02,
+        "autoattack": bim10 - 0.03,
+        "history": history,
+        "sec_per_epoch": 1.0,
+    }
 
 
 def test_claims_need_converged_models_near_the_papers_clean_accuracy_and_a_full_reset_cycle():
     cfg = _config("cpu")
-    results = {"mnist5k": {"proposed": _defence(0.985, 0.85), "atda": _defence(0.975, 0.80), "bim10_adv": _defence(0.985, 0.82)}}
+    results = {
+        "mnist5k": {
+            "proposed": _defence(0.985, 0.85),
+            "atda": _defence(0.975, 0.80),
+            "bim10_adv": _defence(0.985, 0.82),
+        }
+    }
     claims = {c.claim: c for c in p3.claims(results, cfg)}
     beats = claims["MNIST: Proposed beats ATDA under BIM10 (Proposed − ATDA, points)"]
     assert beats.verdict == "held" and beats.ours == pytest.approx(5.0)
@@ -57,10 +80,16 @@ def test_claims_need_converged_models_near_the_papers_clean_accuracy_and_a_full_
     assert level.verdict == "held" and level.ours == pytest.approx(3.0)
     weak_reference = {"mnist5k": {**results["mnist5k"], "bim10_adv": _defence(0.985, 0.72)}}
     level = next(c for c in p3.claims(weak_reference, cfg) if "same level as Iter-Adv" in c.claim)
-    assert level.verdict == "not testable" and "BIM(10)-Adv under BIM(10) on MNIST (%): 72 (threshold 80) FAIL" in level.markdown()
+    assert (
+        level.verdict == "not testable"
+        and "BIM(10)-Adv under BIM(10) on MNIST (%): 72 (threshold 80) FAIL" in level.markdown()
+    )
     short = {"mnist5k": {d: _defence(v["original"], v["bim10"], epochs=10) for d, v in results["mnist5k"].items()}}
     beats = next(c for c in p3.claims(short, cfg) if "under BIM10" in c.claim)
-    assert beats.verdict == "not testable" and "past one reset period (20 epochs; epochs trained): 10 (threshold 21) FAIL" in beats.markdown()
+    assert (
+        beats.verdict == "not testable"
+        and "past one reset period (20 epochs; epochs trained): 10 (threshold 21) FAIL" in beats.markdown()
+    )
 
 
 def _defences(single_aa: float, control_aa: float) -> dict:

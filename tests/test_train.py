@@ -84,7 +84,9 @@ def test_bad_training_config_is_rejected_before_training(bad):
 def test_the_cpu_data_path_is_the_dataloaders_own_batches(mnist):
     """The GPU path (on-device index batching) never touches the CPU path: same batches, same order."""
     loader = D.loader(D.subset(mnist.train, 200, 0), 64, True, seed=3, with_index=True)
-    expected = [tuple(t.clone() for t in b) for b in D.loader(D.subset(mnist.train, 200, 0), 64, True, seed=3, with_index=True)]
+    expected = [
+        tuple(t.clone() for t in b) for b in D.loader(D.subset(mnist.train, 200, 0), 64, True, seed=3, with_index=True)
+    ]
     got = list(D.batches(loader, "cpu"))
     assert len(got) == len(expected) and all(torch.equal(a, b) for g, e in zip(got, expected) for a, b in zip(g, e))
 

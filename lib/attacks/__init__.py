@@ -12,7 +12,16 @@ from lib.attacks.minimal import cw_l2, deepfool
 from lib.attacks.threat import L2Ball, LinfBall, l2_distance, per_sample_norm, threat
 from lib.errors import require
 
-ATTACKS = {"fgsm": fgsm, "fgm": fgm, "bim": bim, "pgd": pgd, "mim": mim, "deepfool": deepfool, "cw_l2": cw_l2, "autoattack": autoattack}
+ATTACKS = {
+    "fgsm": fgsm,
+    "fgm": fgm,
+    "bim": bim,
+    "pgd": pgd,
+    "mim": mim,
+    "deepfool": deepfool,
+    "cw_l2": cw_l2,
+    "autoattack": autoattack,
+}
 
 
 def autoattack_versions() -> tuple[str, ...]:
@@ -27,6 +36,22 @@ def get(name: str):
 
 
 __all__ = [
-    "ATTACKS", "get", "autoattack_versions", "fgsm", "fgm", "bim", "pgd", "mim", "deepfool", "cw_l2", "autoattack", "iterates",
-    "eval_mode", "LinfBall", "L2Ball", "threat", "per_sample_norm", "l2_distance",
+    "ATTACKS",
+    "get",
+    "autoattack_versions",
+    "fgsm",
+    "fgm",
+    "bim",
+    "pgd",
+    "mim",
+    "deepfool",
+    "cw_l2",
+    "autoattack",
+    "iterates",
+    "eval_mode",
+    "LinfBall",
+    "L2Ball",
+    "threat",
+    "per_sample_norm",
+    "l2_distance",
 ]

@@ -55,9 +55,15 @@ def autoattack(
 
     logging.getLogger("auto-attack").setLevel(logging.ERROR)
     classes = int(model(x[:1]).shape[1])
-    aa = AutoAttack(model, norm=NORMS[norm], eps=float(eps), device=x.device, seed=seed,
-                    version="standard" if version == "standard" else "custom",
-                    attacks=None if version == "standard" else ["apgd-ce", "apgd-t"])
+    aa = AutoAttack(
+        model,
+        norm=NORMS[norm],
+        eps=float(eps),
+        device=x.device,
+        seed=seed,
+        version="standard" if version == "standard" else "custom",
+        attacks=None if version == "standard" else ["apgd-ce", "apgd-t"],
+    )
     aa.verbose = False
     aa.apgd.n_restarts, aa.apgd_targeted.n_restarts = 1, 1  # the standard version's settings
     aa.apgd.n_iter = aa.apgd_targeted.n_iter = aa.fab.n_iter = DryRun.iterations(iterations)
@@ -87,4 +93,3 @@ def cost(version: str, classes: int = 10, iterations: int = 100, targets: int = 
     t = min(targets, classes - 1)
     apgd = iterations * (1 + t)
     return apgd if version == "apgd-ce+t" else apgd + t * iterations + 5000
-

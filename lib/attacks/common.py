@@ -20,7 +20,10 @@ def check_inputs(x: torch.Tensor, y: torch.Tensor, **budgets: float) -> None:
     require(bool(torch.isfinite(x).all()), "input images contain NaN or Inf")
     require(bool((x.min() >= 0) & (x.max() <= 1)), "input images must lie in [0, 1]")
     for name, value in budgets.items():
-        require(value is not None and math.isfinite(value) and value >= 0, f"{name} must be a finite number >= 0, got {value}")
+        require(
+            value is not None and math.isfinite(value) and value >= 0,
+            f"{name} must be a finite number >= 0, got {value}",
+        )
 
 
 @contextlib.contextmanager

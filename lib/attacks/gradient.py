@@ -88,7 +88,9 @@ def pgd(
     return best
 
 
-def bim(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 10, step_size: float | None = None) -> torch.Tensor:
+def bim(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 10, step_size: float | None = None
+) -> torch.Tensor:
     """Basic iterative method (Kurakin et al. 2017): L∞ PGD from x, step eps/steps unless given."""
     _check_steps(steps)
     step_size = eps / steps if step_size is None else step_size

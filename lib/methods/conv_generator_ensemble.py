@@ -55,7 +55,9 @@ class Config:
     model: str = "resnet20"
     model_options: dict = field(default_factory=dict)  # e.g. a narrower model's width (the cpu profile's trade)
     base_epochs: int = 100  # the paper starts from "a pre-trained ResNet-20"; we pre-train it ourselves
-    patience: int | None = None  # early stopping of the base and both fine-tunings on the validation split (None: every epoch)
+    patience: int | None = (
+        None  # early stopping of the base and both fine-tunings on the validation split (None: every epoch)
+    )
     base_lr: float = 0.05
     weight_decay: float = 5e-4
     k: int = 32
@@ -78,7 +80,9 @@ class Config:
     autoattack: str = "standard"  # AutoAttack-L2 beside PGD-L2: "standard" or "apgd-ce+t" (its first two attacks)
     autoattack_iterations: int = 100
     autoattack_eps: list | None = None  # the L2 eps AutoAttack runs at (None = every eval eps above 0)
-    autoattack_targets: int = 9  # APGD-T's (and FAB-T's) target classes: the reference's 9; fewer is a labelled reduction
+    autoattack_targets: int = (
+        9  # APGD-T's (and FAB-T's) target classes: the reference's 9; fewer is a labelled reduction
+    )
     linf_eps: list = field(default_factory=lambda: [2 / 255, 4 / 255, 8 / 255])
     timing_batches: int = 10
     timing_k: int = 32
@@ -92,8 +96,20 @@ class Config:
         require(self.model in M.BUILDERS, f"unknown model '{self.model}'")
         require(self.assignment in ASSIGNMENTS, f"assignment must be one of {ASSIGNMENTS}, got '{self.assignment}'")
         require(0 < self.s <= 1, f"s must be in (0, 1], got {self.s}")
-        for name in ("k", "gen_depth", "gen_width", "epochs", "base_epochs", "batch_size", "minmax_steps", "eval_steps",
-                     "timing_batches", "timing_k", "timing_minmax_steps", "n_examples"):
+        for name in (
+            "k",
+            "gen_depth",
+            "gen_width",
+            "epochs",
+            "base_epochs",
+            "batch_size",
+            "minmax_steps",
+            "eval_steps",
+            "timing_batches",
+            "timing_k",
+            "timing_minmax_steps",
+            "n_examples",
+        ):
             require(int(getattr(self, name)) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lr", "base_lr", "minmax_eps", "minmax_step_size"):
             require(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
@@ -101,8 +117,13 @@ class Config:
         require(0 <= self.clean_weight < 1, f"clean_weight must be in [0, 1), got {self.clean_weight}")
         require(self.n_train is None or self.n_train > 0, "n_train must be positive")
         require(self.n_test is None or self.n_test > 0, "n_test must be positive")
-        S.check_autoattack_settings(self.autoattack, self.autoattack_iterations, self.autoattack_eps, [e for e in self.eval_eps if e > 0],
-                                    self.autoattack_targets)
+        S.check_autoattack_settings(
+            self.autoattack,
+            self.autoattack_iterations,
+            self.autoattack_eps,
+            [e for e in self.eval_eps if e > 0],
+            self.autoattack_targets,
+        )
         require(int(self.n_val) >= 1, f"n_val must be >= 1, got {self.n_val}")
         require(self.patience is None or int(self.patience) >= 1, f"patience must be >= 1 or null, got {self.patience}")
         return self
@@ -170,7 +191,9 @@ def build_ensemble(channels: int, k: int, cfg: Config, assignment: str | None = 
     """The K generators, initial weights depending only on the seed."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 7)
-        return GeneratorEnsemble(channels, k, cfg.s, cfg.gen_depth, cfg.gen_width, assignment or cfg.assignment).to(device())
+        return GeneratorEnsemble(channels, k, cfg.s, cfg.gen_depth, cfg.gen_width, assignment or cfg.assignment).to(
+            device()
+        )
 
 
 class EnsembleSource(GeneratorSource):
@@ -189,35 +212,74 @@ class EnsembleSource(GeneratorSource):
 def load_data(cfg: Config, data_dir) -> tuple[D.Dataset, D.Split, D.Split, D.Split]:
     """The dataset and the (sub)sampled train, validation (held out of train) and test splits the run uses."""
     ds = D.load(cfg.dataset, data_dir)
-    train_split, val_split = D.hold_out(D.subset(ds.train, cfg.n_train, cfg.seed, f"{ds.name} train"), cfg.n_val, cfg.seed, f"{ds.name} train")
+    train_split, val_split = D.hold_out(
+        D.subset(ds.train, cfg.n_train, cfg.seed, f"{ds.name} train"), cfg.n_val, cfg.seed, f"{ds.name} train"
+    )
     return ds, train_split, val_split, D.subset(ds.test, cfg.n_test, cfg.seed + 1, f"{ds.name} test")
 
 
 def _train_config(cfg: Config, epochs: int, lr: float, seed: int, clean_weight: float) -> TrainConfig:
-    return TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=lr, optimizer="sgd", momentum=cfg.momentum,
-                       weight_decay=cfg.weight_decay, clean_weight=clean_weight, seed=seed,
-                       augment=random_hflip if cfg.flip else None)
+    return TrainConfig(
+        epochs=epochs,
+        batch_size=cfg.batch_size,
+        lr=lr,
+        optimizer="sgd",
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        clean_weight=clean_weight,
+        seed=seed,
+        augment=random_hflip if cfg.flip else None,
+    )
 
 
 def minmax_source(cfg: Config, steps: int | None = None) -> AttackSource:
     """The baseline's PGD-L2 inner maximisation (eps 0.05, 40 iterations of 0.005 in the paper)."""
-    return AttackSource(A.pgd, eps=cfg.minmax_eps, steps=steps or cfg.minmax_steps, step_size=cfg.minmax_step_size,
-                        norm="l2", random_start=cfg.minmax_random_start)
+    return AttackSource(
+        A.pgd,
+        eps=cfg.minmax_eps,
+        steps=steps or cfg.minmax_steps,
+        step_size=cfg.minmax_step_size,
+        norm="l2",
+        random_start=cfg.minmax_random_start,
+    )
 
 
-def pretrain(ds: D.Dataset, train_split: D.Split, cfg: Config, seed: int, desc: str = "base", validation: Validation | None = None) -> TrainResult:
+def pretrain(
+    ds: D.Dataset,
+    train_split: D.Split,
+    cfg: Config,
+    seed: int,
+    desc: str = "base",
+    validation: Validation | None = None,
+) -> TrainResult:
     """A clean classifier (the common base; with another seed, the black-box surrogate), its
     validation accuracy per epoch in the history when ``validation`` is given."""
     model = M.build(cfg.model, ds.shape, ds.num_classes, seed=seed, **cfg.model_options).to(device())
     loader = D.loader(train_split, cfg.batch_size, shuffle=True, seed=seed, with_index=True)
-    return train(model, loader, _train_config(cfg, cfg.base_epochs, cfg.base_lr, seed, 0.0), on_epoch_end=validation,
-                 max_batches=cfg.max_batches, desc=desc, cache_as=desc)
+    return train(
+        model,
+        loader,
+        _train_config(cfg, cfg.base_epochs, cfg.base_lr, seed, 0.0),
+        on_epoch_end=validation,
+        max_batches=cfg.max_batches,
+        desc=desc,
+        cache_as=desc,
+    )
 
 
-def fine_tune(base: nn.Module, train_split: D.Split, cfg: Config, method: str, epochs: int | None = None,
-              max_batches: int | None = None, k: int | None = None, minmax_steps: int | None = None,
-              assignment: str | None = None, cache_as: str | None = None,
-              validation: Validation | None = None) -> tuple[TrainResult, AttackSource | EnsembleSource]:
+def fine_tune(
+    base: nn.Module,
+    train_split: D.Split,
+    cfg: Config,
+    method: str,
+    epochs: int | None = None,
+    max_batches: int | None = None,
+    k: int | None = None,
+    minmax_steps: int | None = None,
+    assignment: str | None = None,
+    cache_as: str | None = None,
+    validation: Validation | None = None,
+) -> tuple[TrainResult, AttackSource | EnsembleSource]:
     """``method`` ('proposed' or 'min-max') from a copy of ``base``; returns the result and its source.
 
     The overrides (epochs, batches, K, PGD iterations, assignment) serve the timing runs, which
@@ -226,12 +288,23 @@ def fine_tune(base: nn.Module, train_split: D.Split, cfg: Config, method: str, e
     """
     model = copy.deepcopy(base)
     if method == "proposed":
-        source = EnsembleSource(build_ensemble(int(train_split.x.shape[1]), k or cfg.k, cfg, assignment), cfg.lr, cfg.momentum)
+        source = EnsembleSource(
+            build_ensemble(int(train_split.x.shape[1]), k or cfg.k, cfg, assignment), cfg.lr, cfg.momentum
+        )
     else:
         source = minmax_source(cfg, minmax_steps)
     loader = D.loader(train_split, cfg.batch_size, shuffle=True, seed=cfg.seed, with_index=True)
     tc = _train_config(cfg, epochs or cfg.epochs, cfg.lr, cfg.seed, cfg.clean_weight)
-    return train(model, loader, tc, source, on_epoch_end=validation, max_batches=max_batches or cfg.max_batches, desc=method, cache_as=cache_as), source
+    return train(
+        model,
+        loader,
+        tc,
+        source,
+        on_epoch_end=validation,
+        max_batches=max_batches or cfg.max_batches,
+        desc=method,
+        cache_as=cache_as,
+    ), source
 
 
 def time_per_batch(base: nn.Module, train_split: D.Split, cfg: Config) -> dict[str, float]:
@@ -240,12 +313,21 @@ def time_per_batch(base: nn.Module, train_split: D.Split, cfg: Config) -> dict[s
     Each method trains a copy of ``base``: one warm-up batch (discarded), then ``timing_batches``
     timed batches. Clean training of the same model is timed the same way.
     """
+
     def clean(epochs: int, batches: int) -> TrainResult:
         loader = D.loader(train_split, cfg.batch_size, True, cfg.seed, with_index=True)
-        return train(copy.deepcopy(base), loader, _train_config(cfg, epochs, cfg.lr, cfg.seed, 0.0), max_batches=batches, desc="timing clean")
+        return train(
+            copy.deepcopy(base),
+            loader,
+            _train_config(cfg, epochs, cfg.lr, cfg.seed, 0.0),
+            max_batches=batches,
+            desc="timing clean",
+        )
 
     def proposed(assignment: str):
-        return lambda epochs, batches: fine_tune(base, train_split, cfg, "proposed", epochs, batches, cfg.timing_k, assignment=assignment)[0]
+        return lambda epochs, batches: fine_tune(
+            base, train_split, cfg, "proposed", epochs, batches, cfg.timing_k, assignment=assignment
+        )[0]
 
     def minmax(epochs: int, batches: int) -> TrainResult:
         return fine_tune(base, train_split, cfg, "min-max", epochs, batches, minmax_steps=cfg.timing_minmax_steps)[0]
@@ -257,28 +339,58 @@ def time_per_batch(base: nn.Module, train_split: D.Split, cfg: Config) -> dict[s
             out[name] = run_for(1, cfg.timing_batches).history[-1]["seconds"] / cfg.timing_batches
         return {"per_batch": out}
 
-    runs = {"clean": clean, f"proposed (K={cfg.timing_k}, split)": proposed("split"), f"proposed (K={cfg.timing_k}, all)": proposed("all"),
-            f"min-max (PGD-L2, {cfg.timing_minmax_steps} it.)": minmax}
+    runs = {
+        "clean": clean,
+        f"proposed (K={cfg.timing_k}, split)": proposed("split"),
+        f"proposed (K={cfg.timing_k}, all)": proposed("all"),
+        f"min-max (PGD-L2, {cfg.timing_minmax_steps} it.)": minmax,
+    }
     # stored like a model: a stage re-run from the store reports the timing of the run that measured
     return cached("table 1 timing runs", {"base": base}, measure, key=(cfg, train_split))["per_batch"]
 
 
-def table1(per_batch: dict[str, float], trained: dict[str, TrainResult], batches_per_epoch: int, cfg: Config) -> pd.DataFrame:
+def table1(
+    per_batch: dict[str, float], trained: dict[str, TrainResult], batches_per_epoch: int, cfg: Config
+) -> pd.DataFrame:
     """Table 1: sec/epoch, paper vs ours, relative to clean training, and proposed / min-max."""
     clean = per_batch["clean"]
     rows = []
     for name, sec in per_batch.items():
         paper = PAPER_SEC_PER_EPOCH.get(name.split(" ")[0])  # the paper does not say which assignment it timed
-        rows.append({"method": name, "metric": f"sec/epoch ({batches_per_epoch} batches of {cfg.batch_size}, from {cfg.timing_batches} timed)",
-                     "paper": paper, "ours": sec * batches_per_epoch})
-        rows.append({"method": name, "metric": "relative to clean training", "paper": None, "ours": relative_cost(sec, clean)})
+        rows.append(
+            {
+                "method": name,
+                "metric": f"sec/epoch ({batches_per_epoch} batches of {cfg.batch_size}, from {cfg.timing_batches} timed)",
+                "paper": paper,
+                "ours": sec * batches_per_epoch,
+            }
+        )
+        rows.append(
+            {"method": name, "metric": "relative to clean training", "paper": None, "ours": relative_cost(sec, clean)}
+        )
     split = next(v for k, v in per_batch.items() if "split" in k)
     minmax = next(v for k, v in per_batch.items() if k.startswith("min-max"))
-    rows.append({"method": "proposed (split) / min-max", "metric": "ratio", "paper": PAPER_SEC_PER_EPOCH["proposed"] / PAPER_SEC_PER_EPOCH["min-max"], "ours": split / minmax})
+    rows.append(
+        {
+            "method": "proposed (split) / min-max",
+            "metric": "ratio",
+            "paper": PAPER_SEC_PER_EPOCH["proposed"] / PAPER_SEC_PER_EPOCH["min-max"],
+            "ours": split / minmax,
+        }
+    )
     for name, tr in trained.items():
-        rows.append({"method": f"{name} (this run's training)", "metric": "measured sec/epoch", "paper": None, "ours": tr.sec_per_epoch})
+        rows.append(
+            {
+                "method": f"{name} (this run's training)",
+                "metric": "measured sec/epoch",
+                "paper": None,
+                "ours": tr.sec_per_epoch,
+            }
+        )
     table = comparison(rows, ["method"])
-    table.loc[table["metric"].str.contains("sec/epoch"), "delta"] = float("nan")  # seconds on different hardware: compare the ratios
+    table.loc[table["metric"].str.contains("sec/epoch"), "delta"] = float(
+        "nan"
+    )  # seconds on different hardware: compare the ratios
     return table
 
 
@@ -286,22 +398,44 @@ def evaluate(models: dict[str, nn.Module], surrogate: nn.Module, test: tuple, cf
     """Accuracy vs PGD-L2 eps (Fig. 3), under AutoAttack-L2 at ``cfg.aa_eps``, vs PGD-L∞ eps, and
     under black-box PGD-L2 examples of an independent model."""
     x, y = test
-    transferred = {e: adversarial_examples(surrogate, x, y, A.pgd, eps=e, steps=cfg.eval_steps, norm="l2") for e in cfg.eval_eps if e > 0}
+    transferred = {
+        e: adversarial_examples(surrogate, x, y, A.pgd, eps=e, steps=cfg.eval_steps, norm="l2")
+        for e in cfg.eval_eps
+        if e > 0
+    }
     out = {}
     for name, m in models.items():
         with evaluation(name):
             l2 = accuracy_vs_eps(m, x, y, A.pgd, cfg.eval_eps, steps=cfg.eval_steps, norm="l2")
             linf = accuracy_vs_eps(m, x, y, A.pgd, cfg.linf_eps, steps=cfg.eval_steps, norm="linf")
             transfer = [accuracy(m, transferred[e] if e > 0 else x, y) for e in cfg.eval_eps]
-            aa = accuracy_vs_eps(m, x, y, A.autoattack, cfg.aa_eps, norm="l2", version=cfg.autoattack, iterations=cfg.autoattack_iterations,
-                                targets=cfg.autoattack_targets)
-        out[name] = {"pgd_l2": dict(zip(cfg.eval_eps, l2)), "autoattack_l2": dict(zip(cfg.aa_eps, aa)), "pgd_linf": dict(zip(cfg.linf_eps, linf)), "transfer_l2": dict(zip(cfg.eval_eps, transfer))}
+            aa = accuracy_vs_eps(
+                m,
+                x,
+                y,
+                A.autoattack,
+                cfg.aa_eps,
+                norm="l2",
+                version=cfg.autoattack,
+                iterations=cfg.autoattack_iterations,
+                targets=cfg.autoattack_targets,
+            )
+        out[name] = {
+            "pgd_l2": dict(zip(cfg.eval_eps, l2)),
+            "autoattack_l2": dict(zip(cfg.aa_eps, aa)),
+            "pgd_linf": dict(zip(cfg.linf_eps, linf)),
+            "transfer_l2": dict(zip(cfg.eval_eps, transfer)),
+        }
     return out
 
 
 def accuracy_table(results: dict, key: str, unit: str) -> pd.DataFrame:
     """Accuracy (%) per model (rows) and eps (columns) for one evaluation ``key``."""
-    return pd.DataFrame({name: {f"{unit} {e:.4g}": 100 * v for e, v in r[key].items()} for name, r in results.items()}).T.rename_axis("model").reset_index()
+    return (
+        pd.DataFrame({name: {f"{unit} {e:.4g}": 100 * v for e, v in r[key].items()} for name, r in results.items()})
+        .T.rename_axis("model")
+        .reset_index()
+    )
 
 
 def figure2(ensemble: GeneratorEnsemble, x: torch.Tensor, n_generators: int, subtitle: str) -> plt.Figure:
@@ -325,9 +459,22 @@ def figure3(results: dict, subtitle: str) -> plt.Figure:
     """Fig. 3: accuracy vs PGD-L2 eps (white-box), with the black-box transfer curves dashed."""
     fig, ax = plt.subplots(figsize=(6.2, 4.2))
     for name, r in results.items():
-        line = ax.plot(list(r["pgd_l2"]), [100 * v for v in r["pgd_l2"].values()], marker="o", ms=3, label=f"{name} (white-box)")[0]
-        ax.plot(list(r["transfer_l2"]), [100 * v for v in r["transfer_l2"].values()], ls="--", color=line.get_color(), label=f"{name} (black-box transfer)")
-    ax.set(xlabel="PGD-L2 eps of the test attack", ylabel="test accuracy (%)", ylim=(-2, 102), title=f"Fig. 3 — accuracy vs PGD-L2 eps ({subtitle})")
+        line = ax.plot(
+            list(r["pgd_l2"]), [100 * v for v in r["pgd_l2"].values()], marker="o", ms=3, label=f"{name} (white-box)"
+        )[0]
+        ax.plot(
+            list(r["transfer_l2"]),
+            [100 * v for v in r["transfer_l2"].values()],
+            ls="--",
+            color=line.get_color(),
+            label=f"{name} (black-box transfer)",
+        )
+    ax.set(
+        xlabel="PGD-L2 eps of the test attack",
+        ylabel="test accuracy (%)",
+        ylim=(-2, 102),
+        title=f"Fig. 3 — accuracy vs PGD-L2 eps ({subtitle})",
+    )
     ax.legend(fontsize=7)
     return fig
 
@@ -335,8 +482,10 @@ def figure3(results: dict, subtitle: str) -> plt.Figure:
 def base_gates(r: dict, cfg: Config) -> list[C.Gate]:
     """The base every claim compares against: converged before fine-tuning (validation accuracy), and
     its clean accuracy high enough (at least 85%: the paper does not give its pre-trained ResNet-20's)."""
-    return [C.converged_history("base (clean pre-training)", r["base"].history),
-            C.clean_accuracy("base", 100 * r["results"]["base"]["pgd_l2"][0.0], None, cfg.dataset, stand_in=True)]
+    return [
+        C.converged_history("base (clean pre-training)", r["base"].history),
+        C.clean_accuracy("base", 100 * r["results"]["base"]["pgd_l2"][0.0], None, cfg.dataset, stand_in=True),
+    ]
 
 
 def claims(r: dict, cfg: Config) -> list[C.Claim]:
@@ -349,29 +498,73 @@ def claims(r: dict, cfg: Config) -> list[C.Claim]:
     tuned = {m: C.converged_history(f"{m} fine-tuning", r["trained"][m].history) for m in ("proposed", "min-max")}
     out = []
     gap = max(abs(l2["proposed"][e] - l2["min-max"][e]) for e in eps)
-    out.append(C.Claim(f"Proposed and min-max reach very similar accuracy under PGD-L2 (largest gap over eps {eps[0]:g}–{eps[-1]:g}, "
-                       "points; within 5)", "similar", 100 * gap, held=gap <= 0.05, gates=[*base, *tuned.values()]))
+    out.append(
+        C.Claim(
+            f"Proposed and min-max reach very similar accuracy under PGD-L2 (largest gap over eps {eps[0]:g}–{eps[-1]:g}, "
+            "points; within 5)",
+            "similar",
+            100 * gap,
+            held=gap <= 0.05,
+            gates=[*base, *tuned.values()],
+        )
+    )
     for m in ("proposed", "min-max"):
         better = [e for e in eps if l2[m][e] > l2["base"][e]]
-        out.append(C.Claim(f"{m} degrades much slower than the base under PGD-L2 (eps where it is more accurate)", f"{len(eps)} of {len(eps)}",
-                           f"{len(better)} of {len(eps)}", held=len(better) == len(eps), gates=[*base, tuned[m]]))
+        out.append(
+            C.Claim(
+                f"{m} degrades much slower than the base under PGD-L2 (eps where it is more accurate)",
+                f"{len(eps)} of {len(eps)}",
+                f"{len(better)} of {len(eps)}",
+                held=len(better) == len(eps),
+                gates=[*base, tuned[m]],
+            )
+        )
         change = 100 * (l2[m][0.0] - l2["base"][0.0])
-        out.append(C.Claim(f"{m} loses some clean accuracy against the base (change, points)", "< 0", change, held=change < 0, gates=[*base, tuned[m]]))
+        out.append(
+            C.Claim(
+                f"{m} loses some clean accuracy against the base (change, points)",
+                "< 0",
+                change,
+                held=change < 0,
+                gates=[*base, tuned[m]],
+            )
+        )
     e_aa = max(cfg.aa_eps)
     for m in ("proposed", "min-max"):
-        out.append(C.Claim(f"Ours: {m} is more robust than the base under AutoAttack-L2 ({cfg.autoattack}) at eps {e_aa:g} (%, {m} vs base)", None,
-                           f"{100 * aa[m][e_aa]:.1f} vs {100 * aa['base'][e_aa]:.1f}", held=aa[m][e_aa] > aa["base"][e_aa], gates=[*base, tuned[m]]))
+        out.append(
+            C.Claim(
+                f"Ours: {m} is more robust than the base under AutoAttack-L2 ({cfg.autoattack}) at eps {e_aa:g} (%, {m} vs base)",
+                None,
+                f"{100 * aa[m][e_aa]:.1f} vs {100 * aa['base'][e_aa]:.1f}",
+                held=aa[m][e_aa] > aa["base"][e_aa],
+                gates=[*base, tuned[m]],
+            )
+        )
     white = {m: {e: min(l2[m][e], aa[m].get(e, 1.0)) for e in eps} for m in l2}  # the stronger white-box attack per eps
     bb = {m: res["transfer_l2"] for m, res in results.items()}
     masked = [m for m in bb if any(bb[m][e] < white[m][e] - 0.01 for e in eps)]
-    out.append(C.Claim("Ours: no model is more accurate under white-box attack (the lower of PGD-L2 and AutoAttack-L2) than under the "
-                       "transferred black-box attack (models flagged)", None, ", ".join(masked) or "none", held=not masked,
-                       gates=[base[0], *tuned.values()]))
+    out.append(
+        C.Claim(
+            "Ours: no model is more accurate under white-box attack (the lower of PGD-L2 and AutoAttack-L2) than under the "
+            "transferred black-box attack (models flagged)",
+            None,
+            ", ".join(masked) or "none",
+            held=not masked,
+            gates=[base[0], *tuned.values()],
+        )
+    )
     split = next(v for k, v in per_batch.items() if "split" in k)
     minmax = next(v for k, v in per_batch.items() if k.startswith("min-max"))
-    out.append(C.Claim(f"Proposed is much cheaper than min-max (time per epoch at the paper's K = {cfg.timing_k} and {cfg.timing_minmax_steps} "
-                       "PGD iterations, proposed / min-max; under 0.5)", round(105 / 551, 2), split / minmax, held=split / minmax < 0.5,
-                       gates=[C.at_least("timed batches per method", cfg.timing_batches, 2)]))
+    out.append(
+        C.Claim(
+            f"Proposed is much cheaper than min-max (time per epoch at the paper's K = {cfg.timing_k} and {cfg.timing_minmax_steps} "
+            "PGD iterations, proposed / min-max; under 0.5)",
+            round(105 / 551, 2),
+            split / minmax,
+            held=split / minmax < 0.5,
+            gates=[C.at_least("timed batches per method", cfg.timing_batches, 2)],
+        )
+    )
     return out
 
 
@@ -379,28 +572,43 @@ def run(ds: D.Dataset, train_split: D.Split, val_split: D.Split, test_split: D.S
     """Base and surrogate pre-training, both fine-tunings, timing and evaluation."""
     seed_everything(cfg.seed)
     test, val = D.tensors(test_split), Validation(*D.tensors(val_split))
+
     def hook() -> Validation:
         return validation_hook(val.x_val, val.y_val, cfg.patience)
 
     base = pretrain(ds, train_split, cfg, cfg.seed, "base (clean pre-training)", hook())
-    surrogate = pretrain(ds, train_split, cfg, cfg.seed + 100, "black-box surrogate (independent clean model)", hook()).final
-    (proposed, source), (minmax, _) = (fine_tune(base.final, train_split, cfg, m, cache_as=f"fine-tune {m}", validation=hook())
-                                       for m in ("proposed", "min-max"))
+    surrogate = pretrain(
+        ds, train_split, cfg, cfg.seed + 100, "black-box surrogate (independent clean model)", hook()
+    ).final
+    (proposed, source), (minmax, _) = (
+        fine_tune(base.final, train_split, cfg, m, cache_as=f"fine-tune {m}", validation=hook())
+        for m in ("proposed", "min-max")
+    )
     trained = {"proposed": proposed, "min-max": minmax}
     models = {"base": base.final, "min-max": trained["min-max"].final, "proposed": trained["proposed"].final}
     per_batch = time_per_batch(base.final, train_split, cfg)
     results = evaluate(models, surrogate, test, cfg)
-    return {"models": models, "trained": trained, "base": base, "per_batch": per_batch, "results": results,
-            "ensemble": source.ensemble, "batches_per_epoch": math.ceil(len(train_split) / cfg.batch_size),
-            "surrogate_accuracy": accuracy(surrogate, *test)}
+    return {
+        "models": models,
+        "trained": trained,
+        "base": base,
+        "per_batch": per_batch,
+        "results": results,
+        "ensemble": source.ensemble,
+        "batches_per_epoch": math.ceil(len(train_split) / cfg.batch_size),
+        "surrogate_accuracy": accuracy(surrogate, *test),
+    }
 
 
 def summary_metrics(r: dict) -> dict:
     """The headline numbers for metrics.json (accuracies as fractions, seconds on this machine)."""
     return {
-        "accuracy": {m: {k: {f"{e:g}": v for e, v in d.items()} for k, d in res.items()} for m, res in r["results"].items()},
+        "accuracy": {
+            m: {k: {f"{e:g}": v for e, v in d.items()} for k, d in res.items()} for m, res in r["results"].items()
+        },
         "sec_per_batch_paper_settings": r["per_batch"],
-        "sec_per_epoch_this_run": {m: tr.sec_per_epoch for m, tr in r["trained"].items()} | {"base": r["base"].sec_per_epoch},
+        "sec_per_epoch_this_run": {m: tr.sec_per_epoch for m, tr in r["trained"].items()}
+        | {"base": r["base"].sec_per_epoch},
         "surrogate_clean_accuracy": r["surrogate_accuracy"],
     }
 
@@ -415,10 +623,14 @@ def headline_metrics(r: dict, cfg: Config) -> dict[str, float]:
             if 0.0 in l2[m]:
                 out[f"clean_acc_{key}"] = round(100 * l2[m][0.0], 2)
             out[f"pgd_l2_acc_at_max_eps_{key}"] = round(100 * l2[m][top], 2)
-            out[f"autoattack_l2_acc_at_eps_{max(cfg.aa_eps):g}_{key}"] = round(100 * r["results"][m]["autoattack_l2"][max(cfg.aa_eps)], 2)
+            out[f"autoattack_l2_acc_at_eps_{max(cfg.aa_eps):g}_{key}"] = round(
+                100 * r["results"][m]["autoattack_l2"][max(cfg.aa_eps)], 2
+            )
     eps = [e for e in cfg.eval_eps if e > 0]
     if {"proposed", "min-max"} <= l2.keys() and eps:
-        out["pgd_l2_max_gap_proposed_minmax"] = round(100 * max(abs(l2["proposed"][e] - l2["min-max"][e]) for e in eps), 2)
+        out["pgd_l2_max_gap_proposed_minmax"] = round(
+            100 * max(abs(l2["proposed"][e] - l2["min-max"][e]) for e in eps), 2
+        )
     split = next(v for k, v in r["per_batch"].items() if "split" in k)
     minmax = next(v for k, v in r["per_batch"].items() if k.startswith("min-max"))
     out["epoch_time_proposed_over_minmax"] = round(split / minmax, 3)

@@ -53,7 +53,9 @@ class Config:
     dataset: str = "mnist"
     n_train: int | None = None
     n_test: int | None = None
-    n_val: int = 5000  # validation digits held out of the training split (the convergence gates read D's accuracy on them)
+    n_val: int = (
+        5000  # validation digits held out of the training split (the convergence gates read D's accuracy on them)
+    )
     intensities: list = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7])
     intensity_units: str = "normalized"
     d_epochs: int = 70
@@ -62,7 +64,9 @@ class Config:
     g_epochs: int = 200
     g_optimizer: str = "sgd"  # sgd | adam (reference: plain SGD)
     g_lr: float = 0.01  # reference: SGD lr 0.01, batch 100, for G and for D in phase 3
-    g_lr_milestones: list = field(default_factory=list)  # phase-2 epochs after which G's lr is multiplied by g_lr_gamma (reference: none)
+    g_lr_milestones: list = field(
+        default_factory=list
+    )  # phase-2 epochs after which G's lr is multiplied by g_lr_gamma (reference: none)
     g_lr_gamma: float = 0.1
     g_width: int = 8  # DCGAN-style ngf of the reference G
     batch_size: int = 100
@@ -74,8 +78,12 @@ class Config:
     autoattack: str = "standard"  # AutoAttack beside FGSM and PGD: "standard" or "apgd-ce+t" (its first two attacks)
     autoattack_iterations: int = 100
     autoattack_intensities: list | None = None  # the intensities AutoAttack runs at (None = every intensity)
-    autoattack_examples: int | None = None  # the first this many test digits (None = all): AutoAttack's cost is per robust digit
-    autoattack_targets: int = 9  # APGD-T's (and FAB-T's) target classes: the reference's 9; fewer is a labelled CPU budget
+    autoattack_examples: int | None = (
+        None  # the first this many test digits (None = all): AutoAttack's cost is per robust digit
+    )
+    autoattack_targets: int = (
+        9  # APGD-T's (and FAB-T's) target classes: the reference's 9; fewer is a labelled CPU budget
+    )
     diagnosis: bool = True  # at intensity 0.3: how much of its budget G uses, and G with the reference's clamped output
     n_examples: int = 8
     seed: int = 0
@@ -88,20 +96,44 @@ class Config:
         require(len(self.intensities) > 0, "intensities must not be empty")
         for i in [*self.intensities, *self.alternating_intensities]:
             require(isinstance(i, (int, float)) and 0 < i <= 1, f"intensities must be in (0, 1], got {i}")
-        require(set(self.alternating_intensities) <= set(self.intensities), "alternating_intensities must be among intensities")
-        for name in ("d_epochs", "g_epochs", "alt_epochs", "d_batch_size", "batch_size", "pgd_steps", "g_width", "n_examples"):
+        require(
+            set(self.alternating_intensities) <= set(self.intensities),
+            "alternating_intensities must be among intensities",
+        )
+        for name in (
+            "d_epochs",
+            "g_epochs",
+            "alt_epochs",
+            "d_batch_size",
+            "batch_size",
+            "pgd_steps",
+            "g_width",
+            "n_examples",
+        ):
             require(int(getattr(self, name)) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("d_lr", "g_lr", "alt_lr"):
             require(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
-        require(all(isinstance(m, int) and 1 <= m < self.g_epochs for m in self.g_lr_milestones) and list(self.g_lr_milestones) == sorted(set(self.g_lr_milestones)),
-                f"g_lr_milestones must be increasing epochs in [1, g_epochs), got {self.g_lr_milestones}")
+        require(
+            all(isinstance(m, int) and 1 <= m < self.g_epochs for m in self.g_lr_milestones)
+            and list(self.g_lr_milestones) == sorted(set(self.g_lr_milestones)),
+            f"g_lr_milestones must be increasing epochs in [1, g_epochs), got {self.g_lr_milestones}",
+        )
         require(0 < self.g_lr_gamma <= 1, f"g_lr_gamma must be in (0, 1], got {self.g_lr_gamma}")
         require(0 <= self.clean_weight < 1, f"clean_weight must be in [0, 1), got {self.clean_weight}")
         require(self.n_train is None or self.n_train > 0, "n_train must be positive")
         require(self.n_test is None or self.n_test > 0, "n_test must be positive")
-        S.check_autoattack_settings(self.autoattack, self.autoattack_iterations, self.autoattack_intensities, self.intensities, self.autoattack_targets)
+        S.check_autoattack_settings(
+            self.autoattack,
+            self.autoattack_iterations,
+            self.autoattack_intensities,
+            self.intensities,
+            self.autoattack_targets,
+        )
         require(int(self.n_val) >= 1, f"n_val must be >= 1, got {self.n_val}")
-        require(self.autoattack_examples is None or self.autoattack_examples >= 1, f"autoattack_examples must be >= 1 (or null), got {self.autoattack_examples}")
+        require(
+            self.autoattack_examples is None or self.autoattack_examples >= 1,
+            f"autoattack_examples must be >= 1 (or null), got {self.autoattack_examples}",
+        )
         return self
 
     @property
@@ -123,7 +155,9 @@ class PerturbationGenerator(nn.Module):
     reference): ``tanh`` clamped at ``±eps``, which saturates at the budget as soon as |tanh| > eps.
     """
 
-    def __init__(self, in_shape: tuple[int, int, int], eps: float, width: int = 8, size: int = 32, output: str = "scale"):
+    def __init__(
+        self, in_shape: tuple[int, int, int], eps: float, width: int = 8, size: int = 32, output: str = "scale"
+    ):
         super().__init__()
         require(output in G_OUTPUTS, f"output must be one of {G_OUTPUTS}, got '{output}'")
         self.output = output
@@ -159,7 +193,9 @@ class PerturbationGenerator(nn.Module):
         return (x + self(x)).clamp(0.0, 1.0)
 
 
-def build_generator(in_shape: tuple, eps: float, cfg: Config, seed: int, output: str = "scale") -> PerturbationGenerator:
+def build_generator(
+    in_shape: tuple, eps: float, cfg: Config, seed: int, output: str = "scale"
+) -> PerturbationGenerator:
     """A fresh G whose initial weights depend only on ``seed``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -173,7 +209,9 @@ def generator_optimizer(G: nn.Module, name: str, lr: float) -> torch.optim.Optim
     return torch.optim.SGD(G.parameters(), lr=lr, maximize=True)
 
 
-def generator_step(G: PerturbationGenerator, classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer) -> torch.Tensor:
+def generator_step(
+    G: PerturbationGenerator, classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer
+) -> torch.Tensor:
     """One ascent step of G on CE(D(x + G(x)), y) with D's weights held fixed; returns the loss."""
     with eval_mode(classifier):
         loss = F.cross_entropy(classifier(G.perturb(x)), y)
@@ -183,7 +221,9 @@ def generator_step(G: PerturbationGenerator, classifier: nn.Module, x: torch.Ten
     return loss.detach()
 
 
-def generator_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: PerturbationGenerator) -> torch.Tensor:
+def generator_attack(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: PerturbationGenerator
+) -> torch.Tensor:
     """G used as an attack (one forward pass; ``model`` and ``y`` unused), in the attack signature."""
     with eval_mode(generator), torch.no_grad():
         return generator.perturb(x)
@@ -215,7 +255,9 @@ def pixel_eps(intensity: float, std: float, units: str) -> float:
 def load_data(cfg: Config, data_dir) -> tuple[D.Dataset, D.Split, D.Split, D.Split]:
     """The dataset and the (sub)sampled train, validation (held out of train) and test splits the run uses."""
     ds = D.load(cfg.dataset, data_dir)
-    train_split, val_split = D.hold_out(D.subset(ds.train, cfg.n_train, cfg.seed, f"{ds.name} train"), cfg.n_val, cfg.seed, f"{ds.name} train")
+    train_split, val_split = D.hold_out(
+        D.subset(ds.train, cfg.n_train, cfg.seed, f"{ds.name} train"), cfg.n_val, cfg.seed, f"{ds.name} train"
+    )
     return ds, train_split, val_split, D.subset(ds.test, cfg.n_test, cfg.seed + 1, f"{ds.name} test")
 
 
@@ -224,13 +266,30 @@ def train_classifier(ds: D.Dataset, train_split: D.Split, val: tuple, std: float
     accuracy after every epoch in the history."""
     mean = float(D.as_float(train_split.x).mean())
     model = M.build("tanh_cnn", ds.shape, ds.num_classes, seed=cfg.seed, mean=mean, std=std).to(device())
-    tc = TrainConfig(epochs=cfg.d_epochs, batch_size=cfg.d_batch_size, lr=cfg.d_lr, optimizer="sgd", momentum=0.0, seed=cfg.seed)
+    tc = TrainConfig(
+        epochs=cfg.d_epochs, batch_size=cfg.d_batch_size, lr=cfg.d_lr, optimizer="sgd", momentum=0.0, seed=cfg.seed
+    )
     loader = D.loader(train_split, cfg.d_batch_size, shuffle=True, seed=cfg.seed, with_index=True)
-    return train(model, loader, tc, on_epoch_end=Validation(*val), max_batches=cfg.max_batches, desc="phase 1: D on clean data", cache_as="phase 1: D")
+    return train(
+        model,
+        loader,
+        tc,
+        on_epoch_end=Validation(*val),
+        max_batches=cfg.max_batches,
+        desc="phase 1: D on clean data",
+        cache_as="phase 1: D",
+    )
 
 
-def train_frozen(classifier: nn.Module, train_split: D.Split, test: tuple, eps: float, cfg: Config, desc: str = "",
-                 output: str = "scale") -> tuple[PerturbationGenerator, list[float]]:
+def train_frozen(
+    classifier: nn.Module,
+    train_split: D.Split,
+    test: tuple,
+    eps: float,
+    cfg: Config,
+    desc: str = "",
+    output: str = "scale",
+) -> tuple[PerturbationGenerator, list[float]]:
     """Phase 2: G against the frozen D; returns G and D's test accuracy on G's images per epoch (epoch 0 = init)."""
     x_test, y_test = test
     G = build_generator(tuple(train_split.x.shape[1:]), eps, cfg, cfg.seed, output)
@@ -254,11 +313,29 @@ def train_frozen(classifier: nn.Module, train_split: D.Split, test: tuple, eps: 
             curve.append(robust_accuracy(classifier, x_test, y_test, generator_attack, generator=G))
         return {"curve": curve}
 
-    record = cached(desc, {"G": G}, fit, key=(classifier, opt, loader, test, cfg.g_epochs, cfg.max_batches, eps, output, list(cfg.g_lr_milestones), cfg.g_lr_gamma))
+    record = cached(
+        desc,
+        {"G": G},
+        fit,
+        key=(
+            classifier,
+            opt,
+            loader,
+            test,
+            cfg.g_epochs,
+            cfg.max_batches,
+            eps,
+            output,
+            list(cfg.g_lr_milestones),
+            cfg.g_lr_gamma,
+        ),
+    )
     return G.eval(), record["curve"]
 
 
-def train_alternating(classifier: nn.Module, train_split: D.Split, val: tuple, test: tuple, eps: float, cfg: Config) -> tuple[TrainResult, PerturbationGenerator]:
+def train_alternating(
+    classifier: nn.Module, train_split: D.Split, val: tuple, test: tuple, eps: float, cfg: Config
+) -> tuple[TrainResult, PerturbationGenerator]:
     """Phase 3: a copy of the clean D and a fresh G trained alternately, batch by batch.
 
     The history holds, per epoch, D's test accuracy on G's images and on clean images, and its
@@ -270,11 +347,22 @@ def train_alternating(classifier: nn.Module, train_split: D.Split, val: tuple, t
     source = AlternatingGenerator(G, generator_optimizer(G, cfg.g_optimizer, cfg.g_lr))
 
     def record(epoch: int, model: nn.Module) -> dict:
-        return {"acc_on_G": robust_accuracy(model, x_test, y_test, generator_attack, generator=G), "acc_clean": accuracy(model, x_test, y_test),
-                "val_acc": accuracy(model, *val)}
+        return {
+            "acc_on_G": robust_accuracy(model, x_test, y_test, generator_attack, generator=G),
+            "acc_clean": accuracy(model, x_test, y_test),
+            "val_acc": accuracy(model, *val),
+        }
 
     start = {"epoch": 0, **record(-1, d)}
-    tc = TrainConfig(epochs=cfg.alt_epochs, batch_size=cfg.batch_size, lr=cfg.alt_lr, optimizer="sgd", momentum=0.0, clean_weight=cfg.clean_weight, seed=cfg.seed)
+    tc = TrainConfig(
+        epochs=cfg.alt_epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.alt_lr,
+        optimizer="sgd",
+        momentum=0.0,
+        clean_weight=cfg.clean_weight,
+        seed=cfg.seed,
+    )
     loader = D.loader(train_split, cfg.batch_size, shuffle=True, seed=cfg.seed, with_index=True)
     desc = f"phase 3: D and G alternately, eps {eps:.3f}"
     result = train(d, loader, tc, source, on_epoch_end=record, max_batches=cfg.max_batches, desc=desc, cache_as=desc)
@@ -282,8 +370,14 @@ def train_alternating(classifier: nn.Module, train_split: D.Split, val: tuple, t
     return result, G.eval()
 
 
-def evaluate_attacks(model: nn.Module, test: tuple, eps: float, cfg: Config, generators: dict[str, PerturbationGenerator],
-                     autoattack: bool = True) -> dict:
+def evaluate_attacks(
+    model: nn.Module,
+    test: tuple,
+    eps: float,
+    cfg: Config,
+    generators: dict[str, PerturbationGenerator],
+    autoattack: bool = True,
+) -> dict:
     """Accuracy of ``model`` under one FGSM step, PGD-L∞ (random start), AutoAttack (when asked) and each named generator."""
     x, y = test
     out = {
@@ -292,16 +386,30 @@ def evaluate_attacks(model: nn.Module, test: tuple, eps: float, cfg: Config, gen
     }
     if autoattack:
         n = len(y) if cfg.autoattack_examples is None else min(cfg.autoattack_examples, len(y))
-        out["AutoAttack"] = robust_accuracy(model, x[:n], y[:n], A.autoattack, eps=eps, norm="linf", version=cfg.autoattack,
-                                            iterations=cfg.autoattack_iterations, targets=cfg.autoattack_targets)
+        out["AutoAttack"] = robust_accuracy(
+            model,
+            x[:n],
+            y[:n],
+            A.autoattack,
+            eps=eps,
+            norm="linf",
+            version=cfg.autoattack,
+            iterations=cfg.autoattack_iterations,
+            targets=cfg.autoattack_targets,
+        )
     for name, G in generators.items():
         out[name] = robust_accuracy(model, x, y, generator_attack, generator=G)
     return out
 
 
-def table1(frozen: dict[float, dict], clean_accuracy: float, std: float, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
+def table1(
+    frozen: dict[float, dict], clean_accuracy: float, std: float, cfg: Config
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Table 1: D's accuracy under one FGSM step vs under G per intensity (fractions), paper vs ours."""
-    rows = [{"intensity": "none (clean D)", "metric": m, "paper": PAPER_CLEAN_ACCURACY, "ours": clean_accuracy} for m in ("FastGrad (FGSM)", "GAN (G)")]
+    rows = [
+        {"intensity": "none (clean D)", "metric": m, "paper": PAPER_CLEAN_ACCURACY, "ours": clean_accuracy}
+        for m in ("FastGrad (FGSM)", "GAN (G)")
+    ]
     for i, r in frozen.items():
         paper = PAPER_TABLE1.get(i, (None, None))
         key = f"{i:g} (pixel eps {pixel_eps(i, std, cfg.intensity_units):.3f})"
@@ -310,7 +418,14 @@ def table1(frozen: dict[float, dict], clean_accuracy: float, std: float, cfg: Co
             {"intensity": key, "metric": "GAN (G)", "paper": paper[1], "ours": r["gan"]},
         ]
         if cfg.intensity_units == "normalized":
-            rows.append({"intensity": key, "metric": "FGSM at pixel eps = intensity", "paper": None, "ours": r["fgsm_pixel_units"]})
+            rows.append(
+                {
+                    "intensity": key,
+                    "metric": "FGSM at pixel eps = intensity",
+                    "paper": None,
+                    "ours": r["fgsm_pixel_units"],
+                }
+            )
     long = comparison(rows, ["intensity"])
     return long, widen(long, ["intensity"])
 
@@ -320,8 +435,14 @@ def headline(frozen: dict[float, dict], clean_accuracy: float) -> pd.DataFrame:
     r = frozen.get(HEADLINE_INTENSITY)
     rows = [{"metric": "D clean", "paper": 100 * PAPER_CLEAN_ACCURACY, "ours": 100 * clean_accuracy}]
     if r is not None:
-        rows += [{"metric": "D after G (intensity 0.3)", "paper": 100 * PAPER_HEADLINE["after G"], "ours": 100 * r["gan"]},
-                 {"metric": "D after one FGSM step (intensity 0.3)", "paper": 100 * PAPER_HEADLINE["after FGSM"], "ours": 100 * r["fgsm"]}]
+        rows += [
+            {"metric": "D after G (intensity 0.3)", "paper": 100 * PAPER_HEADLINE["after G"], "ours": 100 * r["gan"]},
+            {
+                "metric": "D after one FGSM step (intensity 0.3)",
+                "paper": 100 * PAPER_HEADLINE["after FGSM"],
+                "ours": 100 * r["fgsm"],
+            },
+        ]
     return comparison(rows, [])
 
 
@@ -330,7 +451,14 @@ def robustness_table(robust: dict[str, dict[float, dict]], clean: dict[str, floa
     rows = []
     for model_name, per_i in robust.items():
         for i, attacks in per_i.items():
-            rows.append({"classifier": model_name, "intensity": i, "clean %": 100 * clean[model_name], **{f"{k} %": 100 * v for k, v in attacks.items()}})
+            rows.append(
+                {
+                    "classifier": model_name,
+                    "intensity": i,
+                    "clean %": 100 * clean[model_name],
+                    **{f"{k} %": 100 * v for k, v in attacks.items()},
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -350,30 +478,49 @@ def fall_covered_epoch(curve: list[float], fraction: float = 0.9) -> int:
 def convergence_table(curves: dict[float, list[float]], tolerance: float = 0.01, fraction: float = 0.9) -> pd.DataFrame:
     """Per intensity: how far G's curve fell, the claim's convergence epoch (within ``tolerance`` of the
     end) and the scale-free one (``fraction`` of the fall covered)."""
-    return pd.DataFrame([{"intensity": i, "fall (points)": 100 * (c[0] - c[-1]), f"epoch within {100 * tolerance:g} point of the end (the claim's)": convergence_epoch(c, tolerance),
-                          f"epoch with {100 * fraction:g}% of the fall covered": fall_covered_epoch(c, fraction)} for i, c in sorted(curves.items())])
+    return pd.DataFrame(
+        [
+            {
+                "intensity": i,
+                "fall (points)": 100 * (c[0] - c[-1]),
+                f"epoch within {100 * tolerance:g} point of the end (the claim's)": convergence_epoch(c, tolerance),
+                f"epoch with {100 * fraction:g}% of the fall covered": fall_covered_epoch(c, fraction),
+            }
+            for i, c in sorted(curves.items())
+        ]
+    )
 
 
 def convergence_finding(curves: dict[float, list[float]], tolerance: float = 0.01, fraction: float = 0.9) -> str:
     """What the two readings of Fig. 1a say, in one paragraph computed from the curves."""
     moved = {i: c for i, c in sorted(curves.items()) if c[0] - c[-1] > tolerance}
     still = [f"{i:g}" for i in sorted(curves) if i not in moved]
-    text = (f"G moves D's accuracy by at most {100 * tolerance:g} point in all at intensity {', '.join(still)}: its curve starts within "
-            f"{100 * tolerance:g} point of its end, so the claim's measure reads epoch 0 there whatever G learns. " if still else "")
+    text = (
+        f"G moves D's accuracy by at most {100 * tolerance:g} point in all at intensity {', '.join(still)}: its curve starts within "
+        f"{100 * tolerance:g} point of its end, so the claim's measure reads epoch 0 there whatever G learns. "
+        if still
+        else ""
+    )
     if len(moved) < 2:
-        return text + "Fewer than two intensities move D by more than that: the scale-free reading has nothing to order."
+        return (
+            text + "Fewer than two intensities move D by more than that: the scale-free reading has nothing to order."
+        )
     scale_free = [fall_covered_epoch(c, fraction) for c in moved.values()]
     absolute = [convergence_epoch(c, tolerance) for c in moved.values()]
     listed = ", ".join(f"{i:g}: {e}" for i, e in zip(moved, scale_free))
     ordered = lambda epochs: all(a >= b for a, b in zip(epochs, epochs[1:]))  # noqa: E731
     if ordered(scale_free) and not ordered(absolute):
-        return text + (f"Where G moves D, the epoch by which {100 * fraction:g}% of the fall is covered decreases with the intensity ({listed}): "
-                       f"the paper's observation holds on this scale-free reading, and the claim fails on its absolute {100 * tolerance:g}-point "
-                       "criterion, which a curve that falls further meets later.")
+        return text + (
+            f"Where G moves D, the epoch by which {100 * fraction:g}% of the fall is covered decreases with the intensity ({listed}): "
+            f"the paper's observation holds on this scale-free reading, and the claim fails on its absolute {100 * tolerance:g}-point "
+            "criterion, which a curve that falls further meets later."
+        )
     if ordered(scale_free):
         return text + f"Where G moves D, both readings decrease with the intensity ({listed} on the scale-free one)."
-    return text + (f"Where G moves D, the scale-free reading does not decrease with the intensity either ({listed}): the measure is not "
-                   "what fails; it is the method here or G's reduced training.")
+    return text + (
+        f"Where G moves D, the scale-free reading does not decrease with the intensity either ({listed}): the measure is not "
+        "what fails; it is the method here or G's reduced training."
+    )
 
 
 def figure1a(curves: dict[float, list[float]], subtitle: str) -> plt.Figure:
@@ -381,7 +528,12 @@ def figure1a(curves: dict[float, list[float]], subtitle: str) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, c in curves.items():
         ax.plot(range(len(c)), [100 * v for v in c], marker="o", ms=2.5, label=f"intensity {i:g}")
-    ax.set(xlabel="G epoch (D frozen)", ylabel="D's accuracy on G's images (%)", ylim=(-2, 102), title=f"Fig. 1a — G vs frozen D ({subtitle})")
+    ax.set(
+        xlabel="G epoch (D frozen)",
+        ylabel="D's accuracy on G's images (%)",
+        ylim=(-2, 102),
+        title=f"Fig. 1a — G vs frozen D ({subtitle})",
+    )
     ax.legend(fontsize=8)
     return fig
 
@@ -391,14 +543,29 @@ def figure1b(histories: dict[float, list[dict]], subtitle: str) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, h in histories.items():
         epochs = [r["epoch"] for r in h]
-        line = ax.plot(epochs, [100 * r["acc_on_G"] for r in h], marker="o", ms=2.5, label=f"on G's images, intensity {i:g}")[0]
-        ax.plot(epochs, [100 * r["acc_clean"] for r in h], ls="--", color=line.get_color(), label=f"on clean images, intensity {i:g}")
-    ax.set(xlabel="alternating epoch", ylabel="D's test accuracy (%)", ylim=(-2, 102), title=f"Fig. 1b — D and G alternately ({subtitle})")
+        line = ax.plot(
+            epochs, [100 * r["acc_on_G"] for r in h], marker="o", ms=2.5, label=f"on G's images, intensity {i:g}"
+        )[0]
+        ax.plot(
+            epochs,
+            [100 * r["acc_clean"] for r in h],
+            ls="--",
+            color=line.get_color(),
+            label=f"on clean images, intensity {i:g}",
+        )
+    ax.set(
+        xlabel="alternating epoch",
+        ylabel="D's test accuracy (%)",
+        ylim=(-2, 102),
+        title=f"Fig. 1b — D and G alternately ({subtitle})",
+    )
     ax.legend(fontsize=8)
     return fig
 
 
-def _image_grid(rows: dict[str, torch.Tensor], labels: dict[str, torch.Tensor] | None, title: str, signed: bool = False) -> plt.Figure:
+def _image_grid(
+    rows: dict[str, torch.Tensor], labels: dict[str, torch.Tensor] | None, title: str, signed: bool = False
+) -> plt.Figure:
     n = next(iter(rows.values())).shape[0]
     fig, axes = plt.subplots(len(rows), n, figsize=(1.25 * n, 1.45 * len(rows)), squeeze=False)
     for r, (name, imgs) in enumerate(rows.items()):
@@ -416,69 +583,122 @@ def _image_grid(rows: dict[str, torch.Tensor], labels: dict[str, torch.Tensor] |
     return fig
 
 
-def figure2(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, G: PerturbationGenerator, eps: float, intensity: float, subtitle: str) -> plt.Figure:
+def figure2(
+    classifier: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    G: PerturbationGenerator,
+    eps: float,
+    intensity: float,
+    subtitle: str,
+) -> plt.Figure:
     """Fig. 2: originals, G's images and one-step FGSM images at the same intensity, with D's predictions."""
-    rows = {"original": x, f"G ({intensity:g})": adversarial_examples(classifier, x, y, generator_attack, generator=G),
-            f"FGSM ({intensity:g})": adversarial_examples(classifier, x, y, A.fgsm, eps=eps)}
+    rows = {
+        "original": x,
+        f"G ({intensity:g})": adversarial_examples(classifier, x, y, generator_attack, generator=G),
+        f"FGSM ({intensity:g})": adversarial_examples(classifier, x, y, A.fgsm, eps=eps),
+    }
     preds = {k: predict(classifier, v) for k, v in rows.items()}
     return _image_grid(rows, preds, f"Fig. 2 — original / G / FGSM; D's predictions above each ({subtitle})")
 
 
-def figure5_6(x: torch.Tensor, frozen_G: PerturbationGenerator, alternating_G: PerturbationGenerator, intensity: float, subtitle: str) -> plt.Figure:
+def figure5_6(
+    x: torch.Tensor,
+    frozen_G: PerturbationGenerator,
+    alternating_G: PerturbationGenerator,
+    intensity: float,
+    subtitle: str,
+) -> plt.Figure:
     """Figs. 5/6: G's perturbations when D is frozen vs when D and G train alternately."""
     with torch.no_grad():
         rows = {"original": x * 2 - 1}
         for name, G in ((f"G, D frozen ({intensity:g})", frozen_G), (f"G, alternating ({intensity:g})", alternating_G)):
             rows[name] = (generator_attack(None, x.to(device()), None, generator=G) - x.to(device())).cpu()
-    return _image_grid(rows, None, f"Figs. 5/6 — perturbation patterns, red + / blue − (row 1: image, rescaled) ({subtitle})", signed=True)
+    return _image_grid(
+        rows,
+        None,
+        f"Figs. 5/6 — perturbation patterns, red + / blue − (row 1: image, rescaled) ({subtitle})",
+        signed=True,
+    )
 
 
 def budget_use(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor, eps: float) -> dict[str, float]:
     """How an attack spends an L∞ budget: D's accuracy, mean |delta| / eps, the share of pixels at the budget, mean L2."""
     delta = (x_adv - x).flatten(1)
-    return {"accuracy": accuracy(model, x_adv, y), "mean_abs_over_eps": float(delta.abs().mean() / eps),
-            "at_budget": float((delta.abs() >= 0.99 * eps).float().mean()), "mean_l2": float(delta.norm(dim=1).mean())}
+    return {
+        "accuracy": accuracy(model, x_adv, y),
+        "mean_abs_over_eps": float(delta.abs().mean() / eps),
+        "at_budget": float((delta.abs() >= 0.99 * eps).float().mean()),
+        "mean_l2": float(delta.norm(dim=1).mean()),
+    }
 
 
-def diagnose(d_clean: nn.Module, G: PerturbationGenerator, train_split: D.Split, test: tuple, eps: float, cfg: Config) -> dict:
+def diagnose(
+    d_clean: nn.Module, G: PerturbationGenerator, train_split: D.Split, test: tuple, eps: float, cfg: Config
+) -> dict:
     """Is "G weaker than one FGSM step" the method or our G's output? One FGSM step, our G (eps·tanh) and a G
     with the reference's clamped tanh, trained the same way, each measured by :func:`budget_use`."""
     x, y = test
-    G_clamp, curve = train_frozen(d_clean, train_split, test, eps, cfg, desc=f"diagnosis: G with clamped tanh (eps {eps:.3f})", output="clamp")
-    return {"FGSM (one step)": budget_use(d_clean, x, y, adversarial_examples(d_clean, x, y, A.fgsm, eps=eps), eps),
-            "G, eps·tanh (ours)": budget_use(d_clean, x, y, generator_attack(d_clean, x, y, G), eps),
-            "G, tanh clamped at eps (reference)": budget_use(d_clean, x, y, generator_attack(d_clean, x, y, G_clamp), eps),
-            "curve_clamp": curve}
+    G_clamp, curve = train_frozen(
+        d_clean, train_split, test, eps, cfg, desc=f"diagnosis: G with clamped tanh (eps {eps:.3f})", output="clamp"
+    )
+    return {
+        "FGSM (one step)": budget_use(d_clean, x, y, adversarial_examples(d_clean, x, y, A.fgsm, eps=eps), eps),
+        "G, eps·tanh (ours)": budget_use(d_clean, x, y, generator_attack(d_clean, x, y, G), eps),
+        "G, tanh clamped at eps (reference)": budget_use(d_clean, x, y, generator_attack(d_clean, x, y, G_clamp), eps),
+        "curve_clamp": curve,
+    }
 
 
 def diagnosis_table(diag: dict) -> pd.DataFrame:
     """The diagnosis as a table (%, except the mean L2)."""
-    return pd.DataFrame([{"attack": name, "D accuracy %": 100 * v["accuracy"], "mean |δ| / eps %": 100 * v["mean_abs_over_eps"],
-                          "pixels at the budget %": 100 * v["at_budget"], "mean L2": v["mean_l2"]} for name, v in diag.items() if name != "curve_clamp"])
+    return pd.DataFrame(
+        [
+            {
+                "attack": name,
+                "D accuracy %": 100 * v["accuracy"],
+                "mean |δ| / eps %": 100 * v["mean_abs_over_eps"],
+                "pixels at the budget %": 100 * v["at_budget"],
+                "mean L2": v["mean_l2"],
+            }
+            for name, v in diag.items()
+            if name != "curve_clamp"
+        ]
+    )
 
 
 def diagnosis_finding(diag: dict) -> str:
     """What the diagnosis says, in one paragraph computed from it."""
     f, ours, ref = diag["FGSM (one step)"], diag["G, eps·tanh (ours)"], diag["G, tanh clamped at eps (reference)"]
-    text = (f"One FGSM step puts {100 * f['at_budget']:.0f}% of the pixels at the budget (mean L2 {f['mean_l2']:.2f}); our G "
-            f"{100 * ours['at_budget']:.0f}% (mean L2 {ours['mean_l2']:.2f}); the reference's clamped G {100 * ref['at_budget']:.0f}% "
-            f"(mean L2 {ref['mean_l2']:.2f}). D's accuracy: FGSM {100 * f['accuracy']:.1f}%, our G {100 * ours['accuracy']:.1f}%, "
-            f"clamped G {100 * ref['accuracy']:.1f}%. ")
+    text = (
+        f"One FGSM step puts {100 * f['at_budget']:.0f}% of the pixels at the budget (mean L2 {f['mean_l2']:.2f}); our G "
+        f"{100 * ours['at_budget']:.0f}% (mean L2 {ours['mean_l2']:.2f}); the reference's clamped G {100 * ref['at_budget']:.0f}% "
+        f"(mean L2 {ref['mean_l2']:.2f}). D's accuracy: FGSM {100 * f['accuracy']:.1f}%, our G {100 * ours['accuracy']:.1f}%, "
+        f"clamped G {100 * ref['accuracy']:.1f}%. "
+    )
     if ref["accuracy"] < f["accuracy"]:
-        return text + ("With the reference's output the generator beats one FGSM step: the failure came from our output "
-                       "parameterisation (eps·tanh leaves most of the budget unused), not from the method.")
+        return text + (
+            "With the reference's output the generator beats one FGSM step: the failure came from our output "
+            "parameterisation (eps·tanh leaves most of the budget unused), not from the method."
+        )
     if ref["accuracy"] < ours["accuracy"]:
-        return text + ("The reference's output makes G stronger but not stronger than one FGSM step: the output parameterisation "
-                       "explains part of the gap; the rest is the method on this budget (or the reduced training).")
-    return text + ("The reference's output does not make G stronger: the gap is not our output parameterisation; it is the "
-                   "method on this budget or its reduced training (40 Adam epochs on 3,500 digits instead of 200 SGD epochs on 60,000).")
+        return text + (
+            "The reference's output makes G stronger but not stronger than one FGSM step: the output parameterisation "
+            "explains part of the gap; the rest is the method on this budget (or the reduced training)."
+        )
+    return text + (
+        "The reference's output does not make G stronger: the gap is not our output parameterisation; it is the "
+        "method on this budget or its reduced training (40 Adam epochs on 3,500 digits instead of 200 SGD epochs on 60,000)."
+    )
 
 
 def gates_of_d(r: dict, cfg: Config) -> list[C.Gate]:
     """The clean D every claim rests on: converged on its validation digits, and clean accuracy within
     2 points of the paper's 98.4% (the digits are MNIST's)."""
-    return [C.converged_history("D (phase 1)", r["d_history"]),
-            C.clean_accuracy("D", 100 * r["clean_accuracy"], 100 * PAPER_CLEAN_ACCURACY, cfg.dataset, stand_in=False)]
+    return [
+        C.converged_history("D (phase 1)", r["d_history"]),
+        C.clean_accuracy("D", 100 * r["clean_accuracy"], 100 * PAPER_CLEAN_ACCURACY, cfg.dataset, stand_in=False),
+    ]
 
 
 def g_plateaued(r: dict, intensities) -> list[C.Gate]:
@@ -493,32 +713,61 @@ def claims(r: dict, cfg: Config) -> list[C.Claim]:
     out = []
     if HEADLINE_INTENSITY in frozen:
         h = frozen[HEADLINE_INTENSITY]
-        out.append(C.Claim("At intensity 0.3, D falls further under G than under one FGSM step (accuracy %, G vs FGSM)",
-                           f"{100 * PAPER_HEADLINE['after G']:.1f} vs {100 * PAPER_HEADLINE['after FGSM']:.1f}",
-                           f"{100 * h['gan']:.1f} vs {100 * h['fgsm']:.1f}", held=h["gan"] < h["fgsm"],
-                           gates=[*d_gates, *g_plateaued(r, [HEADLINE_INTENSITY])]))
+        out.append(
+            C.Claim(
+                "At intensity 0.3, D falls further under G than under one FGSM step (accuracy %, G vs FGSM)",
+                f"{100 * PAPER_HEADLINE['after G']:.1f} vs {100 * PAPER_HEADLINE['after FGSM']:.1f}",
+                f"{100 * h['gan']:.1f} vs {100 * h['fgsm']:.1f}",
+                held=h["gan"] < h["fgsm"],
+                gates=[*d_gates, *g_plateaued(r, [HEADLINE_INTENSITY])],
+            )
+        )
     wins = [i for i, v in frozen.items() if v["gan"] < v["fgsm"]]
     paper_wins = [i for i in (0.3, 0.5, 0.7) if i in frozen]
-    out.append(C.Claim("G is stronger than one FGSM step at intensities 0.3, 0.5 and 0.7 (intensities where it is)",
-                       ", ".join(f"{i:g}" for i in paper_wins), ", ".join(f"{i:g}" for i in wins) or "none",
-                       held=set(paper_wins) <= set(wins), gates=[*d_gates, *g_plateaued(r, frozen)]))
+    out.append(
+        C.Claim(
+            "G is stronger than one FGSM step at intensities 0.3, 0.5 and 0.7 (intensities where it is)",
+            ", ".join(f"{i:g}" for i in paper_wins),
+            ", ".join(f"{i:g}" for i in wins) or "none",
+            held=set(paper_wins) <= set(wins),
+            gates=[*d_gates, *g_plateaued(r, frozen)],
+        )
+    )
     conv = {i: convergence_epoch(c) for i, c in curves.items()}
     order = [conv[i] for i in sorted(conv)]
-    out.append(C.Claim("A larger intensity converges in fewer epochs (Fig. 1a; epoch where G's curve is within 1 point of its end)",
-                       "decreasing", ", ".join(f"{i:g}: {e}" for i, e in sorted(conv.items())),
-                       held=len(order) >= 2 and all(a >= b for a, b in zip(order, order[1:])), gates=g_plateaued(r, curves)))
+    out.append(
+        C.Claim(
+            "A larger intensity converges in fewer epochs (Fig. 1a; epoch where G's curve is within 1 point of its end)",
+            "decreasing",
+            ", ".join(f"{i:g}: {e}" for i, e in sorted(conv.items())),
+            held=len(order) >= 2 and all(a >= b for a, b in zip(order, order[1:])),
+            gates=g_plateaued(r, curves),
+        )
+    )
     for i, h in alternating.items():
         on_g = [e["acc_on_G"] for e in h[1:]]
-        out.append(C.Claim(f"Trained alternately with G at intensity {i:g}, D stays within 5 points of its clean accuracy on G's images (Fig. 1b; min %, clean %)",
-                           "near clean", f"{100 * min(on_g):.1f} vs {100 * h[-1]['acc_clean']:.1f}", held=min(on_g) >= h[-1]["acc_clean"] - 0.05,
-                           gates=[*d_gates, C.converged_history(f"D alternating with G ({i:g})", h[1:])]))
+        out.append(
+            C.Claim(
+                f"Trained alternately with G at intensity {i:g}, D stays within 5 points of its clean accuracy on G's images (Fig. 1b; min %, clean %)",
+                "near clean",
+                f"{100 * min(on_g):.1f} vs {100 * h[-1]['acc_clean']:.1f}",
+                held=min(on_g) >= h[-1]["acc_clean"] - 0.05,
+                gates=[*d_gates, C.converged_history(f"D alternating with G ({i:g})", h[1:])],
+            )
+        )
         alt, base = robust[f"alternating D ({i:g})"][i], robust["clean D"][i]
         pgd = f"PGD-{cfg.pgd_steps}"
         gains = {a: 100 * (alt[a] - base[a]) for a in (pgd, "AutoAttack") if a in alt}
-        out.append(C.Claim(f"Ours, not the paper's: at intensity {i:g} the alternately trained D gains at least 5 points over the clean D under "
-                           f"gradient attacks it never trained on ({' and '.join(gains)}, points)", None,
-                           ", ".join(f"{a} {g:+.1f}" for a, g in gains.items()), held=len(gains) == 2 and min(gains.values()) >= 5,
-                           gates=[*d_gates, C.converged_history(f"D alternating with G ({i:g})", h[1:])]))
+        out.append(
+            C.Claim(
+                f"Ours, not the paper's: at intensity {i:g} the alternately trained D gains at least 5 points over the clean D under "
+                f"gradient attacks it never trained on ({' and '.join(gains)}, points)",
+                None,
+                ", ".join(f"{a} {g:+.1f}" for a, g in gains.items()),
+                held=len(gains) == 2 and min(gains.values()) >= 5,
+                gates=[*d_gates, C.converged_history(f"D alternating with G ({i:g})", h[1:])],
+            )
+        )
     return out
 
 
@@ -529,7 +778,9 @@ def summary_metrics(r: dict, cfg: Config) -> dict:
         "pixel_std": r["std"],
         "pixel_eps": {f"{i:g}": pixel_eps(i, r["std"], cfg.intensity_units) for i in cfg.intensities},
         "table1": {f"{i:g}": dict(v) for i, v in r["frozen"].items()},
-        "alternating_final": {f"{i:g}": {k: h[-1][k] for k in ("acc_on_G", "acc_clean")} for i, h in r["alternating"].items()},
+        "alternating_final": {
+            f"{i:g}": {k: h[-1][k] for k in ("acc_on_G", "acc_clean")} for i, h in r["alternating"].items()
+        },
         "robustness": {m: {f"{i:g}": a for i, a in per.items()} for m, per in r["robust"].items()},
     }
 
@@ -547,28 +798,57 @@ def run(ds: D.Dataset, train_split: D.Split, val_split: D.Split, test_split: D.S
         eps = pixel_eps(i, std, cfg.intensity_units)
         G, curves[i] = train_frozen(d_clean, train_split, test, eps, cfg, desc=f"phase 2: G at intensity {i:g}")
         generators[i] = G
-        frozen[i] = {"gan": curves[i][-1], "fgsm": robust_accuracy(d_clean, *test, A.fgsm, eps=eps),
-                     "fgsm_pixel_units": robust_accuracy(d_clean, *test, A.fgsm, eps=i)}
+        frozen[i] = {
+            "gan": curves[i][-1],
+            "fgsm": robust_accuracy(d_clean, *test, A.fgsm, eps=eps),
+            "fgsm_pixel_units": robust_accuracy(d_clean, *test, A.fgsm, eps=i),
+        }
     alternating, alt_generators, models = {}, {}, {"clean D": d_clean}
     for i in cfg.alternating_intensities:
-        tr, alt_generators[i] = train_alternating(d_clean, train_split, val, test, pixel_eps(i, std, cfg.intensity_units), cfg)
+        tr, alt_generators[i] = train_alternating(
+            d_clean, train_split, val, test, pixel_eps(i, std, cfg.intensity_units), cfg
+        )
         alternating[i] = tr.history
         models[f"alternating D ({i:g})"] = tr.final
     robust = {}
     for name, model in models.items():
         robust[name] = {}
-        with evaluation(f"{name} (FGSM, PGD-{cfg.pgd_steps}, generators; intensities {', '.join(f'{i:g}' for i in cfg.intensities)})"):
+        with evaluation(
+            f"{name} (FGSM, PGD-{cfg.pgd_steps}, generators; intensities {', '.join(f'{i:g}' for i in cfg.intensities)})"
+        ):
             for i in cfg.intensities:
                 gens = {"G trained vs clean D": generators[i]}
                 if i in alt_generators:
                     gens["G from alternating phase"] = alt_generators[i]
-                robust[name][i] = evaluate_attacks(model, test, pixel_eps(i, std, cfg.intensity_units), cfg, gens, i in cfg.aa_intensities)
-    diag = (diagnose(d_clean, generators[HEADLINE_INTENSITY], train_split, test, pixel_eps(HEADLINE_INTENSITY, std, cfg.intensity_units), cfg)
-            if cfg.diagnosis and HEADLINE_INTENSITY in generators else {})
-    return {"diagnosis": diag, "std": std, "clean_accuracy": clean_accuracy, "d_history": phase1.history, "frozen": frozen, "curves": curves, "generators": generators,
-            "alternating": alternating, "alt_generators": alt_generators, "models": models, "robust": robust,
-            "clean": {n: accuracy(m, *test) for n, m in models.items()}}
-
+                robust[name][i] = evaluate_attacks(
+                    model, test, pixel_eps(i, std, cfg.intensity_units), cfg, gens, i in cfg.aa_intensities
+                )
+    diag = (
+        diagnose(
+            d_clean,
+            generators[HEADLINE_INTENSITY],
+            train_split,
+            test,
+            pixel_eps(HEADLINE_INTENSITY, std, cfg.intensity_units),
+            cfg,
+        )
+        if cfg.diagnosis and HEADLINE_INTENSITY in generators
+        else {}
+    )
+    return {
+        "diagnosis": diag,
+        "std": std,
+        "clean_accuracy": clean_accuracy,
+        "d_history": phase1.history,
+        "frozen": frozen,
+        "curves": curves,
+        "generators": generators,
+        "alternating": alternating,
+        "alt_generators": alt_generators,
+        "models": models,
+        "robust": robust,
+        "clean": {n: accuracy(m, *test) for n, m in models.items()},
+    }
 
 
 def headline_metrics(r: dict, cfg: Config) -> dict[str, float]:
@@ -578,8 +858,12 @@ def headline_metrics(r: dict, cfg: Config) -> dict[str, float]:
         out[f"acc_under_G_intensity_{i:g}"] = round(100 * v["gan"], 2)
         out[f"acc_under_fgsm_intensity_{i:g}"] = round(100 * v["fgsm"], 2)
     for i, h in r["alternating"].items():
-        out[f"alternating_min_acc_on_G_{i:g}"] = round(100 * min(e["acc_on_G"] for e in h[1:]), 2) if len(h) > 1 else float("nan")
+        out[f"alternating_min_acc_on_G_{i:g}"] = (
+            round(100 * min(e["acc_on_G"] for e in h[1:]), 2) if len(h) > 1 else float("nan")
+        )
         alt, base = r["robust"][f"alternating D ({i:g})"][i], r["robust"]["clean D"][i]
-        out[f"alternating_pgd_gain_{i:g}"] = round(100 * (alt[f"PGD-{cfg.pgd_steps}"] - base[f"PGD-{cfg.pgd_steps}"]), 2)
+        out[f"alternating_pgd_gain_{i:g}"] = round(
+            100 * (alt[f"PGD-{cfg.pgd_steps}"] - base[f"PGD-{cfg.pgd_steps}"]), 2
+        )
         out[f"alternating_autoattack_gain_{i:g}"] = round(100 * (alt["AutoAttack"] - base["AutoAttack"]), 2)
     return out

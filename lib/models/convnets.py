@@ -23,13 +23,18 @@ class MnistCNN(nn.Module):
         super().__init__()
         require(width > 0 and hidden > 0, "MnistCNN width and hidden must be positive")
         self.features = nn.Sequential(
-            nn.Conv2d(in_shape[0], width, 5), nn.ReLU(),
-            nn.Conv2d(width, width, 5), nn.ReLU(),
-            nn.Dropout(0.25), nn.Flatten(),
+            nn.Conv2d(in_shape[0], width, 5),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 5),
+            nn.ReLU(),
+            nn.Dropout(0.25),
+            nn.Flatten(),
         )
         self.classifier = nn.Sequential(
-            nn.Linear(_flat_size(self.features, in_shape), hidden), nn.ReLU(),
-            nn.Dropout(0.5), nn.Linear(hidden, num_classes),
+            nn.Linear(_flat_size(self.features, in_shape), hidden),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.Linear(hidden, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,17 +74,26 @@ class TanhCNN(nn.Module):
     ``std``) inside the model, so the model, like every attack here, takes images in [0, 1].
     """
 
-    def __init__(self, in_shape: tuple[int, int, int], num_classes: int, size: int = 32, mean: float = 0.0, std: float = 1.0):
+    def __init__(
+        self, in_shape: tuple[int, int, int], num_classes: int, size: int = 32, mean: float = 0.0, std: float = 1.0
+    ):
         super().__init__()
         require(size >= max(in_shape[1:]), f"TanhCNN pads inputs to {size}, smaller than {in_shape[1:]}")
         require(std > 0, f"std must be positive, got {std}")
         self.register_buffer("mean", torch.tensor(float(mean)))
         self.register_buffer("std", torch.tensor(float(std)))
         h, w = in_shape[1:]
-        self.pad = nn.ZeroPad2d(((size - w) // 2, size - w - (size - w) // 2, (size - h) // 2, size - h - (size - h) // 2))
+        self.pad = nn.ZeroPad2d(
+            ((size - w) // 2, size - w - (size - w) // 2, (size - h) // 2, size - h - (size - h) // 2)
+        )
         self.features = nn.Sequential(
-            nn.Conv2d(in_shape[0], 32, 5), nn.Tanh(), nn.MaxPool2d(3, 3, padding=1),
-            nn.Conv2d(32, 64, 5), nn.Tanh(), nn.MaxPool2d(2), nn.Flatten(),
+            nn.Conv2d(in_shape[0], 32, 5),
+            nn.Tanh(),
+            nn.MaxPool2d(3, 3, padding=1),
+            nn.Conv2d(32, 64, 5),
+            nn.Tanh(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
         )
         flat = _flat_size(self.features, (in_shape[0], size, size))
         self.classifier = nn.Sequential(nn.Linear(flat, 200), nn.Tanh(), nn.Linear(200, num_classes))
