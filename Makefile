@@ -47,7 +47,7 @@ bench: setup
 
 # The paper profile of every stage end to end on full-size synthetic data, loops cut short, into
 # build/dry-run/ (see README). On a CPU, cut the batch sizes too: make dry-run BATCH=16
-STAGES := p1_conv_generator_ensemble p2_pgn p3_single_step_reuse p4_resnet_transfer_augmentation p5_mnist_gan compare
+STAGES = $(shell $(PYTHON) -m lib.stages)  # the registry (lib/stages/__init__.py)
 dry-run: setup
 	@for s in $(STAGES); do $(PYTHON) -m lib.pipeline $$s --profile paper --dry-run $(if $(BATCH),--batch-size $(BATCH)) $(if $(EXAMPLES),--examples $(EXAMPLES)) || exit 1; done
 

@@ -505,7 +505,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     out = Path(args.out)
     try:
-        params = check_parameters("data", None, {"datasets": Declared("list[str]", [])}, "the data stage", args.params)
+        params = check_parameters(
+            "data", None, {"datasets": Declared("list[str]", [])}, "the data stage's", args.params
+        )
         try:
             with stage_lock(out.parent, "data"):
                 _prepare_into(out, list(params["datasets"]))

@@ -5,14 +5,16 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
+import pandas as pd
 from IPython import get_ipython
 from IPython.display import Markdown, display
 
 from lib import claims as C
 from lib.cache import open_store
 from lib.claims import Claim
-from lib.params import check_profile, check_seed
+from lib.params import RUN_SETTINGS, build_config, check_profile, check_seed, checked_parameters, method_params
 from lib.report import ResultsWriter, set_style, setting_line
 from lib.runtime import Acceleration, DryRun, device_name, metadata, repo_path, seed_everything
 
@@ -24,19 +26,23 @@ class StageRun:
 
     def __init__(
         self,
-        stage: str,
+        stage: ModuleType,
         profile: str,
+        settings: dict,
         results_dir: str | Path,
-        seed: int = 0,
         models_dir: str | Path | None = None,
-        retrain: bool = False,
-        deterministic: bool | None = None,
         dry_run: bool = False,
     ):
+        """``stage``: the stage module (its ``Config``); ``settings``: its checked parameters as lib.pipeline
+        injects them; empty (a notebook run by hand or by nbval), the values profiles/<stage>.yaml sets for
+        ``profile``. Builds ``self.cfg``."""
+        module, stage = stage, stage.__name__.rpartition(".")[2]
         check_profile(profile)
-        check_seed(seed)
-        Acceleration.configure(profile, deterministic)
+        params = {**settings, "profile": profile} if settings else checked_parameters(stage, profile)
+        seed, retrain = check_seed(params["seed"]), params["retrain"]
+        Acceleration.configure(profile, params["deterministic"])
         DryRun.configure(dry_run)
+        self.cfg, self.settings = build_config(module.Config, params), params
         self.models = open_store(repo_path(models_dir) if models_dir is not None else None, retrain)
         self.stage, self.profile, self.seed = stage, profile, seed
         self.started = time.time()
@@ -62,6 +68,18 @@ class StageRun:
         """A figure subtitle naming the profile and whether the run is reduced."""
         tag = "DRY RUN" if DryRun.on else "paper setting" if self.profile == "paper" else "REDUCED"
         return f"{dataset}; profile {self.profile}, {tag}"
+
+    def configuration(self, per_row: int = 3) -> pd.DataFrame:
+        """The effective configuration of this run as one compact table (``per_row`` parameter | value pairs a row)."""
+        items = [("profile", self.profile), *sorted(method_params(self.settings).items())]
+        items += [(k, self.settings[k]) for k in RUN_SETTINGS]
+        rows = [items[i : i + per_row] for i in range(0, len(items), per_row)]
+        return pd.DataFrame(
+            [
+                {f"{h} {j + 1}": v for j, pair in enumerate(row) for h, v in zip(("parameter", "value"), pair)}
+                for row in rows
+            ]
+        ).fillna("")
 
     def write_claims(self, claims: Sequence[Claim]) -> Markdown:
         """Store the verdicts (``claims.json``, ``claims.md``), add their counts to ``metrics.json``

@@ -17,6 +17,7 @@ the notebook's smoke default.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import difflib
 import hashlib
 import json
@@ -26,18 +27,16 @@ from pathlib import Path
 
 import yaml
 
+from lib import stages
 from lib.errors import ConfigError, require
 from lib.runtime import REPO_ROOT, repo_relative
 
 PROFILES = ("smoke", "cpu", "paper")
 PARAMS_FILE = REPO_ROOT / "params.yaml"
-NOTEBOOKS = REPO_ROOT / "notebooks"
 PROFILES_DIR = "profiles"  # beside the parameters file: profiles/<stage>.yaml
-INJECTED = ("profile", "results_dir", "data_dir", "models_dir", "dry_run")  # set by the pipeline, not by params.yaml
-RUN_SETTINGS = (
-    "retrain",
-    "deterministic",
-)  # params.yaml keys that configure the run (lib.notebook.StageRun), not the method
+# The notebook's parameters cell: what lib.pipeline injects (``settings``: the checked parameters), not params.yaml
+INJECTED = ("profile", "settings", "results_dir", "data_dir", "models_dir", "dry_run")
+NOT_PARAMETERS = ("profile", "max_batches")  # fields of a stage's Config that no profile sets (the switch; tests' cap)
 _BASES = {"int", "float", "str", "bool", "list", "dict", "None"}
 
 
@@ -161,18 +160,17 @@ def load_stage_params(stage: str, profile: str | None = None, path: Path | str =
 
 def method_params(params: dict) -> dict:
     """``params`` without the run's own settings (profile, paths, model store, determinism):
-    what a method's ``Config`` takes."""
-    return {k: v for k, v in params.items() if k not in INJECTED + RUN_SETTINGS}
+    what a stage's ``Config`` takes."""
+    return {k: v for k, v in params.items() if k not in (*INJECTED, *RUN_SETTINGS)}
 
 
-# --- the notebook's declaration -------------------------------------------------------------
+# --- the stage's declaration: its Config ------------------------------------------------------
 
 
 def notebook_path(stage: str) -> Path:
-    """The notebook behind ``stage``; clear error if there is none."""
-    path = NOTEBOOKS / f"{stage}.ipynb"
-    known = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
-    require(path.exists(), f"unknown stage '{stage}'; notebooks: {', '.join(known)}")
+    """The notebook behind ``stage``; clear error if the stage or its notebook is unknown."""
+    path = stages.get(stage).notebook
+    require(path.exists(), f"stage '{stage}' has no notebook {repo_relative(path)}")
     return path
 
 
@@ -184,7 +182,56 @@ class Declared:
     default: object
 
 
-def declared_parameters(notebook: Path) -> dict[str, Declared]:
+# params.yaml keys that configure the run (lib.notebook.StageRun), not the method: declared once, here
+RUN_SETTINGS = {"retrain": Declared("bool", False), "deterministic": Declared("bool | None", None)}
+
+
+def _default(f: dataclasses.Field) -> object:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def declared_parameters(stage: str) -> dict[str, Declared]:
+    """The parameters ``stage`` declares: the fields of its ``Config`` (name, type, the paper's default), and
+    the run settings every stage takes."""
+    fields = {f.name: Declared(_type_text(f.type), _default(f)) for f in dataclasses.fields(config_class(stage))}
+    for d in fields.values():
+        _parse_type(d.annotation)
+    return {**{k: v for k, v in fields.items() if k not in NOT_PARAMETERS}, **RUN_SETTINGS}
+
+
+def _type_text(annotation: object) -> str:
+    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+
+
+def declared_by(stage: str) -> str:
+    """Where ``stage``'s parameters are declared, for messages."""
+    module = stages.get(stage).module
+    return f"the Config of {module.replace('.', '/')}.py"
+
+
+def checked_parameters(stage: str, profile: str | None, params_file: Path | str = PARAMS_FILE) -> dict:
+    """``stage``'s effective parameters under ``profile``, checked against its ``Config``."""
+    return check_parameters(stage, profile, declared_parameters(stage), declared_by(stage), params_file)
+
+
+def build_config(config: type, params: dict, **override: object):
+    """A stage's ``config`` (its ``Config`` class) from its checked parameters (and ``override``), validated."""
+    return config(**{**method_params(params), **override}, profile=params["profile"]).validate()
+
+
+def config_class(stage: str) -> type:
+    """The ``Config`` of the registered ``stage``."""
+    return stages.get(stage).load().Config
+
+
+def stage_config(stage: str, profile: str, **override: object):
+    """``stage``'s validated ``Config`` for ``profile`` as profiles/<stage>.yaml sets it (and ``override``)."""
+    return build_config(config_class(stage), checked_parameters(stage, profile), **override)
+
+
+def notebook_parameters(notebook: Path) -> dict[str, Declared]:
     """The ``name: type = default`` assignments of a notebook's cell tagged ``parameters``."""
     try:
         nb = json.loads(Path(notebook).read_text())
@@ -287,7 +334,7 @@ def check_parameters(
             )
     require(
         not problems,
-        f"the parameters of {stage} do not match {declared_by}'s (profile {profile}): " + "; ".join(problems),
+        f"the parameters of {stage} do not match {declared_by} (profile {profile}): " + "; ".join(problems),
     )
     merged["profile"] = profile
     return merged

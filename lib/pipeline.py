@@ -1,9 +1,10 @@
 """``python -m lib.pipeline STAGE``: run one paper's notebook as a DVC stage.
 
-params.yaml (profile + the stage's overrides) and profiles/<stage>.yaml, checked against the notebook's declared parameters
-and by the method's own ``Config.validate()`` (no kernel starts for a bad value) -> the stage's lock
-(one run per stage at a time: a second one stops at once, naming the first) and a check that every
-folder the run writes is writable -> papermill injects the parameters into ``notebooks/STAGE.ipynb``
+params.yaml (profile + the stage's overrides) and profiles/<stage>.yaml, checked against the stage's
+``Config`` (``lib/stages/STAGE.py``: names and types) and by its ``validate()`` (no kernel starts for a bad
+value) -> the stage's lock (one run per stage at a time: a second one stops at once, naming the first) and
+a check that every folder the run writes is writable -> papermill injects the profile, the checked
+parameters (``settings``) and the run's folders into ``notebooks/STAGE.ipynb``
 -> the notebook writes figures, tables and metrics into a temporary folder of its own -> the
 executed notebook (+ HTML) is saved beside them, the run's provenance is added to ``details.json``
 -> the folder, checked complete, replaces ``results/STAGE/`` in one rename. A failure, a full
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import importlib
 import json
 import logging
 import os
@@ -37,10 +37,10 @@ from lib.errors import (
 )
 from lib.params import (
     PARAMS_FILE,
-    check_parameters,
+    build_config,
     check_seed,
-    declared_parameters,
-    method_params,
+    checked_parameters,
+    config_class,
     notebook_path,
     params_hash,
 )
@@ -71,20 +71,12 @@ class StageInterrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-def method_module(stage: str):
-    """The module holding ``stage``'s method and its ``Config``: ``lib.methods.<name>`` for ``pN_<name>``, else ``lib.<stage>``."""
-    prefix, _, name = stage.partition("_")
-    return importlib.import_module(
-        f"lib.methods.{name}" if prefix[:1] == "p" and prefix[1:].isdigit() else f"lib.{stage}"
-    )
-
-
 def check_config(stage: str, params: dict) -> None:
-    """Validate ``params`` with the method's own ``Config.validate()`` before any kernel starts (the
-    notebook validates them again; checks that need the data, such as sizes, run only there)."""
+    """Validate ``params`` with the stage's own ``Config.validate()`` before any kernel starts (the
+    notebook builds the same ``Config`` again; checks that need the data, such as sizes, run only there)."""
     if "seed" in params:
         check_seed(params["seed"])
-    method_module(stage).Config(**method_params(params), profile=params["profile"]).validate()
+    build_config(config_class(stage), params)
 
 
 def _kernel_manager_class():
@@ -100,7 +92,7 @@ def _kernel_manager_class():
 
 class _DropParameterGuess(logging.Filter):
     """papermill guesses declared parameters with a regex that misses ``int | None``; our check
-    (:func:`lib.params.check_parameters`) is exact, so its 'unknown parameter' guesses are noise."""
+    (:func:`lib.params.checked_parameters`) is exact, so its 'unknown parameter' guesses are noise."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith("Passed unknown parameter")
@@ -295,7 +287,7 @@ def run_stage(
     """
     models_root = Path(results_root).parent / "models" if models_root is None else models_root
     source = notebook_path(stage)
-    params = check_parameters(stage, profile, declared_parameters(source), f"notebooks/{source.name}", params_file)
+    params = checked_parameters(stage, profile, params_file)
     check_config(stage, params)
     require(
         (batch_size is None and examples is None) or dry_run,
@@ -358,12 +350,14 @@ def _execute(
 
     logging.getLogger("papermill").addFilter(_PARAMETER_GUESS)
     tmp = final.with_name(f".{stage}.{os.getpid()}.tmp")
-    params.update(
-        results_dir=repo_relative(tmp),
-        data_dir=repo_relative(data_dir),
-        models_dir=repo_relative(models_root / stage),
-        dry_run=dry_run,
-    )
+    injected = {  # the notebook's parameters cell (lib.params.INJECTED)
+        "profile": params["profile"],
+        "settings": {k: v for k, v in params.items() if k != "profile"},
+        "results_dir": repo_relative(tmp),
+        "data_dir": repo_relative(data_dir),
+        "models_dir": repo_relative(models_root / stage),
+        "dry_run": dry_run,
+    }
     started = time.perf_counter()
     # kernels are started by name; make 'python' this interpreter (the project's environment)
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
@@ -375,7 +369,7 @@ def _execute(
                 pm.execute_notebook(
                     str(source),
                     str(tmp / f"{stage}.ipynb"),
-                    parameters=params,
+                    parameters=injected,
                     cwd=str(REPO_ROOT),
                     kernel_name="python3",
                     progress_bar=False,

@@ -5,15 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lib import compare
 from lib.errors import ConfigError
-from lib.params import load_stage_params, method_params
+from lib.params import stage_config
+from lib.stages import compare
 
 
 def _config(profile: str, **override) -> compare.Config:
-    params = load_stage_params("compare", profile)
-    params = method_params(params)
-    return compare.Config(profile=profile, **{**params, **override}).validate()
+    return stage_config("compare", profile, **override)
 
 
 def test_pareto_front_keeps_only_undominated_points():

@@ -11,15 +11,13 @@ import torch.nn.functional as F
 import lib.data as D
 import lib.models as M
 from lib.errors import ConfigError
-from lib.methods import conv_generator_ensemble as p1
-from lib.params import load_stage_params, method_params
+from lib.params import stage_config
+from lib.stages import p1_conv_generator_ensemble as p1
 from lib.train import TrainConfig, train
 
 
 def _config(profile: str, **override) -> p1.Config:
-    params = load_stage_params("p1_conv_generator_ensemble", profile)
-    params = method_params(params)
-    return p1.Config(profile=profile, **{**params, **override}).validate()
+    return stage_config("p1_conv_generator_ensemble", profile, **override)
 
 
 @pytest.mark.parametrize("assignment", p1.ASSIGNMENTS)

@@ -9,14 +9,12 @@ import torch.nn.functional as F
 import lib.data as D
 import lib.models as M
 from lib.errors import ConfigError
-from lib.methods import mnist_gan as p5
-from lib.params import load_stage_params, method_params
+from lib.params import stage_config
+from lib.stages import p5_mnist_gan as p5
 
 
 def _config(profile: str, **override) -> p5.Config:
-    params = load_stage_params("p5_mnist_gan", profile)
-    params = method_params(params)
-    return p5.Config(profile=profile, **{**params, **override}).validate()
+    return stage_config("p5_mnist_gan", profile, **override)
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 import lib.data as D
 import lib.models as M
 from lib.errors import ConfigError
-from lib.methods import pgn
-from lib.params import load_stage_params, method_params
+from lib.params import stage_config
+from lib.stages import p2_pgn as pgn
 from lib.train import TrainConfig, train
 
 
@@ -107,9 +107,7 @@ def test_generator_ascends_loss_minus_penalty_with_the_classifier_fixed():
 
 
 def _config(profile: str, **override) -> pgn.Config:
-    params = load_stage_params("p2_pgn", profile)
-    params = method_params(params)
-    return pgn.Config(profile=profile, **{**params, **override}).validate()
+    return stage_config("p2_pgn", profile, **override)
 
 
 def test_attacker_ascends_against_a_fixed_classifier_and_leaves_it_unchanged(synthetic):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -11,18 +12,23 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lib import stages
 from lib.errors import ConfigError
-from lib.params import PROFILES, check_parameters, conforms, declared_parameters, load_stage_params
+from lib.params import (
+    INJECTED,
+    PROFILES,
+    checked_parameters,
+    conforms,
+    declared_parameters,
+    notebook_parameters,
+    stage_config,
+)
 from lib.pipeline import run_stage
 from lib.runtime import REPO_ROOT
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
 DVC = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
 PARAMS = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-
-
-def _parameters_cell(path: Path) -> dict:
-    return {name: d.default for name, d in declared_parameters(path).items()}
 
 
 def test_there_are_notebooks():
@@ -46,19 +52,47 @@ def test_notebook_is_stored_stripped(path):
     assert not dirty, f"{path.name}: cells {dirty} carry outputs; strip them (executed copies belong in results/)"
 
 
+def test_every_registered_stage_has_a_notebook_and_every_notebook_a_stage():
+    assert [p.stem for p in NOTEBOOKS] == sorted(stages.names())
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_defaults_are_smoke_and_every_profile_meets_the_contract(path):
-    stage = path.stem
-    declared = declared_parameters(path)
-    defaults = _parameters_cell(path)
-    assert defaults["profile"] == "smoke"
-    assert {"results_dir", "data_dir", "seed"} <= defaults.keys()
-    for name, d in declared.items():
+def test_the_parameters_cell_holds_only_what_the_pipeline_injects(path):
+    """Names and types are declared once (the stage's Config): the notebook takes the profile, the checked
+    settings and its folders; run by hand or by nbval it reads the smoke block of the stage's profiles."""
+    cell = notebook_parameters(path)
+    assert tuple(cell) == INJECTED
+    assert cell["profile"].default == "smoke" and cell["settings"].default == {}
+    for name, d in cell.items():
         assert conforms(d.default, d.annotation), f"{path.name}: default of {name} is not {d.annotation}"
-    for profile in PROFILES:  # exact: same keys, declared types
-        check_parameters(stage, profile, declared, path.name)
-    smoke = load_stage_params(stage, "smoke")
-    assert {k: v for k, v in defaults.items() if k in smoke} == smoke, "notebook defaults must equal the smoke profile"
+
+
+@pytest.mark.parametrize("stage", stages.names())
+def test_every_profile_meets_the_stages_declaration(stage):
+    declared = declared_parameters(stage)
+    for profile in PROFILES:  # exact: same keys, declared types, valid values
+        params = checked_parameters(stage, profile)
+        assert params.keys() - {"profile"} == declared.keys()
+        stage_config(stage, profile)
+
+
+@pytest.mark.parametrize("stage", stages.names())
+def test_the_configs_defaults_are_the_paper_profiles_values(stage):
+    """The Config's defaults are the paper's settings: equal to the paper profile, key by key (floats
+    within 1%: the profile writes 2/255 as 0.0078)."""
+    paper, declared = checked_parameters(stage, "paper"), declared_parameters(stage)
+    differ = [k for k, d in declared.items() if not _close(d.default, paper[k])]
+    assert not differ, f"{stage}: Config defaults differ from the paper profile in {differ}"
+
+
+def _close(a: object, b: object) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-2)
+    return a == b
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

@@ -7,23 +7,23 @@ import json
 import pytest
 
 from lib import plan as P
-from lib.params import check_parameters, declared_parameters, load_stage_params, notebook_path
+from lib import stages
+from lib.params import checked_parameters, load_stage_params
 
 
 def _params(stage: str, profile: str) -> dict:
-    source = notebook_path(stage)
-    return check_parameters(stage, profile, declared_parameters(source), source.name)
+    return checked_parameters(stage, profile)
 
 
 @pytest.mark.parametrize("profile", ["smoke", "cpu", "paper"])
-@pytest.mark.parametrize("stage", list(P.PLANS))
+@pytest.mark.parametrize("stage", stages.names())
 def test_every_stage_and_profile_has_a_plan_of_positive_cost(stage, profile):
     plan = P.plan_stage(stage, _params(stage, profile))
     assert plan.models and plan.units > 0 and all(m.units > 0 and m.epochs >= 1 and m.passes >= 1 for m in plan.models)
 
 
 def test_the_paper_profile_costs_more_than_the_cpu_profile_in_every_stage():
-    for stage in P.PLANS:
+    for stage in stages.names():
         assert P.plan_stage(stage, _params(stage, "paper")).units > P.plan_stage(stage, _params(stage, "cpu")).units
 
 

@@ -10,15 +10,13 @@ import lib.models as M
 from lib import claims as C
 from lib.augment import Conventional
 from lib.errors import ConfigError
-from lib.methods import resnet_transfer_augmentation as p4
-from lib.params import load_stage_params, method_params
+from lib.params import stage_config
+from lib.stages import p4_resnet_transfer_augmentation as p4
 from lib.train import EarlyStopping, TrainConfig, train
 
 
 def _config(profile: str, **override) -> p4.Config:
-    params = load_stage_params("p4_resnet_transfer_augmentation", profile)
-    params = method_params(params)
-    return p4.Config(profile=profile, **{**params, **override}).validate()
+    return stage_config("p4_resnet_transfer_augmentation", profile, **override)
 
 
 def test_split_is_70_10_20_stratified_and_disjoint():

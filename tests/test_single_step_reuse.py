@@ -6,14 +6,12 @@ import pytest
 import torch
 
 from lib.errors import ConfigError
-from lib.methods import single_step_reuse as p3
-from lib.params import load_stage_params, method_params
+from lib.params import stage_config
+from lib.stages import p3_single_step_reuse as p3
 
 
 def _config(profile: str, **override) -> p3.Config:
-    params = load_stage_params("p3_single_step_reuse", profile)
-    params = method_params(params)
-    return p3.Config(profile=profile, **{**params, **override}).validate()
+    return stage_config("p3_single_step_reuse", profile, **override)
 
 
 def test_paper_profile_is_the_papers_setting():

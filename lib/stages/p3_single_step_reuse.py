@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 import lib.data as D
 import lib.models as M
+import lib.plan as P
 from lib import attack_settings as S
 from lib import attacks as A
 from lib import claims as C
@@ -62,7 +63,7 @@ class Config:
     """Parameters of the p3 stage (see profiles/<stage>.yaml; defaults = the paper's setting where it has one)."""
 
     profile: str = "smoke"
-    datasets: dict = field(default_factory=lambda: {"mnist": 0.3, "fashion_mnist": 0.2})  # name -> L∞ eps
+    datasets: dict[str, float] = field(default_factory=lambda: {"mnist": 0.3, "fashion_mnist": 0.2})  # name -> L∞ eps
     n_train: int | None = None
     n_test: int | None = None
     n_val: int = 5000  # validation examples held out of each training split (the convergence gates read them)
@@ -78,13 +79,13 @@ class Config:
     atda_lambda_sda: float = 1 / 3
     atda_margin: float = 1.0
     atda_center_momentum: float = 0.9
-    bim_iterations: list = field(default_factory=lambda: list(range(1, 31)))
+    bim_iterations: list[int] = field(default_factory=lambda: list(range(1, 31)))
     pgd_steps: int = 50
     pgd_restarts: int = 1
     autoattack: str = "standard"  # AutoAttack beside BIM and PGD: "standard" or "apgd-ce+t" (its first two attacks)
     autoattack_iterations: int = 100
-    defences: list = field(default_factory=lambda: list(DEFENCES))
-    patience: dict = field(
+    defences: list[str] = field(default_factory=lambda: list(DEFENCES))
+    patience: dict[str, int] = field(
         default_factory=dict
     )  # defence -> early-stopping patience on the validation split; others train all epochs
     seed: int = 0
@@ -557,3 +558,36 @@ def headline_metrics(results: dict[str, dict]) -> dict[str, float]:
                 first["proposed"]["sec_per_epoch"] / first[rival]["sec_per_epoch"], 3
             )
     return out
+
+
+def plan(cfg: Config) -> P.StagePlan:
+    """What this stage trains under ``cfg`` and its cost (:mod:`lib.plan`)."""
+    names = list(cfg.datasets)
+    n = P.train_size(names[0], cfg.n_train, cfg.n_val)
+    plan = P.StagePlan("p3_single_step_reuse", cfg.profile, n)
+    both = 1 + (cfg.clean_weight > 0)  # adversarial (+ clean) forward-backward
+    passes = {
+        "vanilla": 1,
+        "fgsm_adv": 1 + both,
+        "atda": 1 + both,
+        "proposed": 1 + both,
+        "bim10_adv": 10 + both,
+        "bim30_adv": 30 + both,
+    }
+    for name in names:
+        model = P.Model(
+            "mnist_cnn",
+            P.shape_of(name),
+            P.classes_of(name),
+            (("width", cfg.model_width), ("hidden", cfg.model_hidden)),
+        )
+        for d in cfg.defences:
+            plan.add(
+                f"{name} {d}",
+                model,
+                cfg.epochs,
+                P.train_size(name, cfg.n_train, cfg.n_val),
+                passes[d],
+                cfg.batch_size,
+            )
+    return plan

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 import lib.data as D
 import lib.models as M
+import lib.plan as P
 from lib import attack_settings as S
 from lib import attacks as A
 from lib import claims as C
@@ -56,7 +57,7 @@ class Config:
     n_val: int = (
         5000  # validation digits held out of the training split (the convergence gates read D's accuracy on them)
     )
-    intensities: list = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7])
+    intensities: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7])
     intensity_units: str = "normalized"
     d_epochs: int = 70
     d_batch_size: int = 10  # reference train-on-mnist.lua: SGD lr 0.05, batch 10
@@ -64,20 +65,20 @@ class Config:
     g_epochs: int = 200
     g_optimizer: str = "sgd"  # sgd | adam (reference: plain SGD)
     g_lr: float = 0.01  # reference: SGD lr 0.01, batch 100, for G and for D in phase 3
-    g_lr_milestones: list = field(
+    g_lr_milestones: list[int] = field(
         default_factory=list
     )  # phase-2 epochs after which G's lr is multiplied by g_lr_gamma (reference: none)
     g_lr_gamma: float = 0.1
     g_width: int = 8  # DCGAN-style ngf of the reference G
     batch_size: int = 100
-    alternating_intensities: list = field(default_factory=lambda: [0.3])
+    alternating_intensities: list[float] = field(default_factory=lambda: [0.3])
     alt_epochs: int = 100
     alt_lr: float = 0.01  # D's SGD lr in phase 3 (G keeps g_optimizer / g_lr)
     clean_weight: float = 0.5  # phase-3 D loss: w * CE(clean) + (1 - w) * CE(G's images)
     pgd_steps: int = 40
     autoattack: str = "standard"  # AutoAttack beside FGSM and PGD: "standard" or "apgd-ce+t" (its first two attacks)
     autoattack_iterations: int = 100
-    autoattack_intensities: list | None = None  # the intensities AutoAttack runs at (None = every intensity)
+    autoattack_intensities: list[float] | None = None  # the intensities AutoAttack runs at (None = every intensity)
     autoattack_examples: int | None = (
         None  # the first this many test digits (None = all): AutoAttack's cost is per robust digit
     )
@@ -867,3 +868,24 @@ def headline_metrics(r: dict, cfg: Config) -> dict[str, float]:
         )
         out[f"alternating_autoattack_gain_{i:g}"] = round(100 * (alt["AutoAttack"] - base["AutoAttack"]), 2)
     return out
+
+
+def plan(cfg: Config) -> P.StagePlan:
+    """What this stage trains under ``cfg`` and its cost (:mod:`lib.plan`)."""
+    name = cfg.dataset
+    n = P.train_size(name, cfg.n_train, cfg.n_val)
+    plan = P.StagePlan("p5_mnist_gan", cfg.profile, n)
+    model = P.Model("tanh_cnn", P.shape_of(name), P.classes_of(name))
+    plan.add("phase 1: D", model, cfg.d_epochs, n, 1, cfg.d_batch_size)
+    for i in cfg.intensities:
+        plan.add(f"phase 2: G at intensity {i:g}", model, cfg.g_epochs, n, 1, cfg.batch_size)
+    if cfg.diagnosis and 0.3 in cfg.intensities:  # the headline's diagnosis: one G with the reference's clamped output
+        plan.add(
+            "diagnosis: G with clamped tanh (eps 0)", model, cfg.g_epochs, n, 1, cfg.batch_size
+        )  # eps: pixel units, from the data
+    both = 1 + (cfg.clean_weight > 0)
+    for _ in cfg.alternating_intensities:
+        plan.add(
+            "phase 3: D and G alternately, eps 0", model, cfg.alt_epochs, n, 1 + both, cfg.batch_size
+        )  # eps: pixel units, from the data
+    return plan

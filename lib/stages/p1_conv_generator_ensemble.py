@@ -19,6 +19,7 @@ import torch.nn as nn
 
 import lib.data as D
 import lib.models as M
+import lib.plan as P
 from lib import attack_settings as S
 from lib import attacks as A
 from lib import claims as C
@@ -75,16 +76,16 @@ class Config:
     minmax_steps: int = 40
     minmax_step_size: float = 0.005
     minmax_random_start: bool = True
-    eval_eps: list = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5])
+    eval_eps: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5])
     eval_steps: int = 50
     autoattack: str = "standard"  # AutoAttack-L2 beside PGD-L2: "standard" or "apgd-ce+t" (its first two attacks)
     autoattack_iterations: int = 100
-    autoattack_eps: list | None = None  # the L2 eps AutoAttack runs at (None = every eval eps above 0)
+    autoattack_eps: list[float] | None = None  # the L2 eps AutoAttack runs at (None = every eval eps above 0)
     autoattack_targets: int = (
         9  # APGD-T's (and FAB-T's) target classes: the reference's 9; fewer is a labelled reduction
     )
-    linf_eps: list = field(default_factory=lambda: [2 / 255, 4 / 255, 8 / 255])
-    timing_batches: int = 10
+    linf_eps: list[float] = field(default_factory=lambda: [2 / 255, 4 / 255, 8 / 255])
+    timing_batches: int = 20
     timing_k: int = 32
     timing_minmax_steps: int = 40
     n_examples: int = 6
@@ -636,3 +637,28 @@ def headline_metrics(r: dict, cfg: Config) -> dict[str, float]:
     out["epoch_time_proposed_over_minmax"] = round(split / minmax, 3)
     out["epoch_time_proposed_over_clean"] = round(split / r["per_batch"]["clean"], 3)
     return out
+
+
+def plan(cfg: Config) -> P.StagePlan:
+    """What this stage trains under ``cfg`` and its cost (:mod:`lib.plan`)."""
+    name = cfg.dataset
+    n = P.train_size(name, cfg.n_train, cfg.n_val)
+    plan = P.StagePlan("p1_conv_generator_ensemble", cfg.profile, n)
+    model = P.Model(cfg.model, P.shape_of(name), P.classes_of(name))
+    both = 1 + (cfg.clean_weight > 0)
+    plan.add("base (clean pre-training)", model, cfg.base_epochs, n, 1, cfg.batch_size)
+    plan.add("black-box surrogate (independent clean model)", model, cfg.base_epochs, n, 1, cfg.batch_size)
+    plan.add(
+        "fine-tune proposed", model, cfg.epochs, n, 1 + both, cfg.batch_size
+    )  # generators' ascent + the classifier
+    plan.add("fine-tune min-max", model, cfg.epochs, n, cfg.minmax_steps + both, cfg.batch_size)
+    timed = 4 * (1 + cfg.timing_batches) * cfg.batch_size  # four methods: a warm-up batch + the timed batches
+    plan.add(
+        "table 1 timing runs",
+        model,
+        1,
+        timed,
+        (1 + 2 * (1 + both) + cfg.timing_minmax_steps + both) / 4,
+        cfg.batch_size,
+    )
+    return plan

@@ -20,6 +20,7 @@ import torch
 
 import lib.data as D
 import lib.models as M
+import lib.plan as P
 from lib import attack_settings as S
 from lib import attacks as A
 from lib import claims as C
@@ -63,10 +64,10 @@ class Config:
     """Parameters of the p4 stage (see profiles/<stage>.yaml; defaults = the paper's setting where it has one)."""
 
     profile: str = "smoke"
-    datasets: list = field(default_factory=lambda: ["mnist", "cifar10", "cats_vs_dogs"])
+    datasets: list[str] = field(default_factory=lambda: ["mnist", "cifar10", "cats_vs_dogs"])
     limit: int | None = None  # pooled examples kept per dataset before the 70/10/20 split (None = all)
-    fractions: list = field(default_factory=lambda: [0.7, 0.1, 0.2])
-    archs: list = field(default_factory=lambda: list(ARCHS))
+    fractions: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])
+    archs: list[str] = field(default_factory=lambda: list(ARCHS))
     small_input_stem: bool = True
     source_arch: str = "resnet18"
     max_epochs: int = 50
@@ -76,18 +77,20 @@ class Config:
     )
     batch_size: int = 128
     lr: float = 1e-3
-    eps: list = field(default_factory=lambda: [0.01, 0.02, 0.03])
+    eps: list[float] = field(default_factory=lambda: [0.01, 0.02, 0.03])
     pgd_steps: int = 20
     autoattack: str = "standard"  # AutoAttack beside PGD: "standard" or "apgd-ce+t" (its first two attacks)
     autoattack_iterations: int = 100
-    autoattack_eps: list | None = None  # the eps AutoAttack runs at (None = every eps; a CPU budget keeps the largest)
+    autoattack_eps: list[float] | None = (
+        None  # the eps AutoAttack runs at (None = every eps; a CPU budget keeps the largest)
+    )
     autoattack_examples: int | None = (
         None  # the first this many test images (None = all): AutoAttack's cost is per robust image
     )
     autoattack_targets: int = (
         9  # APGD-T's (and FAB-T's) target classes: the reference's 9; fewer is a labelled CPU budget
     )
-    autoattack_variants: list | None = (
+    autoattack_variants: list[str] | None = (
         None  # the variants AutoAttack attacks (None: all; the claims compare before and proposed)
     )
     rotation_degrees: float = 15.0
@@ -574,3 +577,25 @@ def headline_metrics(results: dict, cfg: Config) -> dict[str, float]:
             out[f"{short}_{key}"] = round(_gain(r, variant, attack, cfg), 2)
         out[f"{short}_autoattack_gain_proposed"] = round(_gain(r, "proposed", "autoattack", cfg, cfg.aa_eps), 2)
     return out
+
+
+def plan(cfg: Config) -> P.StagePlan:
+    """What this stage trains under ``cfg`` and its cost (:mod:`lib.plan`)."""
+    names = list(cfg.datasets)
+
+    def sizes(name: str) -> tuple[int, int]:
+        n_train, n_test = P.IMAGE_SIZES[name][:2]
+        pooled = min(n_train + n_test, cfg.limit or n_train + n_test)
+        train = round(pooled * cfg.fractions[0])
+        return train, train * (1 + len(cfg.eps))  # clean, and clean + the FGSM sets (before balancing)
+
+    plan = P.StagePlan("p4_resnet_transfer_augmentation", cfg.profile, sizes(names[0])[0])
+    for name in names:
+        clean, augmented = sizes(name)
+        for variant, n in (("before", clean), ("aug-only", clean), ("proposed", augmented)):
+            for arch in cfg.archs:
+                model = P.Model(
+                    arch, P.shape_of(name), P.classes_of(name), (("small_input_stem", cfg.small_input_stem),)
+                )
+                plan.add(f"{name} {arch} {variant}", model, cfg.max_epochs, n, 1, cfg.batch_size)
+    return plan

@@ -21,6 +21,7 @@ import torch.nn as nn
 
 import lib.data as D
 import lib.models as M
+import lib.plan as P
 from lib import attack_settings as S
 from lib import attacks as A
 from lib import claims as C
@@ -35,12 +36,12 @@ from lib.evaluate import (
     relative_cost,
     rho_stats,
 )
-from lib.methods import conv_generator_ensemble as p1
-from lib.methods import mnist_gan as p5
-from lib.methods import pgn as p2
-from lib.methods import resnet_transfer_augmentation as p4
 from lib.report import evaluation
 from lib.runtime import device, seed_everything
+from lib.stages import p1_conv_generator_ensemble as p1
+from lib.stages import p2_pgn as p2
+from lib.stages import p4_resnet_transfer_augmentation as p4
+from lib.stages import p5_mnist_gan as p5
 from lib.train import (
     AttackSource,
     Clean,
@@ -78,16 +79,16 @@ class Config:
     )
     n_val: int = 5000  # validation images held out of the training split (the convergence gates read them)
     n_rho: int = 500  # C&W
-    n_foolbox: int = 200  # foolbox cross-check subset
+    n_foolbox: int = 500  # foolbox cross-check subset
     model: str = "resnet20"
-    model_options: dict = field(default_factory=dict)
+    model_options: dict[str, float] = field(default_factory=dict)
     epochs: int = 30  # the most epochs; early stopping may end a model sooner (patience)
     patience: int | None = (
         None  # epochs without a better validation accuracy before stopping; None: always train `epochs`
     )
     batch_size: int = 128
     lr: float = 1e-3
-    strengths: dict = field(
+    strengths: dict[str, list[float | None]] = field(
         default_factory=lambda: {
             "clean": [None],
             "fgsm_at": [4 / 255, 8 / 255],
@@ -99,7 +100,7 @@ class Config:
             "p5_alternating_gan": [4 / 255, 8 / 255],
         }
     )
-    clean_weight: dict = field(
+    clean_weight: dict[str, float] = field(
         default_factory=lambda: {"fgsm_at": 0.5, "p3_single_step_reuse": 0.5, "p5_alternating_gan": 0.5}
     )
     target_benign: float | None = None  # None: the clean model's accuracy minus target_drop
@@ -115,14 +116,16 @@ class Config:
     )
     pgd_steps: int = 20
     pgd_restarts: int = 2
-    eps_grid: list = field(default_factory=lambda: [0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255, 32 / 255, 64 / 255])
+    eps_grid: list[float] = field(
+        default_factory=lambda: [0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255, 32 / 255, 64 / 255]
+    )
     near_zero: float = 0.05  # accuracy at the largest grid eps must be below this
     cw_steps: int = 100
     cw_binary_steps: int = 5
     cw_initial_const: float = 0.1
-    k: int = 8  # p1: generators
+    k: int = 32  # p1: generators
     gen_width: int = 16  # p1 and p2 generators' width
-    gen_dense: int = 256  # p2 generator's dense layer
+    gen_dense: int = 1024  # p2 generator's dense layer
     gen_lr: float = 0.005  # p1 generators (SGD, momentum 0.9, the paper's lr)
     p5_width: int = 8
     step_fraction: float = 0.1  # p3
@@ -698,3 +701,37 @@ def headline_metrics(r: dict) -> dict[str, float]:
     for d, res in r["results"].items():
         out[f"clean_acc_{d}"] = round(100 * res["clean"], 2)
     return out
+
+
+def plan(cfg: Config) -> P.StagePlan:
+    """What this stage trains under ``cfg`` and its cost (:mod:`lib.plan`)."""
+    name = cfg.dataset
+    n = P.train_size(name, cfg.n_train, cfg.n_val)
+    plan = P.StagePlan("compare", cfg.profile, n)
+    model = P.Model(cfg.model, P.shape_of(name), P.classes_of(name), tuple(sorted(cfg.model_options.items())))
+    both = {d: 1 + (w > 0) for d, w in cfg.clean_weight.items()}
+    passes = {
+        "clean": 1,
+        "fgsm_at": 2,
+        "pgd_at": 11,
+        "p1_generator_ensemble": 3,
+        "p2_pgn": 3,
+        "p3_single_step_reuse": 2,
+        "p4_transfer_augmentation": 1,
+        "p5_alternating_gan": 2,
+    }
+    seed = cfg.seed
+    for defence, values in cfg.strengths.items():
+        for v in values:
+            label = DEFENCES[defence][0]
+            examples = n * (2 if defence == "p4_transfer_augmentation" else 1)  # clean + one FGSM set
+            plan.add(
+                f"{label} {'' if v is None else f'{v:.4g}'} seed {seed}",
+                model,
+                cfg.epochs,
+                examples,
+                passes[defence] - 1 + both.get(defence, 1),
+                cfg.batch_size,
+            )
+    plan.add(f"{DEFENCES['clean'][0]}  seed {seed + 100}", model, cfg.epochs, n, 1, cfg.batch_size)
+    return plan

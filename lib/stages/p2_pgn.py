@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 import lib.data as D
 import lib.models as M
+import lib.plan as P
 from lib import attacks as A
 from lib import claims as C
 from lib.attacks import eval_mode
@@ -253,11 +254,11 @@ class Config:
     """Parameters of the p2 stage (see profiles/<stage>.yaml; defaults = the paper's setting where it gives one)."""
 
     profile: str = "smoke"
-    datasets: list = field(default_factory=lambda: ["cifar100", "cifar10"])
+    datasets: list[str] = field(default_factory=lambda: ["cifar100", "cifar10"])
     n_train: int | None = None
     n_test: int | None = None  # FGM, MIM, black-box and benign accuracy
     n_val: int = 5000  # validation images held out of the training split (the convergence gates read them)
-    n_rho: int | None = 1000  # DeepFool and C&W (the paper does not say how many; C&W is costly)
+    n_rho: int = 1000  # DeepFool and C&W (the paper does not say how many; C&W is costly)
     width: float = 1.0  # ConvPool-CNN width multiplier
     gen_width: int = 128
     gen_dense: int = 1024
@@ -265,15 +266,15 @@ class Config:
     batch_size: int = 128
     lr: float = 5e-4
     gen_lr: float | None = None  # the generator's Adam lr; None = lr (the paper gives one lr)
-    ema_decay: float | None = 0.998
+    ema_decay: float = 0.998
     clean_weight: float = 0.0  # the reference trains the classifier on adversarial examples only
     grad_reduction: str = "mean"  # gradient of the MEAN true-label probability (reference code)
-    at_eps: list = field(default_factory=lambda: [0.02, 0.1, 0.5, 1.0])  # FGM-AT sweep (L2)
-    pgd_eps: list = field(default_factory=lambda: [0.02, 0.1, 0.5, 1.0])  # PGD-AT sweep (L2)
+    at_eps: list[float] = field(default_factory=lambda: [0.02, 0.1, 0.5, 1.0])  # FGM-AT sweep (L2)
+    pgd_eps: list[float] = field(default_factory=lambda: [0.02, 0.1, 0.5, 1.0])  # PGD-AT sweep (L2)
     pgd_train_steps: int = 10
-    c_l: list = field(default_factory=lambda: [10.0, 50.0, 200.0])  # PGN sweep
+    c_l: list[float] = field(default_factory=lambda: [10.0, 50.0, 200.0])  # PGN sweep
     main_c_l: float = 50.0  # the c_L of the ablation and capacity runs (in c_l)
-    capacity: list = field(default_factory=lambda: [0.5, 2.0])  # extra width multipliers for PGN (Fig. 5 right)
+    capacity: list[float] = field(default_factory=lambda: [0.5, 2.0])  # extra width multipliers for PGN (Fig. 5 right)
     ablation: bool = True
     ablation_min_drop: float = (
         0.05  # ours (the paper gives no threshold): a relative rho_cw drop that counts as 'matters'
@@ -290,14 +291,18 @@ class Config:
     track_n: int = 500
     track_every: int = 10
     fig3_eps: float = 0.5  # the fixed FGM-AT / PGD-AT classifiers of Fig. 3 (in at_eps and pgd_eps)
-    attack_c_l: list = field(default_factory=lambda: [0.5, 2.0, 10.0, 50.0])  # PGN attackers vs fixed classifiers
+    attack_c_l: list[float] = field(
+        default_factory=lambda: [0.5, 2.0, 10.0, 50.0]
+    )  # PGN attackers vs fixed classifiers
     attack_epochs: int = 20
-    attack_eps: list = field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0, 2.0])  # FGM / PGD attack curves of Fig. 3
+    attack_eps: list[float] = field(
+        default_factory=lambda: [0.1, 0.25, 0.5, 1.0, 2.0]
+    )  # FGM / PGD attack curves of Fig. 3
     attack_pgd_steps: int = 20
-    augment: bool = False  # random flip + shift of every training batch (the reference code; the paper does not say)
-    leaky_generator: bool = False  # leaky ReLU + He init in G (the reference code; the paper does not say)
+    augment: bool = True  # random flip + shift of every training batch (the reference code; the paper does not say)
+    leaky_generator: bool = True  # leaky ReLU + He init in G (the reference code; the paper does not say)
     reference_check: bool = (
-        True  # retrain the matched FGM-AT / PGN pair with the reference code's choices (one at a time, then both)
+        False  # retrain the matched FGM-AT / PGN pair with the reference code's choices (one at a time, then both)
     )
     reference_shift: float = 0.125  # the reference's random shift, as a fraction of the image size (4 of 32 pixels)
     n_examples: int = 6
@@ -1224,3 +1229,44 @@ def headline_metrics(results: dict[str, dict]) -> dict[str, float]:
         for name, r in results.items()
         for k, v in _headline_metrics(r).items()
     }
+
+
+def plan(cfg: Config) -> P.StagePlan:
+    """What this stage trains under ``cfg`` and its cost (:mod:`lib.plan`)."""
+    names = list(cfg.datasets)
+    plan = P.StagePlan("p2_pgn", cfg.profile, P.train_size(names[0], cfg.n_train, cfg.n_val))
+    both = 1 + (cfg.clean_weight > 0)
+    pgn = 1 + 1 + both  # gradient image, the generator's ascent, the classifier
+    for name in names:
+        n, width, epochs = P.train_size(name, cfg.n_train, cfg.n_val), cfg.width, cfg.epochs
+        runs = [("Baseline (clean)", 1, width, epochs), ("independent network (black-box source)", 1, width, epochs)]
+        runs += [(f"FGM-AT eps {eps:g}", 1 + both, width, epochs) for eps in cfg.at_eps]
+        runs += [(f"PGD-AT eps {eps:g}", cfg.pgd_train_steps + both, width, epochs) for eps in cfg.pgd_eps]
+        runs += [(f"PGN c_L {c_l:g}", pgn, width, epochs) for c_l in cfg.c_l]
+        runs += [
+            (f"PGN ablation: no {drop}", pgn, width, epochs) for drop in ("label", "image", "gradient") if cfg.ablation
+        ]
+        runs += [(f"PGN width x{m:g}", pgn, width * m, epochs) for m in cfg.capacity]
+        if cfg.reference_check:  # the matched pair retrained with the reference code's choices (eps / c_L: at run time)
+            runs += [("FGM-AT (reference: augment)", 1 + both, width, epochs)]
+            runs += [(f"PGN (reference: {tag})", pgn, width, epochs) for tag in ("augment", "leaky", "augment leaky")]
+        for desc, passes, w, e in runs:
+            plan.add(
+                f"{name} {desc}",
+                P.Model("convpool_cnn", P.shape_of(name), P.classes_of(name), (("width", w),)),
+                e,
+                n,
+                passes,
+                cfg.batch_size,
+            )
+        for _kind in ("FGM-AT", "PGD-AT"):  # Fig. 3: PGN attackers against two fixed classifiers (G alone learns)
+            for c_l in cfg.attack_c_l:
+                plan.add(
+                    f"PGN attacker c_L {c_l:g}",
+                    P.Model("convpool_cnn", P.shape_of(name), P.classes_of(name), (("width", width),)),
+                    cfg.attack_epochs,
+                    n,
+                    2,
+                    cfg.batch_size,
+                )
+    return plan

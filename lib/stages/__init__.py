@@ -1,0 +1,127 @@
+"""The registry: every stage of the pipeline (the papers in order, then compare).
+
+Read by the pipeline, the plan, the README, the bench, the dry run, the Makefile and the generator of
+``dvc.yaml`` (``python -m lib.stages --dvc``). A stage is four files and one line here:
+
+- ``lib/methods/<paper>.py``: the paper's algorithm (networks, perturbation source, update, attack);
+- ``lib/stages/<stage>.py``: the protocol: its ``Config`` (the one declaration of its parameters, defaults =
+  the paper's), ``plan(cfg)``, ``run``, tables, figures and claims;
+- ``notebooks/<stage>.ipynb``: the executed results section;
+- ``profiles/<stage>.yaml``: the values of its parameters per profile (smoke, cpu, paper).
+
+``dvc.yaml`` is generated from this registry (:mod:`lib.dvcfile`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from lib.errors import ConfigError
+from lib.runtime import REPO_ROOT
+
+
+@dataclass(frozen=True)
+class Table:
+    """A results table the README shows: its title, the table files tried in turn (first existing wins),
+    and the columns kept (a regex; None = all)."""
+
+    title: str
+    names: tuple[str, ...]
+    columns: str | None = None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: its name (= DVC stage = notebook = profiles file = stage module) and what the README shows."""
+
+    name: str
+    headline: Table
+    robustness: Table | None = None  # beside our PGD and AutoAttack
+    module: str = ""  # the stage module; default lib.stages.<name>
+    notebook: Path | None = None  # default notebooks/<name>.ipynb
+
+    def __post_init__(self):
+        object.__setattr__(self, "module", self.module or f"lib.stages.{self.name}")
+        object.__setattr__(self, "notebook", Path(self.notebook or REPO_ROOT / "notebooks" / f"{self.name}.ipynb"))
+
+    def load(self) -> ModuleType:
+        """The stage module (its ``Config``, ``plan``, ``run``, tables, figures and claims)."""
+        return importlib.import_module(self.module)
+
+
+P3_COLUMNS = r"^(defence|(MNIST|F-MNIST) (Original|BIM\(10\)) (paper|ours)|sec/epoch rel\. FGSM-Adv (paper|ours))$"
+P2_COLUMNS = r"^(defence|setting|attack|(W-box acc|mean L2|B-box acc|benign acc|cost vs Baseline) (paper|ours))$"
+
+_STAGES = [
+    Stage(
+        "p1_conv_generator_ensemble",
+        Table("p1 — Jung, conv-generator ensemble: Table 1 (training cost)", ("table1_time",)),
+        Table(
+            "p1 — accuracy (%) under AutoAttack-L2 (PGD-L2's table: `accuracy_pgd_l2.md`)", ("accuracy_autoattack_l2",)
+        ),
+    ),
+    Stage(
+        "p2_pgn",
+        Table(
+            "p2 — PGN: Table 3 layout (defence x attack; benign accuracies matched)",
+            ("table3_cifar10", "table2_cifar100", "table3_fashion_mnist_standin"),
+            P2_COLUMNS,
+        ),
+    ),
+    Stage(
+        "p3_single_step_reuse",
+        Table(
+            "p3 — Liu, Khalil, Khreishah, single-step reuse: Table I (accuracy %, BIM(10) columns)",
+            ("table1",),
+            P3_COLUMNS,
+        ),
+        Table("p3 — BIM, PGD and AutoAttack accuracy (%), the gradient-masking check", ("pgd_check",)),
+    ),
+    Stage(
+        "p4_resnet_transfer_augmentation",
+        Table("p4 — Ali, Raza, Gan, ResNet transfer augmentation: average gains", ("average_gains",)),
+        Table(
+            "p4 — Table 4 layout after retraining (proposed): FGSM, PGD and AutoAttack accuracy (%)",
+            ("table4_proposed",),
+        ),
+    ),
+    Stage(
+        "p5_mnist_gan",
+        Table("p5 — Xia & Liu, MNIST GAN perturbations: headline", ("headline",)),
+        Table("p5 — robustness of each classifier: FGSM, PGD, AutoAttack and G's images (%)", ("robustness",)),
+    ),
+    Stage("compare", Table("compare — all defences under one threat model: leaderboard", ("leaderboard",))),
+]
+STAGES: dict[str, Stage] = {s.name: s for s in _STAGES}
+
+
+def get(name: str) -> Stage:
+    """The registered stage ``name``; one clear error naming the known ones if there is none."""
+    if name not in STAGES:
+        raise ConfigError(f"unknown stage '{name}'; notebooks: {', '.join(sorted(STAGES))}")
+    return STAGES[name]
+
+
+def names() -> list[str]:
+    return list(STAGES)
+
+
+@contextmanager
+def registered(stage: Stage) -> Iterator[Stage]:
+    """``stage`` in the registry for the duration (a stage added at run time, e.g. by a test)."""
+    STAGES[stage.name] = stage
+    try:
+        yield stage
+    finally:
+        STAGES.pop(stage.name, None)
+
+
+def main() -> int:
+    """``python -m lib.stages``: the registered stages, one per line (the Makefile reads them)."""
+    print("\n".join(STAGES))
+    return 0
