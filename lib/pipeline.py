@@ -329,6 +329,30 @@ def _dry_run_setup(stage: str, params: dict, models_root: Path, batch_size: int 
     return data_dir
 
 
+def _run_notebook(source: Path, out: Path, injected: dict, roots: dict[str, Path]) -> None:
+    """Execute ``source`` into ``out`` with the ``injected`` parameters; a failing cell is one ConfigError."""
+    import papermill as pm
+
+    logging.getLogger("papermill").addFilter(_PARAMETER_GUESS)
+    try:
+        pm.execute_notebook(
+            str(source),
+            str(out),
+            parameters=injected,
+            cwd=str(REPO_ROOT),
+            kernel_name="python3",
+            progress_bar=False,
+            log_output=False,
+            kernel_manager_class=_kernel_manager_class(),
+            extra_arguments=["--IPKernelApp.log_level=CRITICAL"],  # the kernel's own log (transport, shutdown);
+            # what the notebook prints or warns is kept in the notebook's outputs
+        )
+    except pm.PapermillExecutionError as err:
+        raise environment_error_in(f"{err.evalue}", roots) or ConfigError(
+            f"notebook {source.name} failed: {err.ename}: {err.evalue}"
+        ) from None
+
+
 def _execute(
     stage: str,
     source: Path,
@@ -346,9 +370,6 @@ def _execute(
     if dry_run:
         data_dir = _dry_run_setup(stage, params, models_root, batch_size, examples)
     run_provenance = provenance(params)
-    import papermill as pm
-
-    logging.getLogger("papermill").addFilter(_PARAMETER_GUESS)
     tmp = final.with_name(f".{stage}.{os.getpid()}.tmp")
     injected = {  # the notebook's parameters cell (lib.params.INJECTED)
         "profile": params["profile"],
@@ -365,24 +386,9 @@ def _execute(
     try:
         tmp.mkdir()
         with _stoppable():
-            try:
-                pm.execute_notebook(
-                    str(source),
-                    str(tmp / f"{stage}.ipynb"),
-                    parameters=injected,
-                    cwd=str(REPO_ROOT),
-                    kernel_name="python3",
-                    progress_bar=False,
-                    log_output=False,
-                    kernel_manager_class=_kernel_manager_class(),
-                    extra_arguments=["--IPKernelApp.log_level=CRITICAL"],  # the kernel's own log (transport,
-                    # shutdown); what the notebook prints or warns is kept in the notebook's outputs
-                )
-            except pm.PapermillExecutionError as err:
-                roots = {"--results": final.parent, "--models": models_root}
-                raise environment_error_in(f"{err.evalue}", roots) or ConfigError(
-                    f"notebook {source.name} failed: {err.ename}: {err.evalue}"
-                ) from None
+            _run_notebook(
+                source, tmp / f"{stage}.ipynb", injected, {"--results": final.parent, "--models": models_root}
+            )
             _finish_notebook(tmp / f"{stage}.ipynb", source, final)
             _add_provenance(tmp, run_provenance)
             _add_training(

@@ -18,8 +18,6 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from lib import data as D
-from lib.attacks import threat
-from lib.attacks.common import eval_mode, loss_grad
 from lib.cache import cached
 from lib.errors import require
 from lib.evaluate import accuracy
@@ -58,43 +56,6 @@ class AttackSource(Clean):
 
     def __call__(self, model, x, y, idx):
         return self.attack(model, x, y, **self.params)
-
-
-class StoredPerturbation(Clean):
-    """Per-example perturbations carried across epochs: one signed step per example per epoch.
-
-    Each epoch an example's stored delta takes one step of ``step_size`` along the sign of the
-    loss gradient at ``x + delta`` and is projected to the L∞ ``eps``-ball and [0, 1]; every
-    ``reset_every`` epochs all deltas return to zero (Liu, Khalil, Khreishah).
-    """
-
-    def __init__(
-        self,
-        num_examples: int,
-        example_shape: tuple,
-        eps: float,
-        step_size: float,
-        reset_every: int,
-        norm: str = "linf",
-    ):
-        require(eps >= 0 and step_size >= 0, "eps and step_size must be >= 0")
-        require(reset_every >= 1, f"reset_every must be >= 1, got {reset_every}")
-        self.delta = torch.zeros(num_examples, *example_shape)
-        self.eps, self.step_size, self.reset_every = eps, step_size, reset_every
-        self.ball = threat(norm)
-
-    def start_epoch(self, epoch: int) -> None:
-        if epoch % self.reset_every == 0:
-            self.delta.zero_()
-
-    def __call__(self, model, x, y, idx):
-        if self.delta.device != x.device:  # the GPU path batches by index on the device
-            self.delta = self.delta.to(x.device)
-        start = x + self.delta[idx.to(self.delta.device)]
-        with eval_mode(model):
-            x_adv = self.ball.project(self.ball.step(start, loss_grad(model, start, y), self.step_size), x, self.eps)
-        self.delta[idx.to(self.delta.device)] = (x_adv - x).detach()
-        return x_adv.detach()
 
 
 class GeneratorSource(Clean):
@@ -241,6 +202,25 @@ def source_modules(source: Clean) -> dict[str, nn.Module]:
     return {f"source.{k}": v for k, v in vars(source).items() if isinstance(v, nn.Module)}
 
 
+def _loss(model: nn.Module, source: Clean, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, w: float):
+    """One batch's training loss: CE on the source's examples (weight 1 - ``w``) + CE on the clean ones (``w``)
+    + the source's extra term; returns (loss, clean logits, adversarial logits, adversarial labels)."""
+    x_adv, y_adv = _split_labels(source(model, x, y, idx), y)
+    model.train()
+    if x_adv is None:
+        logits_clean = model(x)
+        return F.cross_entropy(logits_clean, y), logits_clean, None, y_adv
+    logits_adv = model(x_adv if source.joint else x_adv.detach())
+    logits_clean = model(x) if w > 0 or source.needs_clean_logits else None
+    loss = (1 - w) * F.cross_entropy(logits_adv, y_adv)
+    if w > 0:
+        loss = loss + w * F.cross_entropy(logits_clean, y)
+    extra = source.extra_loss(logits_clean, logits_adv, y)
+    if extra is not None:
+        loss = loss + extra
+    return loss, logits_clean, logits_adv, y_adv
+
+
 def _train(model, loader, cfg: TrainConfig, source: Clean, ema, on_epoch_end, max_batches, desc) -> TrainResult:
     seed_everything(cfg.seed)
     dev = next(model.parameters()).device
@@ -266,21 +246,7 @@ def _train(model, loader, cfg: TrainConfig, source: Clean, ema, on_epoch_end, ma
             if cfg.augment is not None:
                 x = cfg.augment(x)
             with training_precision(dev):
-                x_adv, y_adv = _split_labels(source(model, x, y, idx), y)
-                model.train()
-                if x_adv is None:
-                    logits_clean, logits_adv = model(x), None
-                    loss = F.cross_entropy(logits_clean, y)
-                else:
-                    w = cfg.clean_weight
-                    logits_adv = model(x_adv if source.joint else x_adv.detach())
-                    logits_clean = model(x) if w > 0 or source.needs_clean_logits else None
-                    loss = (1 - w) * F.cross_entropy(logits_adv, y_adv)
-                    if w > 0:
-                        loss = loss + w * F.cross_entropy(logits_clean, y)
-                    extra = source.extra_loss(logits_clean, logits_adv, y)
-                    if extra is not None:
-                        loss = loss + extra
+                loss, logits_clean, logits_adv, y_adv = _loss(model, source, x, y, idx, cfg.clean_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import lib.data as D
 import lib.models as M
 from lib.errors import ConfigError
+from lib.methods import conv_generator_ensemble as method
 from lib.params import stage_config
 from lib.stages import p1_conv_generator_ensemble as p1
 from lib.train import TrainConfig, train
@@ -20,10 +21,10 @@ def _config(profile: str, **override) -> p1.Config:
     return stage_config("p1_conv_generator_ensemble", profile, **override)
 
 
-@pytest.mark.parametrize("assignment", p1.ASSIGNMENTS)
+@pytest.mark.parametrize("assignment", method.ASSIGNMENTS)
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
 def test_samples_stay_within_s_of_x_and_inside_the_pixel_range(assignment, shape):
-    ens = p1.GeneratorEnsemble(shape[0], k=5, s=0.1, depth=3, width=4, assignment=assignment)
+    ens = method.GeneratorEnsemble(shape[0], k=5, s=0.1, depth=3, width=4, assignment=assignment)
     with torch.no_grad():
         for p in ens.parameters():  # large weights: phi(x) far outside the box, which must still hold
             p.mul_(30)
@@ -37,7 +38,7 @@ def test_samples_stay_within_s_of_x_and_inside_the_pixel_range(assignment, shape
 
 
 def test_split_uses_each_generator_and_keeps_samples_aligned():
-    ens = p1.GeneratorEnsemble(1, k=4, s=0.5, depth=2, width=4)
+    ens = method.GeneratorEnsemble(1, k=4, s=0.5, depth=2, width=4)
     x = torch.rand(8, 1, 6, 6)
     every = ens.all_samples(x)  # [K, N, ...]
     torch.manual_seed(0)
@@ -51,7 +52,7 @@ def test_split_uses_each_generator_and_keeps_samples_aligned():
 def test_generators_ascend_the_loss_with_the_classifier_fixed():
     torch.manual_seed(0)
     model = M.build("resnet20", (1, 28, 28), 10, seed=0).eval()
-    ens = p1.GeneratorEnsemble(1, k=4, s=0.2, depth=2, width=4)
+    ens = method.GeneratorEnsemble(1, k=4, s=0.2, depth=2, width=4)
     x, y = torch.rand(16, 1, 28, 28), torch.arange(16) % 10
 
     def loss():
@@ -60,7 +61,7 @@ def test_generators_ascend_the_loss_with_the_classifier_fixed():
             return F.cross_entropy(model(out), y[idx])
 
     before, weights = loss(), copy.deepcopy(model.state_dict())
-    src = p1.EnsembleSource(ens, lr=0.05, momentum=0.0)
+    src = method.EnsembleSource(ens, lr=0.05, momentum=0.0)
     for _ in range(3):
         x_adv, y_adv = src(model, x, y, None)
         F.cross_entropy(model(x_adv), y_adv).backward()
@@ -73,7 +74,7 @@ def test_generators_ascend_the_loss_with_the_classifier_fixed():
 def test_all_assignment_trains_through_the_shared_loop():
     model = M.build("resnet20", (1, 28, 28), 10, seed=0)
     split = D.Split(torch.randint(0, 256, (16, 1, 28, 28), dtype=torch.uint8), torch.arange(16) % 10)
-    src = p1.EnsembleSource(p1.GeneratorEnsemble(1, k=3, s=0.2, assignment="all"), 0.01, 0.0)
+    src = method.EnsembleSource(method.GeneratorEnsemble(1, k=3, s=0.2, assignment="all"), 0.01, 0.0)
     res = train(model, D.loader(split, 8, True, with_index=True), TrainConfig(epochs=1, optimizer="sgd"), src)
     assert 0 <= res.history[0]["train_acc"] <= 1
 

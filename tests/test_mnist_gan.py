@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import lib.data as D
 import lib.models as M
 from lib.errors import ConfigError
+from lib.methods import mnist_gan as method
 from lib.params import stage_config
 from lib.stages import p5_mnist_gan as p5
 
@@ -19,7 +20,7 @@ def _config(profile: str, **override) -> p5.Config:
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
 def test_generator_is_linf_bounded_and_keeps_images_valid(shape):
-    G = p5.PerturbationGenerator(shape, eps=0.05, width=4)
+    G = method.PerturbationGenerator(shape, eps=0.05, width=4)
     with torch.no_grad():
         for p in G.parameters():  # large weights saturate tanh: the bound must still hold
             p.mul_(50)
@@ -34,9 +35,9 @@ def test_generator_step_ascends_the_loss_and_leaves_the_classifier_alone():
     torch.manual_seed(0)
     d = M.build("tanh_cnn", (1, 28, 28), 10, seed=0).eval()
     d_before = [p.clone() for p in d.parameters()]
-    G = p5.PerturbationGenerator((1, 28, 28), eps=0.1, width=4)
+    G = method.PerturbationGenerator((1, 28, 28), eps=0.1, width=4)
     x, y = torch.rand(32, 1, 28, 28), torch.arange(32) % 10
-    opt = p5.generator_optimizer(G, "sgd", 0.05)
+    opt = method.generator_optimizer(G, "sgd", 0.05)
     G.train()
 
     def loss():
@@ -45,7 +46,7 @@ def test_generator_step_ascends_the_loss_and_leaves_the_classifier_alone():
 
     before = loss()
     for _ in range(3):
-        p5.generator_step(G, d, x, y, opt)
+        method.generator_step(G, d, x, y, opt)
     assert loss() > before
     assert all(torch.equal(a, b) for a, b in zip(d_before, d.parameters()))
     assert all(p.requires_grad for p in d.parameters())
@@ -53,8 +54,8 @@ def test_generator_step_ascends_the_loss_and_leaves_the_classifier_alone():
 
 def test_alternating_source_returns_bounded_detached_images():
     d = M.build("tanh_cnn", (1, 28, 28), 10, seed=0)
-    G = p5.PerturbationGenerator((1, 28, 28), eps=0.2, width=4)
-    src = p5.AlternatingGenerator(G, p5.generator_optimizer(G, "adam", 1e-3))
+    G = method.PerturbationGenerator((1, 28, 28), eps=0.2, width=4)
+    src = method.AlternatingGenerator(G, method.generator_optimizer(G, "adam", 1e-3))
     x, y = torch.rand(8, 1, 28, 28), torch.arange(8)
     x_adv = src(d, x, y, torch.arange(8))
     assert not x_adv.requires_grad and (x_adv - x).abs().max() <= 0.2 + 1e-6
@@ -64,10 +65,10 @@ def test_normalized_intensity_is_a_multiple_of_the_pixel_std():
     split = D.Split(
         torch.tensor([[[[0, 255]]]], dtype=torch.uint8).repeat(4, 1, 1, 1), torch.zeros(4, dtype=torch.long)
     )
-    std = p5.pixel_std(split)
+    std = method.pixel_std(split)
     assert std == pytest.approx(0.5345, abs=1e-3)  # unbiased std of {0, 1, 0, 1, ...} over 8 pixels
-    assert p5.pixel_eps(0.3, std, "normalized") == pytest.approx(0.3 * std)
-    assert p5.pixel_eps(0.3, std, "pixel") == 0.3
+    assert method.pixel_eps(0.3, std, "normalized") == pytest.approx(0.3 * std)
+    assert method.pixel_eps(0.3, std, "pixel") == 0.3
 
 
 def test_paper_profile_is_the_papers_setting():
@@ -139,8 +140,8 @@ def test_claims_are_not_testable_exactly_when_a_gate_fails():
 def test_clamped_output_saturates_at_the_budget_where_the_scaled_one_does_not():
     torch.manual_seed(0)
     scaled, clamped = (
-        p5.PerturbationGenerator((1, 28, 28), 0.1),
-        p5.PerturbationGenerator((1, 28, 28), 0.1, output="clamp"),
+        method.PerturbationGenerator((1, 28, 28), 0.1),
+        method.PerturbationGenerator((1, 28, 28), 0.1, output="clamp"),
     )
     clamped.load_state_dict(scaled.state_dict())
     x = torch.rand(4, 1, 28, 28)
@@ -152,7 +153,7 @@ def test_clamped_output_saturates_at_the_budget_where_the_scaled_one_does_not():
         b.abs().max() <= 0.1 + 1e-7 and (b.abs() >= 0.1 - 1e-7).float().mean() >= (a.abs() >= 0.1 - 1e-7).float().mean()
     )
     with pytest.raises(ConfigError, match="output must be one of"):
-        p5.PerturbationGenerator((1, 28, 28), 0.1, output="sigmoid")
+        method.PerturbationGenerator((1, 28, 28), 0.1, output="sigmoid")
 
 
 def test_budget_use_on_hand_cases():

@@ -9,22 +9,23 @@ import torch.nn.functional as F
 import lib.data as D
 import lib.models as M
 from lib.errors import ConfigError
+from lib.methods import pgn as method
 from lib.params import stage_config
 from lib.stages import p2_pgn as pgn
 from lib.train import TrainConfig, train
 
 
 @pytest.mark.parametrize("shape,classes", [((1, 28, 28), 10), ((3, 32, 32), 100)])
-@pytest.mark.parametrize("use", [pgn.INPUTS, ("label", "image"), ("image", "gradient"), ("label", "gradient")])
+@pytest.mark.parametrize("use", [method.INPUTS, ("label", "image"), ("image", "gradient"), ("label", "gradient")])
 def test_generator_output_has_the_input_shape(shape, classes, use):
-    g = pgn.PGNGenerator(shape, classes, width=8, dense=16, use=use)
+    g = method.PGNGenerator(shape, classes, width=8, dense=16, use=use)
     x = torch.rand(3, *shape)
     assert g(torch.randn_like(x), x, torch.tensor([0, 1, classes - 1])).shape == x.shape
 
 
 def test_dropped_input_is_ignored():
     torch.manual_seed(0)
-    g = pgn.PGNGenerator((1, 28, 28), 10, width=8, dense=16, use=("label", "image"))
+    g = method.PGNGenerator((1, 28, 28), 10, width=8, dense=16, use=("label", "image"))
     x, y = torch.rand(2, 1, 28, 28), torch.tensor([3, 4])
     assert torch.equal(g(torch.randn_like(x), x, y), g(torch.randn_like(x), x, y))
 
@@ -33,8 +34,8 @@ def test_tanh_space_image_stays_in_range_and_is_identity_at_zero():
     x = torch.rand(4, 3, 8, 8)
     x[0] = 0.0
     x[1] = 1.0
-    assert torch.allclose(pgn.tanh_space(x, torch.zeros_like(x)), x, atol=1e-5)
-    big = pgn.tanh_space(x, 100 * torch.randn_like(x))
+    assert torch.allclose(method.tanh_space(x, torch.zeros_like(x)), x, atol=1e-5)
+    big = method.tanh_space(x, 100 * torch.randn_like(x))
     assert big.min() >= 0 and big.max() <= 1 and torch.isfinite(big).all()
 
 
@@ -46,17 +47,17 @@ def test_gradient_input_is_the_true_label_probability_gradient():
     p = F.softmax(model(x), 1)
     # d p_y / d x = p_y * (w_y - sum_j p_j w_j), per sample, reshaped like x
     expected = (p.gather(1, y[:, None]) * (w[y] - p @ w)).view_as(x)
-    assert torch.allclose(pgn.gradient_image(model, x, y, "sum"), expected, atol=1e-6)
-    assert torch.allclose(pgn.gradient_image(model, x, y, "mean"), expected / 5, atol=1e-6)
+    assert torch.allclose(method.gradient_image(model, x, y, "sum"), expected, atol=1e-6)
+    assert torch.allclose(method.gradient_image(model, x, y, "mean"), expected / 5, atol=1e-6)
     assert all(p.grad is None for p in model.parameters())
 
 
 def test_minimax_step_trains_the_classifier_and_the_generator_ascends(synthetic):
     ds = synthetic("mnist", (1, 28, 28), 32)
     model = M.build("convpool_cnn", ds.shape, 10, width=0.125)
-    g = pgn.PGNGenerator(ds.shape, 10, width=8, dense=16)
+    g = method.PGNGenerator(ds.shape, 10, width=8, dense=16)
     before = [p.clone() for p in g.parameters()]
-    src = pgn.PGNSource(g, c_l=1.0, lr=1e-3)
+    src = method.PGNSource(g, c_l=1.0, lr=1e-3)
     train(model, D.loader(ds.train, 16, True, with_index=True), TrainConfig(epochs=1, lr=1e-3), src)
     assert any(not torch.equal(a, b) for a, b in zip(before, g.parameters()))
     assert src.penalty is not None and src.penalty >= 0
@@ -81,20 +82,20 @@ def test_ablation_verdict_needs_the_largest_and_a_meaningful_drop(drops, held):
 def test_bad_generator_arguments_are_rejected(bad):
     kw = {"in_shape": (1, 28, 28), "num_classes": 10, **bad}
     with pytest.raises(ConfigError):
-        pgn.PGNGenerator(**kw)
+        method.PGNGenerator(**kw)
 
 
 def test_generator_ascends_loss_minus_penalty_with_the_classifier_fixed():
     torch.manual_seed(0)
     model = M.build("convpool_cnn", (1, 28, 28), 10, width=0.125).eval()
-    g = pgn.PGNGenerator((1, 28, 28), 10, width=8, dense=16)
-    src = pgn.PGNSource(g, c_l=0.1, lr=1e-3)
+    g = method.PGNGenerator((1, 28, 28), 10, width=8, dense=16)
+    src = method.PGNSource(g, c_l=0.1, lr=1e-3)
     x, y = torch.rand(16, 1, 28, 28), torch.arange(16) % 10
 
     def objective():
-        grad = pgn.gradient_image(model, x, y)  # needs autograd itself, so outside no_grad
+        grad = method.gradient_image(model, x, y)  # needs autograd itself, so outside no_grad
         with torch.no_grad():
-            x_adv = pgn.tanh_space(x, g(grad, x, y))
+            x_adv = method.tanh_space(x, g(grad, x, y))
             return F.cross_entropy(model(x_adv), y) - 0.1 * (x_adv - x).flatten(1).pow(2).sum(1).mean()
 
     before = objective()
@@ -117,11 +118,11 @@ def test_attacker_ascends_against_a_fixed_classifier_and_leaves_it_unchanged(syn
     x, y = D.tensors(ds.test)
 
     def loss(g):
-        return F.cross_entropy(model(pgn.pgn_attack(model, x, y, g)), y)
+        return F.cross_entropy(model(method.pgn_attack(model, x, y, g)), y)
 
-    g = pgn.PGNGenerator(ds.shape, 10, width=8, dense=16)
+    g = method.PGNGenerator(ds.shape, 10, width=8, dense=16)
     before = loss(g)
-    pgn.train_attacker(g, model, D.loader(ds.train, 16, True), c_l=0.0, lr=1e-3, epochs=3)
+    method.train_attacker(g, model, D.loader(ds.train, 16, True), c_l=0.0, lr=1e-3, epochs=3)
     assert loss(g) > before
     assert all(torch.equal(a, b) for a, b in zip(frozen, model.parameters())) and all(
         p.grad is None for p in model.parameters()
@@ -159,14 +160,14 @@ def test_cpu_profile_checks_the_reference_choices_from_the_papers_protocol():
 
 
 def test_leaky_generator_is_he_initialised_and_leaky():
-    g = pgn.PGNGenerator((1, 28, 28), 10, width=32, dense=64, leaky=True)
+    g = method.PGNGenerator((1, 28, 28), 10, width=32, dense=64, leaky=True)
     fan_in = g.up3.weight.shape[1] * 9  # ConvTranspose2d: (in, out, k, k); fan_in = out * k * k, as TF's
     assert abs(g.up3.weight.std().item() - (2 / fan_in) ** 0.5) < 0.15 * (2 / fan_in) ** 0.5 and torch.all(
         g.up3.bias == 0
     )
     z = torch.tensor([-1.0, 2.0])
     assert torch.equal(g._act(z), torch.tensor([-0.2, 2.0])) and torch.equal(
-        pgn.PGNGenerator((1, 28, 28), 10, 8, 16)._act(z), torch.tensor([0.0, 2.0])
+        method.PGNGenerator((1, 28, 28), 10, 8, 16)._act(z), torch.tensor([0.0, 2.0])
     )
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lib.errors import ConfigError
+from lib.methods import single_step_reuse as method
 from lib.params import stage_config
 from lib.stages import p3_single_step_reuse as p3
 
@@ -22,7 +23,7 @@ def test_paper_profile_is_the_papers_setting():
 
 
 def test_atda_loss_is_finite_and_differentiable():
-    src = p3.ATDASource(0.3, 10, 1 / 3, 1 / 3, 1.0, 0.9)
+    src = method.ATDASource(0.3, 10, 1 / 3, 1 / 3, 1.0, 0.9)
     clean = torch.randn(32, 10, requires_grad=True)
     adv = torch.randn(32, 10, requires_grad=True)
     loss = src.extra_loss(clean, adv, torch.arange(32) % 10)

@@ -9,11 +9,11 @@ import lib.attacks as A
 import lib.data as D
 import lib.models as M
 from lib.errors import ConfigError
+from lib.methods.single_step_reuse import StoredPerturbation
 from lib.train import (
     AttackSource,
     EarlyStopping,
     GeneratorSource,
-    StoredPerturbation,
     TrainConfig,
     Validation,
     train,

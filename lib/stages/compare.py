@@ -36,16 +36,18 @@ from lib.evaluate import (
     relative_cost,
     rho_stats,
 )
+from lib.methods import conv_generator_ensemble as p1
+from lib.methods import mnist_gan as p5
+from lib.methods import pgn as p2
+from lib.methods import resnet_transfer_augmentation as p4
+from lib.methods import single_step_reuse as p3
 from lib.report import evaluation
 from lib.runtime import device, seed_everything
-from lib.stages import p1_conv_generator_ensemble as p1
-from lib.stages import p2_pgn as p2
-from lib.stages import p4_resnet_transfer_augmentation as p4
-from lib.stages import p5_mnist_gan as p5
+from lib.stages.p2_pgn import perturbation_ratio
+from lib.stages.p3_single_step_reuse import past_one_reset
 from lib.train import (
     AttackSource,
     Clean,
-    StoredPerturbation,
     TrainConfig,
     TrainResult,
     Validation,
@@ -216,7 +218,7 @@ def _new_source(defence: str, value, ds: D.Dataset, train_split: D.Split, cfg: C
                 p2.PGNGenerator(shape, k, cfg.gen_width, cfg.gen_dense).to(device()), c_l=value, lr=cfg.lr
             )
         if defence == "p3_single_step_reuse":
-            return StoredPerturbation(len(train_split), shape, value, value * cfg.step_fraction, cfg.reset_every)
+            return p3.StoredPerturbation(len(train_split), shape, value, value * cfg.step_fraction, cfg.reset_every)
         if defence == "p5_alternating_gan":
             g = p5.PerturbationGenerator(shape, value, cfg.p5_width).to(device())
             return p5.AlternatingGenerator(g, p5.generator_optimizer(g, "adam", cfg.lr))
@@ -257,9 +259,7 @@ def fit(
     seed = cfg.seed if seed is None else seed
     split = train_split
     if defence == "p4_transfer_augmentation":
-        split = p4.adversarial_training_set(
-            source_model, train_split, p4.Config(eps=[value], source_arch="the clean model", seed=cfg.seed)
-        )
+        split = p4.adversarial_training_set(source_model, train_split, [value], cfg.seed, "the clean model")
     model = build_model(ds, cfg, seed)
     tc = TrainConfig(
         epochs=cfg.epochs,
@@ -629,24 +629,11 @@ def defence_gates(r: dict, defence: str, cfg: Config) -> list[C.Gate]:
         ),
     ]
     if defence == "p3_single_step_reuse":
-        gates.append(
-            C.at_least(
-                f"{DEFENCES[defence][0]}'s epochs past one reset period ({cfg.reset_every} epochs; epochs trained)",
-                len(t.result.history),
-                cfg.reset_every + 1,
-            )
-        )
+        gates.append(past_one_reset(DEFENCES[defence][0], t.result.history, cfg.reset_every))
     if defence == "p2_pgn" and r.get("perturbation_l2"):
         l2 = r["perturbation_l2"]
         ratio = l2["p2_pgn"] / l2["fgsm_at"]
-        gates.append(
-            C.Gate(
-                f"PGN's mean L2 perturbation over FGSM-AT's (eps {r['chosen']['fgsm_at'].value:g} L∞; within 2x either way)",
-                ratio,
-                C.PERTURBATION_RATIO,
-                bool(1 / C.PERTURBATION_RATIO <= ratio <= C.PERTURBATION_RATIO),
-            )
-        )
+        gates.append(perturbation_ratio("FGSM-AT's", ratio, f"eps {r['chosen']['fgsm_at'].value:g} L∞"))
     return gates
 
 

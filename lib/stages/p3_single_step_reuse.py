@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 import lib.data as D
 import lib.models as M
@@ -23,12 +22,12 @@ from lib import attacks as A
 from lib import claims as C
 from lib.errors import require
 from lib.evaluate import accuracy, accuracy_per_iteration, relative_cost, robust_accuracy
+from lib.methods.single_step_reuse import ATDASource, StoredPerturbation
 from lib.report import comparison, evaluation, widen
 from lib.runtime import device, seed_everything
 from lib.train import (
     AttackSource,
     Clean,
-    StoredPerturbation,
     TrainConfig,
     TrainResult,
     Validation,
@@ -117,54 +116,6 @@ class Config:
         return TrainConfig(
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, clean_weight=self.clean_weight, seed=self.seed
         )
-
-
-class ATDASource(AttackSource):
-    """ATDA (Song et al. 2019): FGSM adversarial training plus domain adaptation on the logits.
-
-    Unsupervised: CORAL (covariance) + mean alignment between clean and adversarial logits, both
-    L1 and divided by the class count. Supervised: a margin loss pulling each logit vector (clean
-    and adversarial) to its class centre and away from the nearest other centre (L1 distances);
-    centres are a running mean of clean logits. Weights and margin are parameters (our choice
-    where the papers leave them open).
-    """
-
-    needs_clean_logits = True
-
-    def __init__(
-        self, eps: float, num_classes: int, lambda_uda: float, lambda_sda: float, margin: float, momentum: float
-    ):
-        super().__init__(A.fgsm, eps=eps)
-        self.lambda_uda, self.lambda_sda, self.margin, self.momentum = lambda_uda, lambda_sda, margin, momentum
-        self.centers: torch.Tensor | None = None
-        self.k = num_classes
-
-    def _update_centers(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        onehot = F.one_hot(y, self.k).float()
-        counts = onehot.sum(0)
-        means = (onehot.T @ logits.detach()) / counts.clamp(min=1)[:, None]
-        if self.centers is None:
-            self.centers = means
-        present = (counts > 0)[:, None]
-        self.centers = torch.where(present, self.momentum * self.centers + (1 - self.momentum) * means, self.centers)
-        return self.centers
-
-    def extra_loss(self, logits_clean, logits_adv, y):
-        def cov(z):
-            zc = z - z.mean(0, keepdim=True)
-            return zc.T @ zc / max(len(z) - 1, 1)
-
-        uda = (
-            (cov(logits_clean) - cov(logits_adv)).abs().sum() + (logits_clean.mean(0) - logits_adv.mean(0)).abs().sum()
-        ) / self.k
-        centers = self._update_centers(logits_clean, y)
-        z = torch.cat([logits_clean, logits_adv])
-        yy = torch.cat([y, y])
-        dist = torch.cdist(z, centers, p=1)  # [2N, k]
-        own = dist.gather(1, yy[:, None]).squeeze(1)
-        other = dist.scatter(1, yy[:, None], float("inf")).amin(1)
-        sda = (own - other + self.margin).clamp(min=0).mean()
-        return self.lambda_uda * uda + self.lambda_sda * sda
 
 
 def make_source(defence: str, eps: float, num_examples: int, shape: tuple, num_classes: int, cfg: Config) -> Clean:
@@ -433,14 +384,15 @@ def defence_gates(dataset: str, r: dict, defences, cfg: Config) -> list[C.Gate]:
         paper = PAPER_TABLE1.get(d, {}).get(pk, (None,))[0]
         gates.append(C.clean_accuracy(LABELS[d], 100 * r[d]["original"], paper, label, stand_in=paper is None))
     if "proposed" in defences:
-        gates.append(
-            C.at_least(
-                f"Proposed's epochs past one reset period ({cfg.reset_every} epochs; epochs trained)",
-                len(r["proposed"]["history"]),
-                cfg.reset_every + 1,
-            )
-        )
+        gates.append(past_one_reset("Proposed", r["proposed"]["history"], cfg.reset_every))
     return gates
+
+
+def past_one_reset(model: str, history: list, reset_every: int) -> C.Gate:
+    """The method's mechanism ran: trained past one reset of its stored perturbations (compare uses it too)."""
+    return C.at_least(
+        f"{model}'s epochs past one reset period ({reset_every} epochs; epochs trained)", len(history), reset_every + 1
+    )
 
 
 def claims(results: dict[str, dict], cfg: Config) -> list[C.Claim]:

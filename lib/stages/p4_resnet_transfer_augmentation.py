@@ -26,7 +26,8 @@ from lib import attacks as A
 from lib import claims as C
 from lib.augment import Conventional
 from lib.errors import require
-from lib.evaluate import accuracy, adversarial_examples, robust_accuracy
+from lib.evaluate import accuracy, robust_accuracy
+from lib.methods.resnet_transfer_augmentation import adversarial_training_set
 from lib.report import comparison, evaluation
 from lib.runtime import device, seed_everything
 from lib.train import EarlyStopping, TrainConfig, TrainResult, train
@@ -187,15 +188,6 @@ def fit(
     return model, result, stopper
 
 
-def adversarial_training_set(source: torch.nn.Module, train_split: D.Split, cfg: Config) -> D.Split:
-    """Clean training images plus ``source``'s FGSM examples at every eps, balanced by undersampling."""
-    x, y = D.tensors(train_split)
-    xs = [x] + [
-        adversarial_examples(source, x, y, A.fgsm, eps=e, desc=f"FGSM {e:g} on {cfg.source_arch}") for e in cfg.eps
-    ]
-    return D.Split(*D.undersample(torch.cat(xs), y.repeat(len(xs)), cfg.seed))
-
-
 def balanced(train_split: D.Split, cfg: Config) -> D.Split:
     """The clean training set balanced by undersampling (the ablation's training set)."""
     return D.Split(*D.undersample(train_split.x, train_split.y, cfg.seed))
@@ -237,7 +229,7 @@ def run_dataset(name: str, cfg: Config, data_dir) -> dict:
     test = D.tensors(test_split)
     out: dict = {"samples": {"train": len(train_split), "val": len(val), "test": len(test_split)}, "source": ds.source}
     before = {a: fit(a, ds, train_split, val, cfg, desc=f"{name} {a} before") for a in cfg.archs}
-    augmented = adversarial_training_set(before[cfg.source_arch][0], train_split, cfg)
+    augmented = adversarial_training_set(before[cfg.source_arch][0], train_split, cfg.eps, cfg.seed, cfg.source_arch)
     plain = balanced(train_split, cfg)
     out["samples"] |= {"train (proposed, balanced)": len(augmented), "train (augmentation only, balanced)": len(plain)}
     trained = {
