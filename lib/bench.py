@@ -27,6 +27,7 @@ import lib.attacks as A
 import lib.data as D
 import lib.models as M
 from lib import plan as P
+from lib import stages
 from lib.crosscheck import foolbox_attack
 from lib.report import ResultsWriter
 from lib.runtime import REPO_ROOT, Acceleration, device, device_name, seed_everything, synchronize
@@ -179,9 +180,9 @@ def throughput(profile: str) -> pd.DataFrame:
             kinds.setdefault((m.model, m.batch_size), []).append(plan.stage)
     gpu = device().type == "cuda"
     rows = []
-    for (model, batch), stages in kinds.items():
+    for (model, batch), users in kinds.items():
         fast = training_throughput(model, batch)
-        row = {"model": model.label(), "batch": batch, "stages": ", ".join(sorted(set(stages))), "images/s": fast}
+        row = {"model": model.label(), "batch": batch, "stages": ", ".join(sorted(set(users))), "images/s": fast}
         if gpu:
             row["images/s, GPU path off"] = slow = training_throughput(model, batch, fast=False)
             row["speed-up"] = fast / slow
@@ -250,7 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("parts", nargs="*", help=f"any of {', '.join(PARTS)} (default: all)")
     ap.add_argument("--profile", default="cpu", help="throughput and store: the profile (default cpu)")
-    ap.add_argument("--stage", default="p5_mnist_gan", help="store: the stage run twice (default p5_mnist_gan)")
+    ap.add_argument(
+        "--stage",
+        default="p5_mnist_gan",
+        choices=stages.names(),
+        help="store: the stage run twice (default p5_mnist_gan)",
+    )
     args = ap.parse_args(argv)
     if unknown := set(args.parts) - set(PARTS):
         ap.error(f"unknown part(s) {', '.join(sorted(unknown))}; parts: {', '.join(PARTS)}")
