@@ -73,6 +73,7 @@ class StageRun:
         """The effective configuration of this run as one compact table (``per_row`` parameter | value pairs a row)."""
         items = [("profile", self.profile), *sorted(method_params(self.settings).items())]
         items += [(k, self.settings[k]) for k in RUN_SETTINGS]
+        items = [(k, "null" if v is None else str(v)) for k, v in items]  # as profiles/<stage>.yaml writes them
         rows = [items[i : i + per_row] for i in range(0, len(items), per_row)]
         return pd.DataFrame(
             [

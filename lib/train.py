@@ -221,6 +221,18 @@ def _loss(model: nn.Module, source: Clean, x: torch.Tensor, y: torch.Tensor, idx
     return loss, logits_clean, logits_adv, y_adv
 
 
+def _update(source: Clean, model: nn.Module, opt: torch.optim.Optimizer, x, y, idx, cfg: TrainConfig) -> tuple:
+    """One batch: the classifier's loss on the source's examples (:func:`_loss`), its descent step, then the
+    source's own step. Returns (loss, clean logits, adversarial logits, adversarial labels)."""
+    with training_precision(x.device):
+        out = _loss(model, source, x, y, idx, cfg.clean_weight)
+    opt.zero_grad(set_to_none=True)
+    out[0].backward()
+    opt.step()
+    source.step()
+    return out
+
+
 def _train(model, loader, cfg: TrainConfig, source: Clean, ema, on_epoch_end, max_batches, desc) -> TrainResult:
     seed_everything(cfg.seed)
     dev = next(model.parameters()).device
@@ -245,12 +257,11 @@ def _train(model, loader, cfg: TrainConfig, source: Clean, ema, on_epoch_end, ma
                 x = x.contiguous(memory_format=torch.channels_last)
             if cfg.augment is not None:
                 x = cfg.augment(x)
-            with training_precision(dev):
-                loss, logits_clean, logits_adv, y_adv = _loss(model, source, x, y, idx, cfg.clean_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            source.step()
+            game = getattr(source, "update", None)  # a source whose training is a game of its own (PGN's min-max)
+            step = (
+                game(model, opt, x, y, idx, cfg.clean_weight) if game else _update(source, model, opt, x, y, idx, cfg)
+            )
+            loss, logits_clean, logits_adv, y_adv = step
             if ema is not None:
                 ema.update_parameters(model)
             with torch.no_grad():

@@ -17,7 +17,7 @@ from lib.attacks import eval_mode
 from lib.cache import cached
 from lib.errors import require
 from lib.runtime import Acceleration, DryRun, progress
-from lib.train import GeneratorSource, training_precision
+from lib.train import Clean, training_precision
 
 INPUTS = ("label", "image", "gradient")
 ATANH_CLAMP = 1 - 1e-6
@@ -104,27 +104,53 @@ def gradient_image(model: nn.Module, x: torch.Tensor, y: torch.Tensor, reduction
     return grad.detach()
 
 
-class PGNSource(GeneratorSource):
-    """PGN as a training source: x_adv from G each batch; the c_L penalty enters as the extra loss term.
-
-    The classifier trains on x_adv only (the reference code; ``clean_weight`` 0), so no clean logits are computed.
-    """
+class PGNSource(Clean):
+    """PGN trained jointly with the classifier, as a source of :func:`lib.train.train`: each batch is one
+    :func:`minmax_step` (the classifier trains on G's images only in the reference code: ``clean_weight`` 0)."""
 
     def __init__(self, generator: PGNGenerator, c_l: float, lr: float, reduction: str = "mean"):
         require(c_l >= 0, f"c_L must be >= 0, got {c_l}")
         self.generator, self.c_l, self.reduction = generator, c_l, reduction
-        self.penalty: torch.Tensor | None = None
+        self.optimizer = torch.optim.Adam(generator.parameters(), lr=lr, maximize=True)
 
-        def make_adv(model, x, y):
-            x_adv = tanh_space(x, generator(gradient_image(model, x, y, reduction), x, y))
-            self.penalty = (x_adv - x).flatten(1).pow(2).sum(1).mean()
-            return x_adv
+    def update(self, model: nn.Module, opt: torch.optim.Optimizer, x, y, idx, clean_weight: float) -> tuple:
+        return minmax_step(model, self.generator, opt, self.optimizer, x, y, self.c_l, clean_weight, self.reduction)
 
-        super().__init__(make_adv, torch.optim.Adam(generator.parameters(), lr=lr, maximize=True))
 
-    def extra_loss(self, logits_clean, logits_adv, y):
-        """-c_L ||delta||^2: zero gradient for the classifier; G, which ascends, is pulled towards small perturbations."""
-        return -self.c_l * self.penalty
+def minmax_step(
+    classifier: nn.Module,
+    generator: PGNGenerator,
+    classifier_opt: torch.optim.Optimizer,
+    generator_opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    c_l: float,
+    clean_weight: float = 0.0,
+    reduction: str = "mean",
+) -> tuple:
+    """One batch of PGN's min-max game, both players on one objective from one backward pass:
+
+        L = (1 - w) CE(F(x_adv), y) + w CE(F(x), y) - c_L ||x_adv - x||^2,   x_adv = tanh-space(x, G(grad, x, y))
+
+    the classifier F descends L (the penalty has no gradient in its weights), G ascends it (``generator_opt``
+    is built with ``maximize=True``). Returns (L, clean logits, adversarial logits, labels) for the loop's
+    bookkeeping."""
+    with training_precision(x.device):
+        generator_opt.zero_grad(set_to_none=True)
+        x_adv = tanh_space(x, generator(gradient_image(classifier, x, y, reduction), x, y))
+        penalty = _squared_norm(x_adv, x)
+        classifier.train()
+        logits_adv = classifier(x_adv)
+        logits_clean = classifier(x) if clean_weight > 0 else None
+        loss = (1 - clean_weight) * F.cross_entropy(logits_adv, y)
+        if clean_weight > 0:
+            loss = loss + clean_weight * F.cross_entropy(logits_clean, y)
+        loss = loss + -c_l * penalty
+    classifier_opt.zero_grad(set_to_none=True)
+    loss.backward()
+    classifier_opt.step()  # F: minimises L
+    generator_opt.step()  # G: maximises L
+    return loss, logits_clean, logits_adv, y
 
 
 def _squared_norm(x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
