@@ -22,7 +22,9 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,6 +88,9 @@ def _kernel_manager_class():
     class IPCKernelManager(AsyncKernelManager):
         def __init__(self, **kwargs):
             super().__init__(transport="ipc", **kwargs)
+            # sockets of this run's own: by default they are kernel-ipc-1..5 in the working directory, and two
+            # stages started at once in one checkout picked the same ones (the second kernel died at start)
+            self.ip = str(Path(tempfile.gettempdir()) / f"lib-kernel-{uuid.uuid4().hex[:12]}-ipc")
 
     return IPCKernelManager
 

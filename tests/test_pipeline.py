@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -167,3 +168,35 @@ def test_lib_and_tests_are_ruff_clean():
     assert ruff, "ruff is part of the dev extra"
     out = subprocess.run([ruff, "check", "lib", "tests"], capture_output=True, text=True, cwd=REPO_ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_two_kernels_started_at_once_in_one_folder_both_start(tmp_path, monkeypatch):
+    """Two stages run at once in one checkout: each kernel gets IPC sockets of its own (jupyter's default,
+    kernel-ipc-1..5 in the working folder, let the second kernel pick the first's and die at start)."""
+    import asyncio
+
+    from lib.pipeline import _kernel_manager_class
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+    manager = _kernel_manager_class()
+
+    async def start() -> bool:
+        km = manager(kernel_name="python3")
+        await km.start_kernel()
+        client = km.client()
+        client.start_channels()
+        try:
+            await client.wait_for_ready(timeout=60)
+            return True
+        except RuntimeError:
+            return False
+        finally:
+            client.stop_channels()
+            await km.shutdown_kernel(now=True)
+
+    async def both() -> list[bool]:
+        return await asyncio.gather(start(), start())
+
+    assert asyncio.run(both()) == [True, True]
+    assert not list(tmp_path.glob("kernel-ipc*")), "sockets were made in the working folder"
