@@ -487,6 +487,25 @@ def reference_check(matched: dict[str, Trained], data: Data, cfg: Config) -> dic
     return out
 
 
+def variants(main: Trained, data: Data, cfg: Config) -> tuple[dict, dict]:
+    """PGN at ``main_c_l`` retrained without each input (Fig. 8's ablation) and at each extra width (Fig. 5 right)."""
+    ablation = {"all inputs": main}
+    if cfg.ablation:
+        for drop in INPUTS:
+            ablation[f"no {drop}"] = fit(
+                "PGN",
+                cfg.main_c_l,
+                data,
+                cfg,
+                use=tuple(i for i in INPUTS if i != drop),
+                desc=f"PGN ablation: no {drop}",
+            )
+    capacity = {cfg.width: main}
+    for m in cfg.capacity:
+        capacity[cfg.width * m] = fit("PGN", cfg.main_c_l, data, cfg, width=cfg.width * m, desc=f"PGN width x{m:g}")
+    return ablation, capacity
+
+
 def run_dataset(name: str, cfg: Config, data_dir) -> dict:
     """Every training run and measurement of the stage on one dataset."""
     seed_everything(cfg.seed)
@@ -514,20 +533,7 @@ def run_dataset(name: str, cfg: Config, data_dir) -> dict:
     for kind, t in matched.items():
         with evaluation(f"{name} {_label(t)} (FGM, MIM, DeepFool, C&W, black-box)"):
             table[kind] = protocol(t.model, data, cfg, t.cw_norms, transfers)
-    ablation = {"all inputs": sweep[("PGN", cfg.main_c_l)]}
-    if cfg.ablation:
-        for drop in INPUTS:
-            ablation[f"no {drop}"] = fit(
-                "PGN",
-                cfg.main_c_l,
-                data,
-                cfg,
-                use=tuple(i for i in INPUTS if i != drop),
-                desc=f"PGN ablation: no {drop}",
-            )
-    capacity = {cfg.width: sweep[("PGN", cfg.main_c_l)]}
-    for m in cfg.capacity:
-        capacity[cfg.width * m] = fit("PGN", cfg.main_c_l, data, cfg, width=cfg.width * m, desc=f"PGN width x{m:g}")
+    ablation, capacity = variants(sweep[("PGN", cfg.main_c_l)], data, cfg)
     strength = {kind: attack_strength(sweep[(kind, cfg.fig3_eps)].model, data, cfg) for kind in ("FGM-AT", "PGD-AT")}
     pgn = matched["PGN"]
     x_pgn = adversarial_examples(
