@@ -93,10 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
         t0 = time.perf_counter()
         stage_plans = plan.plans("paper")
-        rates = {}
-        for p in stage_plans:
-            for m in p.models:
-                rates.setdefault(m.model, plan.probe(m.model, m.batch_size))
+        rates = plan.throughputs(stage_plans)
         report["plan"] = {
             p.stage: {"models": len(p.models), "units": p.units, "eta_s": round(p.eta_s(rates))} for p in stage_plans
         }

@@ -155,6 +155,16 @@ def probe(model: Model, batch_size: int, batches: int = 2) -> float:
     return b * batches / (time.perf_counter() - t0)
 
 
+def throughputs(stage_plans: list[StagePlan]) -> dict[Model, float]:
+    """The probe's training images/s of every kind of model the plans train (each probed once)."""
+    out: dict[Model, float] = {}
+    for plan in stage_plans:
+        for m in plan.models:
+            if m.model not in out:
+                out[m.model] = probe(m.model, m.batch_size)
+    return out
+
+
 def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
@@ -174,12 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    throughput = {}
-    if not args.no_probe:
-        for plan in stage_plans:
-            for m in plan.models:
-                if m.model not in throughput:
-                    throughput[m.model] = probe(m.model, m.batch_size)
+    throughput = {} if args.no_probe else throughputs(stage_plans)
     out = {"device": device_name(), "stages": []}
     for plan in stage_plans:
         blob = plan.as_dict()

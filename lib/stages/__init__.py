@@ -119,9 +119,3 @@ def registered(stage: Stage) -> Iterator[Stage]:
         yield stage
     finally:
         STAGES.pop(stage.name, None)
-
-
-def main() -> int:
-    """``python -m lib.stages``: the registered stages, one per line (the Makefile reads them)."""
-    print("\n".join(STAGES))
-    return 0
