@@ -6,15 +6,21 @@ mechanism ran. Each precondition is a :class:`Gate` computed from the run. The v
 ``not testable`` if and only if a gate failed (naming it and its number); otherwise ``held`` or
 ``did not hold``. ``claims.json`` holds ``[{claim, verdict, paper, ours, gates: [{gate, value,
 threshold, pass}]}]``; ``claims.md`` and the notebook's summary render it.
+
+A stage states its claims as data: each a :class:`Spec` (the claim's words, the paper's value, the
+quantity measured on the run's result, the :class:`Rule` that decides it, and its gates), which
+:func:`evaluate` turns into :class:`Claim` records. No stage writes a verdict itself.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+import operator
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 VERDICTS = ("held", "did not hold", "not testable")
 
@@ -168,6 +174,100 @@ class Claim:
         if passed:
             head += " Gates passed: " + "; ".join(str(g) for g in passed) + "."
         return head
+
+
+_OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How a claim's quantity decides it: ``quantity <op> margin`` (the margin in the quantity's units;
+    ``==`` also compares a list of flagged items with ``()``)."""
+
+    op: str
+    margin: Any = 0.0
+
+    def __post_init__(self) -> None:
+        if self.op not in _OPS:
+            raise ValueError(f"unknown comparison {self.op!r}; one of {', '.join(_OPS)}")
+
+    def holds(self, quantity: Any) -> bool:
+        if quantity is None or (isinstance(quantity, float) and math.isnan(quantity)):
+            return False
+        if self.op == "==" and isinstance(self.margin, tuple):
+            return tuple(quantity) == self.margin
+        if isinstance(quantity, float):  # as for gates: a float32 difference must not be decided by its last bits
+            quantity = _rounded(quantity)
+        return bool(_OPS[self.op](quantity, self.margin))
+
+    def __str__(self) -> str:
+        return f"{self.op} {self.margin!r}" if self.op == "==" else f"{self.op} {self.margin:g}"
+
+
+def above(margin: float = 0.0) -> Rule:
+    """Held when the quantity is more than ``margin``."""
+    return Rule(">", margin)
+
+
+def not_below(margin: float = 0.0) -> Rule:
+    """Held when the quantity is at least ``margin``."""
+    return Rule(">=", margin)
+
+
+def below(margin: float = 0.0) -> Rule:
+    """Held when the quantity is less than ``margin``."""
+    return Rule("<", margin)
+
+
+def not_above(margin: float = 0.0) -> Rule:
+    """Held when the quantity is at most ``margin``."""
+    return Rule("<=", margin)
+
+
+NONE_FLAGGED = Rule("==", ())  # held when the list of flagged models (or points) is empty
+
+
+def _no_gates(result: Any) -> list[Gate]:
+    return []
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A claim as data: its words, the paper's value, the ``quantity`` measured on a run's result,
+    the ``rule`` that decides it, and its ``gates``. ``shown``: the quantity as the claim table shows
+    it (default: the quantity itself); ``applies``: whether this run can state the claim at all (a
+    defence the profile did not train: no claim); ``detail``: a sentence of context for ``claims.md``."""
+
+    claim: str
+    quantity: Callable[[Any], Any]
+    rule: Rule
+    gates: Callable[[Any], list[Gate]] = _no_gates
+    paper: Any = None
+    shown: Callable[[Any], Any] | None = None
+    applies: Callable[[Any], bool] | None = None
+    detail: Callable[[Any], str] | None = None
+
+    def evaluate(self, result: Any) -> Claim:
+        quantity = self.quantity(result)
+        ours = self.shown(result) if self.shown else quantity
+        detail = self.detail(result) if self.detail else ""
+        return Claim(self.claim, self.paper, ours, self.rule.holds(quantity), self.gates(result), detail)
+
+
+def not_run(claim: str, paper: Any, what: str) -> Spec:
+    """A claim this profile does not run (``what``: what is missing, e.g. "ablation run in this
+    profile"): not testable, its gate naming what is missing."""
+    return Spec(claim, lambda r: None, NONE_FLAGGED, lambda r: [at_least(f"{what} (1 = yes)", 0, 1)], paper)
+
+
+def evaluate(specs: Iterable[Spec], result: Any) -> list[Claim]:
+    """Each spec that applies to ``result``, decided by its rule and gated by its gates."""
+    return [s.evaluate(result) for s in specs if s.applies is None or s.applies(result)]
+
+
+def join(items: Iterable[str], empty: str = "none") -> str:
+    """Flagged items as a claim shows them: comma-separated, or ``empty``."""
+    return ", ".join(items) or empty
 
 
 def counts(claims: Iterable[Claim]) -> dict[str, int]:

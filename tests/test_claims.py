@@ -129,3 +129,82 @@ def test_movement_of_float32_accuracies_is_not_below_its_threshold_by_rounding()
         100 * float(torch.tensor(x, dtype=torch.float32)) for x in (0.777, 0.770, 0.767, 0.772)
     ]  # 10 of 1,000 digits
     assert C.movement(curve, 3) == 1.0 and not C.plateaued("G", curve).passed
+
+
+@pytest.mark.parametrize(
+    "rule,quantity,held",
+    [
+        (C.above(0.0), 0.2, True),
+        (C.above(0.0), 0.0, False),  # "beats": a tie is not a win
+        (C.not_below(-5.0), -5.0, True),
+        (C.not_below(-5.0), -5.2, False),
+        (C.below(0.5), 0.49, True),
+        (C.not_above(1.10), 1.1000001, True),  # float noise at the margin does not decide
+        (C.not_above(1.10), 1.11, False),
+        (C.above(0.0), math.nan, False),  # no number: not held
+        (C.above(0.0), None, False),
+        (C.NONE_FLAGGED, [], True),
+        (C.NONE_FLAGGED, ["PGN"], False),
+        (C.Rule("==", "resnet18"), "resnet50", False),
+    ],
+)
+def test_a_rule_decides_its_quantity_against_its_margin(rule, quantity, held):
+    assert rule.holds(quantity) is held
+
+
+def test_an_unknown_comparison_is_refused():
+    with pytest.raises(ValueError, match="unknown comparison"):
+        C.Rule("~", 1.0)
+
+
+def test_a_spec_is_decided_on_the_result_it_is_given():
+    """The spec holds no verdict of its own: the same spec on two results, two verdicts; a gate that
+    fails makes it not testable; a spec that does not apply gives no claim."""
+    spec = C.Spec(
+        "A beats B (points)",
+        quantity=lambda r: 100 * (r["A"] - r["B"]),
+        rule=C.above(1.0),
+        gates=lambda r: [C.at_least("A's clean accuracy (%)", r["clean"], 85.0)],
+        paper=3.2,
+        shown=lambda r: f"{100 * r['A']:.1f} vs {100 * r['B']:.1f}",
+        applies=lambda r: "B" in r,
+    )
+    win, loss = {"A": 0.52, "B": 0.50, "clean": 90.0}, {"A": 0.505, "B": 0.50, "clean": 90.0}
+    (c1,), (c2,) = C.evaluate([spec], win), C.evaluate([spec], loss)
+    assert (c1.verdict, c1.ours, c1.paper) == ("held", "52.0 vs 50.0", 3.2)
+    assert c2.verdict == "did not hold"
+    assert C.evaluate([spec], {**win, "clean": 80.0})[0].verdict == "not testable"
+    assert C.evaluate([spec], {"A": 0.5, "clean": 90.0}) == []
+
+
+def test_a_claim_not_run_is_not_testable_and_names_what_is_missing():
+    (c,) = C.evaluate([C.not_run("ablation: gradient matters most", "no gradient", "ablation run in this profile")], {})
+    assert c.verdict == "not testable" and c.ours is None
+    assert "ablation run in this profile (1 = yes): 0 (threshold 1) FAIL" in c.markdown()
+
+
+@pytest.mark.parametrize(
+    "stage",
+    [
+        "p1_conv_generator_ensemble",
+        "p2_pgn",
+        "p3_single_step_reuse",
+        "p4_resnet_transfer_augmentation",
+        "p5_mnist_gan",
+        "compare",
+    ],
+)
+def test_every_stage_states_its_claims_as_specs(stage):
+    """No stage decides a claim itself: its claims are Specs (for every profile) that lib.claims evaluates."""
+    import inspect
+
+    from lib import stages
+    from lib.params import stage_config
+
+    module = stages.get(stage).load()
+    for profile in ("smoke", "cpu", "paper"):
+        cfg = stage_config(stage, profile)
+        args = [cfg] if stage != "p2_pgn" else ["Fashion-MNIST", cfg]
+        specs = module.claim_specs(*args) if stage != "compare" else module.claim_specs(cfg, ["clean", "fgsm_at"])
+        assert specs and all(isinstance(s, C.Spec) for s in specs)
+    assert "held=" not in inspect.getsource(module)

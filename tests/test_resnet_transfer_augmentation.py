@@ -147,7 +147,7 @@ def _model(clean, fgsm, val=(0.95, 0.97, 0.971, 0.972), stopped=False):
 
 
 def test_claims_gate_on_convergence_clean_accuracy_and_breadth():
-    cfg = _config("cpu")
+    cfg = _config("cpu", datasets=["mnist5k", "fashion_mnist"])
     r = {
         "before": {"resnet18": _model(0.975, 0.60)},
         "augmentation only": {"resnet18": _model(0.98, 0.65)},

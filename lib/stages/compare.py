@@ -646,38 +646,51 @@ def clean_gates(r: dict) -> list[C.Gate]:
     ]
 
 
+def versus_fgsm_at(d: str, cfg: Config) -> C.Spec:
+    """A paper's defence against the single-step baseline under AutoAttack L∞ at matched clean accuracy."""
+
+    def aa(r: dict, defence: str) -> float:
+        return r["results"][defence]["autoattack_linf"]
+
+    return C.Spec(
+        f"{DEFENCES[d][0]} is at least as robust as FGSM-AT under AutoAttack ({cfg.autoattack}) L∞ {cfg.eps_linf:.4g} "
+        "at matched clean accuracy (%, it vs FGSM-AT)",
+        quantity=lambda r: 100 * (aa(r, d) - aa(r, "fgsm_at")),
+        rule=C.not_below(0.0),
+        gates=lambda r: [*clean_gates(r), *defence_gates(r, "fgsm_at", cfg), *defence_gates(r, d, cfg)],
+        shown=lambda r: f"{100 * aa(r, d):.1f} vs {100 * aa(r, 'fgsm_at'):.1f}",
+        applies=lambda r: {d, "fgsm_at"} <= r["results"].keys(),
+    )
+
+
+def failed_checks(r: dict, d: str) -> list[str]:
+    """The sanity checks of the evaluation that ``d`` failed."""
+    return [label for key, label in CHECKS.items() if not r["results"][d][key]]
+
+
+def sanity_claim(d: str) -> C.Spec:
+    """Every sanity check of the evaluation passed on defence ``d``."""
+    label = DEFENCES[d][0]
+    return C.Spec(
+        f"{label} passes every sanity check of the evaluation (checks failed)",
+        quantity=lambda r: failed_checks(r, d),
+        rule=C.NONE_FLAGGED,
+        gates=lambda r: [C.converged_history(f"{label} {r['chosen'][d].setting}", r["chosen"][d].result.history)],
+        shown=lambda r: C.join(failed_checks(r, d)),
+    )
+
+
+def claim_specs(cfg: Config, ranked: list[str]) -> list[C.Spec]:
+    """The cross-paper claims as data: every paper's defence against the single-step baseline under
+    AutoAttack L∞ at matched clean accuracy, then every defence's sanity checks (in ``ranked`` order,
+    the leaderboard's)."""
+    return [*(versus_fgsm_at(d, cfg) for d in PAPER_DEFENCES), *(sanity_claim(d) for d in ranked)]
+
+
 def claims(r: dict, board: pd.DataFrame, cfg: Config) -> list[C.Claim]:
-    """The cross-paper verdicts of this run, each with its gates: every paper's defence against the
-    single-step baseline under AutoAttack L∞ at matched clean accuracy, and every defence's sanity checks."""
-    aa = {d: res["autoattack_linf"] for d, res in r["results"].items()}
-    out = []
-    if "fgsm_at" in aa:
-        for d in (d for d in PAPER_DEFENCES if d in aa):
-            out.append(
-                C.Claim(
-                    f"{DEFENCES[d][0]} is at least as robust as FGSM-AT under AutoAttack ({cfg.autoattack}) L∞ {cfg.eps_linf:.4g} "
-                    "at matched clean accuracy (%, it vs FGSM-AT)",
-                    None,
-                    f"{100 * aa[d]:.1f} vs {100 * aa['fgsm_at']:.1f}",
-                    held=aa[d] >= aa["fgsm_at"],
-                    gates=[*clean_gates(r), *defence_gates(r, "fgsm_at", cfg), *defence_gates(r, d, cfg)],
-                )
-            )
-    for _, row in board.iterrows():
-        d = next(k for k, v in DEFENCES.items() if v[0] == row["defence"])
-        failed = [label for label in CHECKS.values() if row[label] == "FAIL"]
-        out.append(
-            C.Claim(
-                f"{row['defence']} passes every sanity check of the evaluation (checks failed)",
-                None,
-                ", ".join(failed) or "none",
-                held=not failed,
-                gates=[
-                    C.converged_history(f"{row['defence']} {r['chosen'][d].setting}", r["chosen"][d].result.history)
-                ],
-            )
-        )
-    return out
+    """The claims of :func:`claim_specs`, decided on this run, each with its gates."""
+    label_of = {v[0]: k for k, v in DEFENCES.items()}
+    return C.evaluate(claim_specs(cfg, [label_of[label] for label in board["defence"]]), r)
 
 
 def headline_metrics(r: dict) -> dict[str, float]:

@@ -422,84 +422,112 @@ def base_gates(r: dict, cfg: Config) -> list[C.Gate]:
     ]
 
 
-def claims(r: dict, cfg: Config) -> list[C.Claim]:
-    """The paper's claims (and ours) tested on this run (``r`` from :func:`run`), each with its gates."""
-    results, per_batch = r["results"], r["per_batch"]
-    l2 = {m: res["pgd_l2"] for m, res in results.items()}
-    aa = {m: res["autoattack_l2"] for m, res in results.items()}
-    eps = [e for e in cfg.eval_eps if e > 0]
-    base = base_gates(r, cfg)
-    tuned = {m: C.converged_history(f"{m} fine-tuning", r["trained"][m].history) for m in ("proposed", "min-max")}
+def tuned(r: dict, model: str) -> C.Gate:
+    """``model``'s fine-tuning converged (validation accuracy)."""
+    return C.converged_history(f"{model} fine-tuning", r["trained"][model].history)
+
+
+def pgd_l2(r: dict, model: str) -> dict[float, float]:
+    return r["results"][model]["pgd_l2"]
+
+
+def attack_eps(cfg: Config) -> list[float]:
+    return [e for e in cfg.eval_eps if e > 0]
+
+
+def masked_models(r: dict, cfg: Config) -> list[str]:
+    """Models more accurate (by over a point) under the white-box attacks (the lower of PGD-L2 and
+    AutoAttack-L2 per eps) than under the transferred black-box attack at some eps."""
     out = []
-    gap = max(abs(l2["proposed"][e] - l2["min-max"][e]) for e in eps)
-    out.append(
-        C.Claim(
+    for m, res in r["results"].items():
+        white = {e: min(res["pgd_l2"][e], res["autoattack_l2"].get(e, 1.0)) for e in attack_eps(cfg)}
+        if any(res["transfer_l2"][e] < white[e] - 0.01 for e in attack_eps(cfg)):
+            out.append(m)
+    return out
+
+
+def time_ratio(r: dict) -> float:
+    """Seconds per batch, proposed (split) over min-max, at the paper's settings."""
+    per_batch = r["per_batch"]
+    split = next(v for k, v in per_batch.items() if "split" in k)
+    return split / next(v for k, v in per_batch.items() if k.startswith("min-max"))
+
+
+def model_claims(m: str, cfg: Config) -> list[C.Spec]:
+    """The paper's two claims of one fine-tuned model (proposed or min-max) against the base."""
+    eps = attack_eps(cfg)
+    return [
+        C.Spec(
+            f"{m} degrades much slower than the base under PGD-L2 (eps where it is more accurate)",
+            quantity=lambda r: [e for e in eps if not pgd_l2(r, m)[e] > pgd_l2(r, "base")[e]],
+            rule=C.NONE_FLAGGED,
+            gates=lambda r: [*base_gates(r, cfg), tuned(r, m)],
+            paper=f"{len(eps)} of {len(eps)}",
+            shown=lambda r: f"{sum(pgd_l2(r, m)[e] > pgd_l2(r, 'base')[e] for e in eps)} of {len(eps)}",
+        ),
+        C.Spec(
+            f"{m} loses some clean accuracy against the base (change, points)",
+            quantity=lambda r: 100 * (pgd_l2(r, m)[0.0] - pgd_l2(r, "base")[0.0]),
+            rule=C.below(0.0),
+            gates=lambda r: [*base_gates(r, cfg), tuned(r, m)],
+            paper="< 0",
+        ),
+    ]
+
+
+def autoattack_claim(m: str, cfg: Config) -> C.Spec:
+    """Ours: ``m`` beats the base under AutoAttack-L2 at the largest eps it ran at."""
+    e = max(cfg.aa_eps)
+
+    def aa(r: dict, model: str) -> float:
+        return r["results"][model]["autoattack_l2"][e]
+
+    return C.Spec(
+        f"Ours: {m} is more robust than the base under AutoAttack-L2 ({cfg.autoattack}) at eps {e:g} (%, {m} vs base)",
+        quantity=lambda r: 100 * (aa(r, m) - aa(r, "base")),
+        rule=C.above(0.0),
+        gates=lambda r: [*base_gates(r, cfg), tuned(r, m)],
+        shown=lambda r: f"{100 * aa(r, m):.1f} vs {100 * aa(r, 'base'):.1f}",
+    )
+
+
+def claim_specs(cfg: Config) -> list[C.Spec]:
+    """The paper's claims (and ours) as data, decided on the result of :func:`run`."""
+    eps = attack_eps(cfg)
+    both = ("proposed", "min-max")
+    return [
+        C.Spec(
             f"Proposed and min-max reach very similar accuracy under PGD-L2 (largest gap over eps {eps[0]:g}–{eps[-1]:g}, "
             "points; within 5)",
-            "similar",
-            100 * gap,
-            held=gap <= 0.05,
-            gates=[*base, *tuned.values()],
-        )
-    )
-    for m in ("proposed", "min-max"):
-        better = [e for e in eps if l2[m][e] > l2["base"][e]]
-        out.append(
-            C.Claim(
-                f"{m} degrades much slower than the base under PGD-L2 (eps where it is more accurate)",
-                f"{len(eps)} of {len(eps)}",
-                f"{len(better)} of {len(eps)}",
-                held=len(better) == len(eps),
-                gates=[*base, tuned[m]],
-            )
-        )
-        change = 100 * (l2[m][0.0] - l2["base"][0.0])
-        out.append(
-            C.Claim(
-                f"{m} loses some clean accuracy against the base (change, points)",
-                "< 0",
-                change,
-                held=change < 0,
-                gates=[*base, tuned[m]],
-            )
-        )
-    e_aa = max(cfg.aa_eps)
-    for m in ("proposed", "min-max"):
-        out.append(
-            C.Claim(
-                f"Ours: {m} is more robust than the base under AutoAttack-L2 ({cfg.autoattack}) at eps {e_aa:g} (%, {m} vs base)",
-                None,
-                f"{100 * aa[m][e_aa]:.1f} vs {100 * aa['base'][e_aa]:.1f}",
-                held=aa[m][e_aa] > aa["base"][e_aa],
-                gates=[*base, tuned[m]],
-            )
-        )
-    white = {m: {e: min(l2[m][e], aa[m].get(e, 1.0)) for e in eps} for m in l2}  # the stronger white-box attack per eps
-    bb = {m: res["transfer_l2"] for m, res in results.items()}
-    masked = [m for m in bb if any(bb[m][e] < white[m][e] - 0.01 for e in eps)]
-    out.append(
-        C.Claim(
+            quantity=lambda r: 100 * max(abs(pgd_l2(r, "proposed")[e] - pgd_l2(r, "min-max")[e]) for e in eps),
+            rule=C.not_above(5.0),
+            gates=lambda r: [*base_gates(r, cfg), *(tuned(r, m) for m in both)],
+            paper="similar",
+        ),
+        *(spec for m in both for spec in model_claims(m, cfg)),
+        *(autoattack_claim(m, cfg) for m in both),
+        C.Spec(
             "Ours: no model is more accurate under white-box attack (the lower of PGD-L2 and AutoAttack-L2) than under the "
             "transferred black-box attack (models flagged)",
-            None,
-            ", ".join(masked) or "none",
-            held=not masked,
-            gates=[base[0], *tuned.values()],
-        )
-    )
-    split = next(v for k, v in per_batch.items() if "split" in k)
-    minmax = next(v for k, v in per_batch.items() if k.startswith("min-max"))
-    out.append(
-        C.Claim(
-            f"Proposed is much cheaper than min-max (time per epoch at the paper's K = {cfg.timing_k} and {cfg.timing_minmax_steps} "
-            "PGD iterations, proposed / min-max; under 0.5)",
-            round(105 / 551, 2),
-            split / minmax,
-            held=split / minmax < 0.5,
-            gates=[C.at_least("timed batches per method", cfg.timing_batches, 2)],
-        )
-    )
-    return out
+            quantity=lambda r: masked_models(r, cfg),
+            rule=C.NONE_FLAGGED,
+            gates=lambda r: [base_gates(r, cfg)[0], *(tuned(r, m) for m in both)],
+            shown=lambda r: C.join(masked_models(r, cfg)),
+        ),
+        C.Spec(
+            f"Proposed is much cheaper than min-max (time per epoch at the paper's K = {cfg.timing_k} and "
+            f"{cfg.timing_minmax_steps} PGD iterations, proposed / min-max; under 0.5)",
+            quantity=time_ratio,
+            rule=C.below(0.5),
+            gates=lambda r: [C.at_least("timed batches per method", cfg.timing_batches, 2)],
+            paper=round(105 / 551, 2),
+        ),
+    ]
+
+
+def claims(r: dict, cfg: Config) -> list[C.Claim]:
+    """The claims of :func:`claim_specs`, decided on this run (``r`` from :func:`run`), each with its gates."""
+    return C.evaluate(claim_specs(cfg), r)
 
 
 def run(ds: D.Dataset, train_split: D.Split, val_split: D.Split, test_split: D.Split, cfg: Config) -> dict:

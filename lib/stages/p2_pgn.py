@@ -911,130 +911,166 @@ def perturbation_ratio(baseline: str, ratio: float, setting: str = "") -> C.Gate
     )
 
 
-def claims(r: dict, cfg: Config) -> list[C.Claim]:
-    """The paper's claims (and ours) tested on one dataset's run, each with its gates."""
-    m, tab, label = r["matched"], r["table"], r["name"]
-    gates = matched_gates(r)
-    out = []
-    best = {k: tab[k]["cw_mean"] for k in DEFENCES[1:]}
-    out.append(
-        C.Claim(
-            f"{label}: at matched benign accuracy PGN has the highest rho_cw (mean C&W L2)",
-            "PGN highest",
-            ", ".join(f"{k} {v:.3f}" for k, v in best.items()),
-            held=best["PGN"] >= max(best["FGM-AT"], best["PGD-AT"]),
-            gates=[
-                *gates,
-                C.at_least(
-                    "defences whose C&W attack succeeded at least once (finite rho_cw)",
-                    sum(not math.isnan(v) for v in best.values()),
-                    len(best),
-                ),
-            ],
-        )
-    )
-    mim = {k: tab[k]["mim_acc"] for k in DEFENCES[1:]}
-    out.append(
-        C.Claim(
-            f"{label}: at matched benign accuracy PGN has the highest MIM accuracy (%)",
-            "PGN highest",
-            ", ".join(f"{k} {100 * v:.1f}" for k, v in mim.items()),
-            held=mim["PGN"] >= max(mim["FGM-AT"], mim["PGD-AT"]),
-            gates=gates,
-        )
-    )
-    wins, levels, level_gates = 0, [], []
-    for k, p in r["sweep"].items():
+def outer_curve(r: dict) -> tuple[list[str], list[Trained]]:
+    """Fig. 4/5's outer robustness curve: the PGN levels (c_L) whose rho_cw falls below that of a rival
+    (FGM-AT, PGD-AT) closest to it in benign accuracy, and every model compared (for their gates)."""
+    sweep, behind, compared = r["sweep"], [], []
+    for k, p in sweep.items():
         if k[0] != "PGN":
             continue
         rivals = [
-            r["sweep"][closest_benign({kk: t.benign for kk, t in r["sweep"].items() if kk[0] == kind}, p.benign)[0]]
+            sweep[closest_benign({kk: t.benign for kk, t in sweep.items() if kk[0] == kind}, p.benign)[0]]
             for kind in ("FGM-AT", "PGD-AT")
         ]
-        rhos = [p.cw["mean_l2"], *(t.cw["mean_l2"] for t in rivals)]
-        wins += all(rhos[0] >= v for v in rhos[1:])
-        levels.append(f"c_L {k[1]:g}")
-        level_gates += [converged(t) for t in (p, *rivals) if converged(t).gate not in {g.gate for g in level_gates}]
-    out.append(
-        C.Claim(
-            f"{label}: on the outer robustness curve (Fig. 4/5) PGN's rho_cw is at least its rivals' closest in benign accuracy "
-            "(levels where it is)",
-            f"{len(levels)} of {len(levels)}",
-            f"{wins} of {len(levels)}",
-            held=wins == len(levels),
-            gates=level_gates,
-        )
-    )
-    sec = {k: t.result.sec_per_epoch for k, t in m.items()}
-    rel = {k: relative_cost(v, sec["Baseline"]) for k, v in sec.items()}
-    out.append(
-        C.Claim(
-            f"{label}: PGN costs between FGM-AT and PGD-AT per epoch (relative to clean training)",
-            "3.04, 6.30, 21.2",
-            f"{rel['FGM-AT']:.2f}, {rel['PGN']:.2f}, {rel['PGD-AT']:.2f}",
-            held=rel["FGM-AT"] <= rel["PGN"] <= rel["PGD-AT"],
-            gates=[C.at_least(f"{k} epochs timed", len(t.result.history), 2) for k, t in m.items()],
-        )
-    )
-    ablation_claim = (
-        f"{label}: the gradient input matters most (ablation at c_L {cfg.main_c_l:g}: the largest rho_cw drop, at least "
-        f"{100 * cfg.ablation_min_drop:g}% of rho_cw)"
-    )
-    if cfg.ablation:
-        full = r["ablation"]["all inputs"].cw["mean_l2"]
-        drops = {k: full - t.cw["mean_l2"] for k, t in r["ablation"].items() if k != "all inputs"}
-        out.append(
-            C.Claim(
-                ablation_claim,
-                "no gradient",
-                ", ".join(f"{k} {v:+.3f}" for k, v in drops.items()),
-                held=gradient_matters_most(full, drops, cfg.ablation_min_drop),
-                gates=[converged(t) for t in r["ablation"].values()],
-            )
-        )
-    else:
-        out.append(
-            C.Claim(
-                ablation_claim,
-                "no gradient",
-                None,
-                held=False,
-                gates=[C.at_least("ablation run in this profile (1 = yes)", 0, 1)],
-            )
-        )
+        if not all(p.cw["mean_l2"] >= t.cw["mean_l2"] for t in rivals):
+            behind.append(f"c_L {k[1]:g}")
+        compared += [t for t in (p, *rivals) if all(t is not c for c in compared)]
+    return behind, compared
+
+
+def weaker_than_pgd(r: dict) -> tuple[int, int]:
+    """Fig. 3: of the PGN attackers whose mean L2 falls inside PGD's range, how many reach an accuracy
+    at most PGD's at the same mean L2; and how many are comparable."""
     stronger = []
     for res in r["strength"].values():
         for pgn_pt in res["PGN"]:
             pgd_at = _interpolate(res["PGD"], pgn_pt["mean_l2"])
             if not math.isnan(pgd_at):
                 stronger.append(pgn_pt["acc"] <= pgd_at)
-    out.append(
-        C.Claim(
+    return sum(stronger), len(stronger)
+
+
+def white_box_above_black_box(r: dict) -> list[str]:
+    """Defences more accurate (by over a point) under a white-box attack than under its black-box transfer."""
+    tab = r["table"]
+    pairs = (("fgm", "fgm_acc"), ("mim", "mim_acc"))
+    return [k for k in DEFENCES if any(tab[k][f"bb_{a}"] < tab[k][w] - 0.01 for a, w in pairs)]
+
+
+def pgn_lead(r: dict, key: str, scale: float = 1.0) -> float:
+    """PGN's ``key`` (rho_cw or an accuracy) minus the higher of FGM-AT's and PGD-AT's, in the matched table."""
+    tab = r["table"]
+    return scale * (tab["PGN"][key] - max(tab["FGM-AT"][key], tab["PGD-AT"][key]))
+
+
+def relative_costs(r: dict) -> dict[str, float]:
+    """Seconds per epoch of each matched defence relative to the Baseline's (clean training)."""
+    sec = {k: t.result.sec_per_epoch for k, t in r["matched"].items()}
+    return {k: relative_cost(v, sec["Baseline"]) for k, v in sec.items()}
+
+
+def ablation_claim(label: str, cfg: Config) -> C.Spec:
+    """Fig. 8: removing the gradient input lowers rho_cw the most (or: not run in this profile)."""
+    claim = (
+        f"{label}: the gradient input matters most (ablation at c_L {cfg.main_c_l:g}: the largest rho_cw drop, at least "
+        f"{100 * cfg.ablation_min_drop:g}% of rho_cw)"
+    )
+    if not cfg.ablation:
+        return C.not_run(claim, "no gradient", "ablation run in this profile")
+
+    def drops(r: dict) -> dict[str, float]:
+        full = r["ablation"]["all inputs"].cw["mean_l2"]
+        return {k: full - t.cw["mean_l2"] for k, t in r["ablation"].items() if k != "all inputs"}
+
+    return C.Spec(
+        claim,
+        quantity=lambda r: gradient_matters_most(
+            r["ablation"]["all inputs"].cw["mean_l2"], drops(r), cfg.ablation_min_drop
+        ),
+        rule=C.Rule("==", True),
+        gates=lambda r: [converged(t) for t in r["ablation"].values()],
+        paper="no gradient",
+        shown=lambda r: ", ".join(f"{k} {v:+.3f}" for k, v in drops(r).items()),
+    )
+
+
+def finite_rho(r: dict) -> C.Gate:
+    """rho_cw is a mean over successful C&W attacks: each rival needs at least one."""
+    rivals = DEFENCES[1:]
+    finite = sum(not math.isnan(r["table"][k]["cw_mean"]) for k in rivals)
+    return C.at_least("defences whose C&W attack succeeded at least once (finite rho_cw)", finite, len(rivals))
+
+
+def matched_claims(label: str) -> list[C.Spec]:
+    """Tables 2/3 at matched benign accuracy: PGN's rho_cw and MIM accuracy the highest."""
+    rivals = DEFENCES[1:]
+    return [
+        C.Spec(
+            f"{label}: at matched benign accuracy PGN has the highest rho_cw (mean C&W L2)",
+            quantity=lambda r: pgn_lead(r, "cw_mean"),
+            rule=C.not_below(0.0),
+            gates=lambda r: [*matched_gates(r), finite_rho(r)],
+            paper="PGN highest",
+            shown=lambda r: ", ".join(f"{k} {r['table'][k]['cw_mean']:.3f}" for k in rivals),
+        ),
+        C.Spec(
+            f"{label}: at matched benign accuracy PGN has the highest MIM accuracy (%)",
+            quantity=lambda r: pgn_lead(r, "mim_acc", 100.0),
+            rule=C.not_below(0.0),
+            gates=matched_gates,
+            paper="PGN highest",
+            shown=lambda r: ", ".join(f"{k} {100 * r['table'][k]['mim_acc']:.1f}" for k in rivals),
+        ),
+    ]
+
+
+def cost_claim(label: str) -> C.Spec:
+    """Table 3's cost: PGN's epoch between FGM-AT's and PGD-AT's, each relative to clean training."""
+
+    def between(r: dict) -> float:
+        rel = relative_costs(r)
+        return min(rel["PGN"] - rel["FGM-AT"], rel["PGD-AT"] - rel["PGN"])
+
+    return C.Spec(
+        f"{label}: PGN costs between FGM-AT and PGD-AT per epoch (relative to clean training)",
+        quantity=between,
+        rule=C.not_below(0.0),
+        gates=lambda r: [C.at_least(f"{k} epochs timed", len(t.result.history), 2) for k, t in r["matched"].items()],
+        paper="3.04, 6.30, 21.2",
+        shown=lambda r: ", ".join(f"{relative_costs(r)[k]:.2f}" for k in ("FGM-AT", "PGN", "PGD-AT")),
+    )
+
+
+def claim_specs(label: str, cfg: Config) -> list[C.Spec]:
+    """The paper's claims (and ours) on one dataset as data, decided on the result of :func:`run_dataset`."""
+    levels = len(dict.fromkeys(cfg.c_l))
+    return [
+        *matched_claims(label),
+        C.Spec(
+            f"{label}: on the outer robustness curve (Fig. 4/5) PGN's rho_cw is at least its rivals' closest in benign "
+            "accuracy (levels where it is)",
+            quantity=lambda r: outer_curve(r)[0],
+            rule=C.NONE_FLAGGED,
+            gates=lambda r: [converged(t) for t in outer_curve(r)[1]],
+            paper=f"{levels} of {levels}",
+            shown=lambda r: f"{levels - len(outer_curve(r)[0])} of {levels}",
+        ),
+        cost_claim(label),
+        ablation_claim(label, cfg),
+        C.Spec(
             f"{label}: PGN attackers reach lower accuracy than PGD at the same mean L2 (Fig. 3; comparable points where they do)",
-            "all",
-            f"{sum(stronger)} of {len(stronger)}",
-            held=bool(stronger) and all(stronger),
-            gates=[
-                C.at_least("comparable points (PGN's mean L2 inside PGD's range)", len(stronger), 1),
+            quantity=lambda r: weaker_than_pgd(r)[1] - weaker_than_pgd(r)[0] if weaker_than_pgd(r)[1] else None,
+            rule=C.Rule("==", 0),
+            gates=lambda r: [
+                C.at_least("comparable points (PGN's mean L2 inside PGD's range)", weaker_than_pgd(r)[1], 1),
                 *(converged(r["sweep"][(kind, cfg.fig3_eps)]) for kind in r["strength"]),
             ],
-        )
-    )
-    bb = [
-        k
-        for k in DEFENCES
-        if any(tab[k][f"bb_{a}"] < tab[k][w] - 0.01 for a, w in (("fgm", "fgm_acc"), ("mim", "mim_acc")))
-    ]
-    out.append(
-        C.Claim(
+            paper="all",
+            shown=lambda r: "{} of {}".format(*weaker_than_pgd(r)),
+        ),
+        C.Spec(
             f"{label}, ours: no defence is more accurate under white-box attack than under black-box (defences flagged)",
-            None,
-            ", ".join(bb) or "none",
-            held=not bb,
-            gates=[converged(t) for t in m.values()],
-        )
-    )
-    return out
+            quantity=white_box_above_black_box,
+            rule=C.NONE_FLAGGED,
+            gates=lambda r: [converged(t) for t in r["matched"].values()],
+            shown=lambda r: C.join(white_box_above_black_box(r)),
+        ),
+    ]
+
+
+def claims(r: dict, cfg: Config) -> list[C.Claim]:
+    """The claims of :func:`claim_specs`, decided on one dataset's run, each with its gates."""
+    return C.evaluate(claim_specs(r["name"], cfg), r)
 
 
 def _interpolate(points: list[dict], at: float) -> float:

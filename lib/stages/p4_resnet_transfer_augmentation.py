@@ -447,105 +447,130 @@ def model_gates(dataset: str, r: dict, variants, archs) -> list[C.Gate]:
     return gates
 
 
+def survives(gain: float, fgsm_gain: float) -> float:
+    """How far a gain under a stronger attack clears our rule "over half of FGSM's gain and over 1
+    point" (positive: it survives)."""
+    return min(gain - 0.5 * fgsm_gain, gain - 1.0)
+
+
+def transfer_gains(r: dict, cfg: Config) -> dict[str, float]:
+    """FGSM gain (points, mean over eps) of each architecture that did not craft the examples."""
+    others = [a for a in cfg.archs if a != cfg.source_arch]
+    return {
+        a: 100 * (sum(r["proposed"][a]["fgsm"].values()) - sum(r["before"][a]["fgsm"].values())) / len(cfg.eps)
+        for a in others
+    }
+
+
+def most_vulnerable(r: dict, cfg: Config) -> str:
+    """The architecture with the lowest FGSM accuracy (summed over eps) before retraining."""
+    fgsm_before = {a: sum(r["before"][a]["fgsm"].values()) for a in cfg.archs}
+    return min(fgsm_before, key=fgsm_before.get)
+
+
+def gain_claims(dataset: str, cfg: Config) -> list[C.Spec]:
+    """The paper's average FGSM gain on ``dataset``, that it is not augmentation alone, and ours: that it
+    survives PGD and AutoAttack."""
+    label, archs = LABEL[dataset], list(cfg.archs)
+
+    def gain(variant: str, attack: str, eps: list | None = None):
+        return lambda R: _gain(R[dataset], variant, attack, cfg, eps)
+
+    def base(R: dict) -> list[C.Gate]:
+        return model_gates(dataset, R[dataset], ("before", "proposed"), archs)
+
+    fgsm, pgd, aug = gain("proposed", "fgsm"), gain("proposed", "pgd"), gain("augmentation only", "fgsm")
+    fgsm_aa, aa = gain("proposed", "fgsm", cfg.aa_eps), gain("proposed", "autoattack", cfg.aa_eps)
+    return [
+        C.Spec(
+            f"{label}: retraining with {cfg.source_arch}'s FGSM examples improves FGSM accuracy (average gain, points)",
+            quantity=fgsm,
+            rule=C.above(0.0),
+            gates=base,
+            paper=PAPER_AVERAGE_GAIN[STANDS_FOR[dataset]],
+        ),
+        C.Spec(
+            f"{label}: the gain is not just augmentation (adversarial examples' gain over augmentation only, points)",
+            quantity=lambda R: fgsm(R) - aug(R),
+            rule=C.above(0.0),
+            gates=lambda R: model_gates(dataset, R[dataset], ("before", "augmentation only", "proposed"), archs),
+        ),
+        C.Spec(
+            f"{label}, ours: the FGSM gain survives PGD-{cfg.pgd_steps} (average gain, points; over half of FGSM's and over 1)",
+            quantity=lambda R: survives(pgd(R), fgsm(R)),
+            rule=C.above(0.0),
+            gates=base,
+            shown=pgd,
+        ),
+        C.Spec(
+            f"{label}, ours: the FGSM gain survives AutoAttack at {_eps_label(cfg.aa_eps)} (average gain, points, against "
+            "FGSM's gain there; same rule)",
+            quantity=lambda R: survives(aa(R), fgsm_aa(R)),
+            rule=C.above(0.0),
+            gates=base,
+            shown=aa,
+            detail=lambda R: f"FGSM's gain at {_eps_label(cfg.aa_eps)}: {fgsm_aa(R):+.2f} points",
+        ),
+    ]
+
+
+def architecture_claims(dataset: str, cfg: Config) -> list[C.Spec]:
+    """The paper's claims across architectures on ``dataset``: the knowledge transfers, ResNet18 is the weakest."""
+    label, archs = LABEL[dataset], list(cfg.archs)
+    others = [a for a in archs if a != cfg.source_arch]
+    return [
+        C.Spec(
+            f"{label}: the knowledge transfers to the architectures that did not craft the examples (FGSM gain, points)",
+            quantity=lambda R: (
+                [a for a, g in transfer_gains(R[dataset], cfg).items() if not g > 0] if others else ["none"]
+            ),
+            rule=C.NONE_FLAGGED,
+            gates=lambda R: [
+                C.at_least(
+                    "architectures besides the one that crafted the examples, run in this profile", len(others), 1
+                ),
+                *model_gates(dataset, R[dataset], ("before", "proposed"), others),
+            ],
+            paper="> 0",
+            shown=lambda R: ", ".join(f"{a} {g:+.2f}" for a, g in transfer_gains(R[dataset], cfg).items()) or None,
+        ),
+        C.Spec(
+            f"{label}: ResNet18 is the most FGSM-vulnerable model before retraining",
+            quantity=lambda R: most_vulnerable(R[dataset], cfg),
+            rule=C.Rule("==", "resnet18"),
+            gates=lambda R: [
+                C.at_least("architectures run in this profile", len(archs), 2),
+                *model_gates(dataset, R[dataset], ("before",), archs),
+            ],
+            paper="resnet18",
+        ),
+    ]
+
+
+def not_run_claim(missing: str) -> C.Spec:
+    """The gain claim of a paper dataset this profile cannot run (no offline copy or stand-in)."""
+    offline = [d for d, paper in STANDS_FOR.items() if paper == missing and d != missing]
+    what = (
+        f"{LABEL[missing]} or its stand-in ({', '.join(LABEL[d] for d in offline)}) run in this profile"
+        if offline
+        else f"{LABEL[missing]} available offline"
+    )
+    return C.not_run(
+        f"{LABEL[missing]}: retraining improves FGSM accuracy (average gain, points)", PAPER_AVERAGE_GAIN[missing], what
+    )
+
+
+def claim_specs(cfg: Config) -> list[C.Spec]:
+    """The paper's claims (and ours) as data, decided on the results of :func:`run_dataset` per dataset."""
+    return [
+        *(s for dataset in cfg.datasets for s in (*gain_claims(dataset, cfg), *architecture_claims(dataset, cfg))),
+        *(not_run_claim(missing) for missing in _not_run(cfg)),
+    ]
+
+
 def claims(results: dict, cfg: Config) -> list[C.Claim]:
-    """The paper's claims (and ours) tested on this run, each with its gates."""
-    out = []
-    for dataset, r in results.items():
-        pk, label = STANDS_FOR[dataset], LABEL[dataset]
-        archs = list(cfg.archs)
-        base = model_gates(dataset, r, ("before", "proposed"), archs)
-        g_fgsm, g_pgd, g_aug = (
-            _gain(r, "proposed", "fgsm", cfg),
-            _gain(r, "proposed", "pgd", cfg),
-            _gain(r, "augmentation only", "fgsm", cfg),
-        )
-        g_fgsm_aa, g_aa = (
-            _gain(r, "proposed", "fgsm", cfg, cfg.aa_eps),
-            _gain(r, "proposed", "autoattack", cfg, cfg.aa_eps),
-        )
-        out.append(
-            C.Claim(
-                f"{label}: retraining with {cfg.source_arch}'s FGSM examples improves FGSM accuracy (average gain, points)",
-                PAPER_AVERAGE_GAIN[pk],
-                g_fgsm,
-                held=g_fgsm > 0,
-                gates=base,
-            )
-        )
-        out.append(
-            C.Claim(
-                f"{label}: the gain is not just augmentation (adversarial examples' gain over augmentation only, points)",
-                None,
-                g_fgsm - g_aug,
-                held=g_fgsm > g_aug,
-                gates=model_gates(dataset, r, ("before", "augmentation only", "proposed"), archs),
-            )
-        )
-        out.append(
-            C.Claim(
-                f"{label}, ours: the FGSM gain survives PGD-{cfg.pgd_steps} (average gain, points; over half of FGSM's and over 1)",
-                None,
-                g_pgd,
-                held=g_pgd > 0.5 * g_fgsm and g_pgd > 1,
-                gates=base,
-            )
-        )
-        out.append(
-            C.Claim(
-                f"{label}, ours: the FGSM gain survives AutoAttack at {_eps_label(cfg.aa_eps)} (average gain, points, against "
-                f"FGSM's {g_fgsm_aa:+.2f} there; same rule)",
-                None,
-                g_aa,
-                held=g_aa > 0.5 * g_fgsm_aa and g_aa > 1,
-                gates=base,
-            )
-        )
-        others = [a for a in archs if a != cfg.source_arch]
-        ran = C.at_least("architectures besides the one that crafted the examples, run in this profile", len(others), 1)
-        transfer = {
-            a: 100 * (sum(r["proposed"][a]["fgsm"].values()) - sum(r["before"][a]["fgsm"].values())) / len(cfg.eps)
-            for a in others
-        }
-        out.append(
-            C.Claim(
-                f"{label}: the knowledge transfers to the architectures that did not craft the examples (FGSM gain, points)",
-                "> 0",
-                ", ".join(f"{a} {g:+.2f}" for a, g in transfer.items()) or None,
-                held=bool(transfer) and all(g > 0 for g in transfer.values()),
-                gates=[ran, *model_gates(dataset, r, ("before", "proposed"), others)],
-            )
-        )
-        fgsm_before = {a: sum(r["before"][a]["fgsm"].values()) for a in archs}
-        weakest = min(fgsm_before, key=fgsm_before.get)
-        out.append(
-            C.Claim(
-                f"{label}: ResNet18 is the most FGSM-vulnerable model before retraining",
-                "resnet18",
-                weakest,
-                held=weakest == "resnet18",
-                gates=[
-                    C.at_least("architectures run in this profile", len(archs), 2),
-                    *model_gates(dataset, r, ("before",), archs),
-                ],
-            )
-        )
-    for missing in _not_run(cfg):
-        offline = [d for d, paper in STANDS_FOR.items() if paper == missing and d != missing]
-        gate = (
-            f"{LABEL[missing]} or its stand-in ({', '.join(LABEL[d] for d in offline)}) run in this profile (1 = yes)"
-            if offline
-            else f"{LABEL[missing]} available offline (1 = yes)"
-        )
-        out.append(
-            C.Claim(
-                f"{LABEL[missing]}: retraining improves FGSM accuracy (average gain, points)",
-                PAPER_AVERAGE_GAIN[missing],
-                None,
-                held=False,
-                gates=[C.at_least(gate, 0, 1)],
-            )
-        )
-    return out
+    """The claims of :func:`claim_specs`, decided on this run, each with its gates."""
+    return C.evaluate(claim_specs(cfg), results)
 
 
 def summary_metrics(results: dict) -> dict:

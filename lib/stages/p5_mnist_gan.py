@@ -51,6 +51,7 @@ PAPER_TABLE1 = {0.1: (0.96, 0.97), 0.3: (0.76, 0.55), 0.5: (0.37, 0.15), 0.7: (0
 PAPER_CLEAN_ACCURACY = 0.984
 HEADLINE_INTENSITY = 0.3  # "98.4% -> 55.1% after G; 76.5% after one fast-gradient step" = the 0.3 row
 PAPER_HEADLINE = {"after G": 0.551, "after FGSM": 0.765}
+PAPER_WINS = (0.3, 0.5, 0.7)  # the intensities where the paper's G beats one FGSM step
 
 
 @dataclass
@@ -613,69 +614,93 @@ def g_plateaued(r: dict, intensities) -> list[C.Gate]:
     return [C.plateaued(f"G's curve at intensity {i:g}", [100 * v for v in r["curves"][i]]) for i in intensities]
 
 
-def claims(r: dict, cfg: Config) -> list[C.Claim]:
-    """The paper's claims (and ours) tested on this run (``r`` from :func:`run`), each with its gates."""
-    frozen, curves, alternating, robust = r["frozen"], r["curves"], r["alternating"], r["robust"]
-    d_gates = gates_of_d(r, cfg)
-    out = []
-    if HEADLINE_INTENSITY in frozen:
-        h = frozen[HEADLINE_INTENSITY]
-        out.append(
-            C.Claim(
-                "At intensity 0.3, D falls further under G than under one FGSM step (accuracy %, G vs FGSM)",
-                f"{100 * PAPER_HEADLINE['after G']:.1f} vs {100 * PAPER_HEADLINE['after FGSM']:.1f}",
-                f"{100 * h['gan']:.1f} vs {100 * h['fgsm']:.1f}",
-                held=h["gan"] < h["fgsm"],
-                gates=[*d_gates, *g_plateaued(r, [HEADLINE_INTENSITY])],
-            )
-        )
-    wins = [i for i, v in frozen.items() if v["gan"] < v["fgsm"]]
-    paper_wins = [i for i in (0.3, 0.5, 0.7) if i in frozen]
-    out.append(
-        C.Claim(
+def intensities_missed(r: dict) -> list[float]:
+    """The paper's intensities (0.3, 0.5, 0.7; those run) where G is not stronger than one FGSM step."""
+    frozen = r["frozen"]
+    return [i for i in PAPER_WINS if i in frozen and not frozen[i]["gan"] < frozen[i]["fgsm"]]
+
+
+def convergence_order_broken(r: dict) -> list[str]:
+    """Where a larger intensity converges later than a smaller one (Fig. 1a), or why the order
+    cannot be read (fewer than two intensities)."""
+    conv = sorted((i, convergence_epoch(c)) for i, c in r["curves"].items())
+    if len(conv) < 2:
+        return ["fewer than two intensities"]
+    return [f"{b[0]:g} after {a[0]:g}" for a, b in zip(conv, conv[1:]) if b[1] > a[1]]
+
+
+def alternating_claims(i: float, cfg: Config) -> list[C.Spec]:
+    """Fig. 1b's claim at intensity ``i``, and ours: the alternately trained D against attacks it never saw."""
+    pgd = f"PGD-{cfg.pgd_steps}"
+    attacks = [pgd, "AutoAttack"] if i in cfg.aa_intensities else [pgd]
+
+    def on_g(r: dict) -> list[float]:
+        return [e["acc_on_G"] for e in r["alternating"][i][1:]]
+
+    def gains(r: dict) -> dict[str, float]:
+        alt, base = r["robust"][f"alternating D ({i:g})"][i], r["robust"]["clean D"][i]
+        return {a: 100 * (alt[a] - base[a]) for a in attacks}
+
+    def gates(r: dict) -> list[C.Gate]:
+        return [*gates_of_d(r, cfg), C.converged_history(f"D alternating with G ({i:g})", r["alternating"][i][1:])]
+
+    return [
+        C.Spec(
+            f"Trained alternately with G at intensity {i:g}, D stays within 5 points of its clean accuracy on G's images "
+            "(Fig. 1b; min %, clean %)",
+            quantity=lambda r: 100 * (min(on_g(r)) - r["alternating"][i][-1]["acc_clean"]),
+            rule=C.not_below(-5.0),
+            gates=gates,
+            paper="near clean",
+            shown=lambda r: f"{100 * min(on_g(r)):.1f} vs {100 * r['alternating'][i][-1]['acc_clean']:.1f}",
+        ),
+        C.Spec(
+            f"Ours, not the paper's: at intensity {i:g} the alternately trained D gains at least 5 points over the clean D "
+            f"under gradient attacks it never trained on ({' and '.join(attacks)}, points)",
+            quantity=lambda r: min(gains(r).values()) if len(gains(r)) == 2 else None,
+            rule=C.not_below(5.0),
+            gates=gates,
+            shown=lambda r: ", ".join(f"{a} {g:+.1f}" for a, g in gains(r).items()),
+        ),
+    ]
+
+
+def claim_specs(cfg: Config) -> list[C.Spec]:
+    """The paper's claims (and ours) as data, decided on the result of :func:`run`."""
+    head = HEADLINE_INTENSITY
+    return [
+        C.Spec(
+            f"At intensity {head:g}, D falls further under G than under one FGSM step (accuracy %, G vs FGSM)",
+            quantity=lambda r: 100 * (r["frozen"][head]["gan"] - r["frozen"][head]["fgsm"]),
+            rule=C.below(0.0),
+            gates=lambda r: [*gates_of_d(r, cfg), *g_plateaued(r, [head])],
+            paper=f"{100 * PAPER_HEADLINE['after G']:.1f} vs {100 * PAPER_HEADLINE['after FGSM']:.1f}",
+            shown=lambda r: f"{100 * r['frozen'][head]['gan']:.1f} vs {100 * r['frozen'][head]['fgsm']:.1f}",
+            applies=lambda r: head in r["frozen"],
+        ),
+        C.Spec(
             "G is stronger than one FGSM step at intensities 0.3, 0.5 and 0.7 (intensities where it is)",
-            ", ".join(f"{i:g}" for i in paper_wins),
-            ", ".join(f"{i:g}" for i in wins) or "none",
-            held=set(paper_wins) <= set(wins),
-            gates=[*d_gates, *g_plateaued(r, frozen)],
-        )
-    )
-    conv = {i: convergence_epoch(c) for i, c in curves.items()}
-    order = [conv[i] for i in sorted(conv)]
-    out.append(
-        C.Claim(
+            quantity=intensities_missed,
+            rule=C.NONE_FLAGGED,
+            gates=lambda r: [*gates_of_d(r, cfg), *g_plateaued(r, r["frozen"])],
+            paper=", ".join(f"{i:g}" for i in PAPER_WINS if i in cfg.intensities),
+            shown=lambda r: C.join(f"{i:g}" for i, v in r["frozen"].items() if v["gan"] < v["fgsm"]),
+        ),
+        C.Spec(
             "A larger intensity converges in fewer epochs (Fig. 1a; epoch where G's curve is within 1 point of its end)",
-            "decreasing",
-            ", ".join(f"{i:g}: {e}" for i, e in sorted(conv.items())),
-            held=len(order) >= 2 and all(a >= b for a, b in zip(order, order[1:])),
-            gates=g_plateaued(r, curves),
-        )
-    )
-    for i, h in alternating.items():
-        on_g = [e["acc_on_G"] for e in h[1:]]
-        out.append(
-            C.Claim(
-                f"Trained alternately with G at intensity {i:g}, D stays within 5 points of its clean accuracy on G's images (Fig. 1b; min %, clean %)",
-                "near clean",
-                f"{100 * min(on_g):.1f} vs {100 * h[-1]['acc_clean']:.1f}",
-                held=min(on_g) >= h[-1]["acc_clean"] - 0.05,
-                gates=[*d_gates, C.converged_history(f"D alternating with G ({i:g})", h[1:])],
-            )
-        )
-        alt, base = robust[f"alternating D ({i:g})"][i], robust["clean D"][i]
-        pgd = f"PGD-{cfg.pgd_steps}"
-        gains = {a: 100 * (alt[a] - base[a]) for a in (pgd, "AutoAttack") if a in alt}
-        out.append(
-            C.Claim(
-                f"Ours, not the paper's: at intensity {i:g} the alternately trained D gains at least 5 points over the clean D under "
-                f"gradient attacks it never trained on ({' and '.join(gains)}, points)",
-                None,
-                ", ".join(f"{a} {g:+.1f}" for a, g in gains.items()),
-                held=len(gains) == 2 and min(gains.values()) >= 5,
-                gates=[*d_gates, C.converged_history(f"D alternating with G ({i:g})", h[1:])],
-            )
-        )
-    return out
+            quantity=convergence_order_broken,
+            rule=C.NONE_FLAGGED,
+            gates=lambda r: g_plateaued(r, r["curves"]),
+            paper="decreasing",
+            shown=lambda r: ", ".join(f"{i:g}: {convergence_epoch(c)}" for i, c in sorted(r["curves"].items())),
+        ),
+        *(spec for i in cfg.alternating_intensities for spec in alternating_claims(i, cfg)),
+    ]
+
+
+def claims(r: dict, cfg: Config) -> list[C.Claim]:
+    """The claims of :func:`claim_specs`, decided on this run (``r`` from :func:`run`), each with its gates."""
+    return C.evaluate(claim_specs(cfg), r)
 
 
 def summary_metrics(r: dict, cfg: Config) -> dict:
