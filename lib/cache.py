@@ -93,6 +93,7 @@ def open_store(root: str | Path | None, retrain: bool = False) -> ModelStore:
     global _store
     _RUNS.clear()
     _REBUILT.clear()
+    _ON_TRAIN.clear()  # a new run: whoever opens the store sets its own check
     _store = ModelStore(Path(root) if root is not None else None, retrain)
     if _store.root is not None:
         for folder in (_store.root, _store.evaluations):
@@ -344,6 +345,8 @@ def cached(
     ``loaded`` (whether it came from the store); every call is also listed in :func:`runs`.
     """
     caller = caller or inspect.currentframe().f_back.f_code
+    for check in _ON_TRAIN:
+        check(name)
     k = key_of(name, modules, key, caller, seeded)
     st = store()
     path = st.path(name, k) if st.root is not None else None
@@ -370,6 +373,14 @@ def cached(
 
 _RUNS: list[dict] = []
 _REBUILT: list[dict] = []
+_ON_TRAIN: list[Callable[[str], None]] = []  # called with each model's name before it is trained or loaded
+
+
+def on_train(check: Callable[[str], None] | None) -> None:
+    """Call ``check(name)`` before every model is trained or loaded (``None``: stop); it may raise to stop the run."""
+    _ON_TRAIN.clear()
+    if check is not None:
+        _ON_TRAIN.append(check)
 
 
 def _outcome(record: dict) -> str:

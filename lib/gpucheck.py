@@ -53,7 +53,7 @@ def _stage(seconds: int, out: Path, data_dir: str) -> dict:
     signal.alarm(seconds)
     finished = True
     try:
-        p5.run(*p5.load_data(cfg, data_dir), cfg)
+        p5.run(cfg, data_dir)
     except _OutOfTime:
         finished = False
     finally:

@@ -11,10 +11,12 @@ import pandas as pd
 from IPython import get_ipython
 from IPython.display import Markdown, display
 
+from lib import cache
 from lib import claims as C
 from lib.cache import open_store
 from lib.claims import Claim
 from lib.params import RUN_SETTINGS, build_config, check_profile, check_seed, checked_parameters, method_params
+from lib.plan import Following
 from lib.report import ResultsWriter, set_style, setting_line
 from lib.runtime import Acceleration, DryRun, device_name, metadata, repo_path, seed_everything
 
@@ -44,6 +46,8 @@ class StageRun:
         DryRun.configure(dry_run)
         self.cfg, self.settings = build_config(module.Config, params), params
         self.models = open_store(repo_path(models_dir) if models_dir is not None else None, retrain)
+        self.schedule = Following(module.plan(self.cfg))  # the run is held to its plan (checked in write_claims)
+        cache.on_train(self.schedule.take)
         self.stage, self.profile, self.seed = stage, profile, seed
         self.started = time.time()
         seed_everything(seed)
@@ -85,7 +89,8 @@ class StageRun:
     def write_claims(self, claims: Sequence[Claim]) -> Markdown:
         """Store the verdicts (``claims.json``, ``claims.md``), add their counts to ``metrics.json``
         and show them in the summary at the notebook's top (the cell :class:`StageRun` displayed);
-        returns a pointer to it for the last cell."""
+        returns a pointer to it for the last cell. First, the run must have trained every model its plan lists."""
+        self.schedule.check_complete()
         C.write(claims, self.out.root)
         self.out.add_metrics(C.counts(claims))
         summary = f"## Verdicts of this run\n\n{setting_line(self._meta)}\n\n{C.markdown(claims)}\n\n*Tables, figures and the method's details follow.*"

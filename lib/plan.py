@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -91,6 +93,43 @@ class StagePlan:
             "clean_epoch_units": self.units,
             "models": [{**asdict(m), "model": m.model.label()} for m in self.models],
         }
+
+
+def _masked(name: str) -> str:
+    """A model's name with its numbers masked: p5's eps in pixel units come from the data, not the plan."""
+    return re.sub(r"\d+(\.\d+)?", "#", name)
+
+
+class PlanDrift(RuntimeError):
+    """A stage trained a model its ``plan(cfg)`` does not list, or did not train one it lists."""
+
+
+class Following:
+    """A run held to its plan: :meth:`take` each model as it is trained or loaded (it must be listed,
+    names compared up to their numbers); :meth:`check_complete` at the end (every listed one taken).
+    The plan is the stage's schedule, not a description kept beside it: a stage whose ``run`` and
+    ``plan`` disagree stops, in every profile."""
+
+    def __init__(self, plan: StagePlan):
+        self.plan = plan
+        self.left = Counter(_masked(m.name) for m in plan.models)
+
+    def take(self, name: str) -> None:
+        masked = _masked(name)
+        if self.left[masked] <= 0:
+            raise PlanDrift(
+                f"{self.plan.stage} trains '{name}', which its plan(cfg) does not list (or lists fewer times): "
+                f"add it to plan() in lib/stages/{self.plan.stage}.py"
+            )
+        self.left[masked] -= 1
+
+    def check_complete(self) -> None:
+        missing = sorted(n for n, k in self.left.items() for _ in range(k))
+        if missing:
+            raise PlanDrift(
+                f"{self.plan.stage}'s plan(cfg) lists models the run did not train: {', '.join(missing)} "
+                f"(lib/stages/{self.plan.stage}.py)"
+            )
 
 
 def train_size(name: str, n: int | None, held_out: int = 0) -> int:

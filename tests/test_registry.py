@@ -73,7 +73,9 @@ import lib.models as M
 import lib.plan as P
 from lib import attacks as A
 from lib import claims as C
+from lib.cache import cached
 from lib.evaluate import accuracy, robust_accuracy
+from lib.stages import Result
 
 import toy_method
 
@@ -100,25 +102,30 @@ def plan(cfg: Config) -> P.StagePlan:
     return out
 
 
-def run(cfg: Config, data_dir: str) -> dict:
+def run(cfg: Config, data_dir: str) -> Result:
     ds = D.load(cfg.dataset, data_dir)
     x, y = D.tensors(D.subset(ds.train, cfg.n_train, cfg.seed))
     x_test, y_test = D.tensors(D.subset(ds.test, cfg.n_test, cfg.seed + 1))
     model = M.build("mnist_cnn", ds.shape, ds.num_classes, seed=cfg.seed, width=4)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(cfg.epochs):
-        for i in range(0, len(y), 50):
-            toy_method.fgsm_step(model.train(), opt, x[i : i + 50], y[i : i + 50], cfg.eps)
+
+    def fit():
+        for _ in range(cfg.epochs):
+            for i in range(0, len(y), 50):
+                toy_method.fgsm_step(model.train(), opt, x[i : i + 50], y[i : i + 50], cfg.eps)
+
+    cached("FGSM-AT", {"model": model}, fit, key=(cfg, x))  # every model through the store, as its plan lists
     model.eval()
-    return {"clean": accuracy(model, x_test, y_test), "fgsm": robust_accuracy(model, x_test, y_test, A.fgsm, eps=cfg.eps)}
+    r = {"clean": accuracy(model, x_test, y_test), "fgsm": robust_accuracy(model, x_test, y_test, A.fgsm, eps=cfg.eps)}
+    return Result(r, cfg.dataset, {"train": len(y), "test": len(y_test)})
 
 
 def table(r: dict) -> pd.DataFrame:
     return pd.DataFrame([{"attack": "none", "ours": 100 * r["clean"]}, {"attack": "FGSM", "ours": 100 * r["fgsm"]}])
 
 
-def claims(r: dict) -> list[C.Claim]:
-    return [C.Claim("FGSM-AT keeps some accuracy under FGSM", None, f"{100 * r['fgsm']:.1f}", held=r["fgsm"] > 0)]
+def claim_specs(cfg: Config) -> list[C.Spec]:
+    return [C.Spec("FGSM-AT keeps some accuracy under FGSM (%)", lambda r: 100 * r["fgsm"], C.above(0.0))]
 '''
 
 PROFILE = {"common": {"retrain": False, "deterministic": None, "dataset": "mnist5k", "eps": 0.3, "seed": 0}}
@@ -127,11 +134,11 @@ PROFILE |= {p: {"n_train": 200, "n_test": 100, "epochs": 1} for p in ("smoke", "
 CELLS = [
     'profile: str = "smoke"\nsettings: dict = {}\nresults_dir: str = "build/smoke/p6_toy"\n'
     'data_dir: str = "data/prepared"\nmodels_dir: str | None = None\ndry_run: bool = False',
-    "import p6_toy\nfrom lib.notebook import StageRun\n\nrun = StageRun(p6_toy, profile, settings, results_dir, models_dir, dry_run)",
-    "r = p6_toy.run(run.cfg, data_dir)\nmeta = run.meta(dataset=run.cfg.dataset, samples={'train': run.cfg.n_train})\n"
+    "import p6_toy\nfrom lib import claims as C\nfrom lib.notebook import StageRun\n\nrun = StageRun(p6_toy, profile, settings, results_dir, models_dir, dry_run)",
+    "result = p6_toy.run(run.cfg, data_dir)\nr = result.measurements\nmeta = run.meta(result.dataset, result.samples)\n"
     "run.out.table('accuracy', p6_toy.table(r), 'Accuracy (%)', meta)",
     "run.out.metrics({'clean': 100 * r['clean'], 'fgsm': 100 * r['fgsm']}, {'results': r}, meta)\n"
-    "run.write_claims(p6_toy.claims(r))",
+    "run.write_claims(C.evaluate(p6_toy.claim_specs(run.cfg), r))",
 ]
 
 

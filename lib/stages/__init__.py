@@ -5,7 +5,8 @@ Read by the pipeline, the plan, the README, the bench, the dry run, the Makefile
 
 - ``lib/methods/<paper>.py``: the paper's algorithm (networks, perturbation source, update, attack);
 - ``lib/stages/<stage>.py``: the protocol: its ``Config`` (the one declaration of its parameters, defaults =
-  the paper's), ``plan(cfg)``, ``run``, tables, figures and claims;
+  the paper's), ``plan(cfg)``, one entry point ``run(cfg, data_dir) -> Result`` (its measurements typed by
+  the stage's ``Measurements``), tables, figures and its claims as data (``claim_specs``);
 - ``notebooks/<stage>.ipynb``: the executed results section;
 - ``profiles/<stage>.yaml``: the values of its parameters per profile (smoke, cpu, paper).
 
@@ -20,9 +21,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Generic, TypeVar
 
 from lib.errors import ConfigError
 from lib.runtime import REPO_ROOT
+
+M = TypeVar("M")
+
+
+@dataclass
+class Result(Generic[M]):
+    """What a stage's ``run(cfg, data_dir)`` returns: its measurements (typed by the stage's
+    ``Measurements``), and the data it ran on as the notebook's metadata states it."""
+
+    measurements: M
+    dataset: str  # the data: name, source, stand-in or not
+    samples: dict[str, int]  # examples per split
 
 
 @dataclass(frozen=True)

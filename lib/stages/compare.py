@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypedDict
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -43,6 +45,7 @@ from lib.methods import resnet_transfer_augmentation as p4
 from lib.methods import single_step_reuse as p3
 from lib.report import evaluation
 from lib.runtime import device, seed_everything
+from lib.stages import Result
 from lib.stages.p2_pgn import perturbation_ratio
 from lib.stages.p3_single_step_reuse import past_one_reset
 from lib.train import (
@@ -392,7 +395,37 @@ def sanity_checks(
     }
 
 
-def run(cfg: Config, data_dir) -> dict:
+class Measurements(TypedDict):
+    """What :func:`run` measures (accuracies as fractions)."""
+
+    chosen: dict[str, Trained]  # per defence, the strength nearest the benign target
+    swept: dict[str, dict]  # per defence, every strength trained
+    results: dict[str, dict]  # per chosen defence, its evaluation (:func:`evaluate`)
+    target: float  # the benign-accuracy target
+    perturbation_l2: dict[str, float]  # PGN's and FGSM-AT's mean L2 training perturbation (p2's gate)
+    dataset: D.Dataset
+    n_train: int
+    n_val: int
+    n_test: int
+    n_clean_test: int
+    surrogate_accuracy: float  # the black-box source's clean accuracy
+
+
+def run(cfg: Config, data_dir: str | Path) -> Result[Measurements]:
+    """The stage: every defence trained and evaluated alike (:func:`measure`)."""
+    r = measure(cfg, data_dir)
+    samples = {
+        "train": r["n_train"],
+        "validation": r["n_val"],
+        "test (attacks)": r["n_test"],
+        "test (clean accuracy)": r["n_clean_test"],
+        "C&W": cfg.n_rho,
+        "foolbox": cfg.n_foolbox,
+    }
+    return Result(r, f"{cfg.dataset} ({r['dataset'].source})", samples)
+
+
+def measure(cfg: Config, data_dir: str | Path) -> Measurements:
     """Train every defence (its strength sweep), pick the strength nearest the benign target, evaluate all alike."""
     seed_everything(cfg.seed)
     ds = D.load(cfg.dataset, data_dir)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypedDict
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -30,6 +32,7 @@ from lib.evaluate import accuracy, accuracy_vs_eps, adversarial_examples, relati
 from lib.methods.conv_generator_ensemble import ASSIGNMENTS, EnsembleSource, GeneratorEnsemble
 from lib.report import comparison, evaluation
 from lib.runtime import device, seed_everything
+from lib.stages import Result
 from lib.train import (
     AttackSource,
     TrainConfig,
@@ -530,7 +533,30 @@ def claims(r: dict, cfg: Config) -> list[C.Claim]:
     return C.evaluate(claim_specs(cfg), r)
 
 
-def run(ds: D.Dataset, train_split: D.Split, val_split: D.Split, test_split: D.Split, cfg: Config) -> dict:
+class Measurements(TypedDict):
+    """What :func:`run` measures (accuracies as fractions)."""
+
+    models: dict[str, nn.Module]  # base, min-max, proposed
+    trained: dict[str, TrainResult]  # the two fine-tunings
+    base: TrainResult  # clean pre-training
+    per_batch: dict[str, float]  # Table 1's timing: seconds per batch of each method at the paper's settings
+    results: dict[str, dict]  # per model: accuracy vs eps under each attack (:func:`evaluate`)
+    ensemble: GeneratorEnsemble  # the proposed method's generators
+    batches_per_epoch: int
+    surrogate_accuracy: float  # the black-box source's clean accuracy
+    examples: torch.Tensor  # test images for Fig. 2
+
+
+def run(cfg: Config, data_dir: str | Path) -> Result[Measurements]:
+    """The stage: the data, pre-training, both fine-tunings, timing and evaluation."""
+    ds, train_split, val_split, test_split = load_data(cfg, data_dir)
+    r = measure(ds, train_split, val_split, test_split, cfg)
+    stand_in = "" if cfg.dataset == "cifar10" else " — STAND-IN for the paper's CIFAR-10"
+    samples = {"train": len(train_split), "validation": len(val_split), "test": len(test_split)}
+    return Result(r, f"{cfg.dataset} ({ds.source}){stand_in}", samples)
+
+
+def measure(ds: D.Dataset, train_split: D.Split, val_split: D.Split, test_split: D.Split, cfg: Config) -> Measurements:
     """Base and surrogate pre-training, both fine-tunings, timing and evaluation."""
     seed_everything(cfg.seed)
     test, val = D.tensors(test_split), Validation(*D.tensors(val_split))
@@ -559,6 +585,7 @@ def run(ds: D.Dataset, train_split: D.Split, val_split: D.Split, test_split: D.S
         "ensemble": source.ensemble,
         "batches_per_epoch": math.ceil(len(train_split) / cfg.batch_size),
         "surrogate_accuracy": accuracy(surrogate, *test),
+        "examples": D.examples(test_split, cfg.n_examples, cfg.seed)[0],
     }
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -49,6 +50,7 @@ from lib.methods.pgn import (
 )
 from lib.report import comparison, evaluation, widen
 from lib.runtime import device, seed_everything
+from lib.stages import Result
 from lib.train import (
     AttackSource,
     Clean,
@@ -454,20 +456,14 @@ def reference_check(matched: dict[str, Trained], data: Data, cfg: Config) -> dic
     only), each pair under the paper's white-box FGM and MIM."""
     x, y = data.test
     fgm_at, pgn_ours = matched["FGM-AT"], matched["PGN"]
+    augmented = fit(  # trained once, paired with both PGN variants that augment
+        "FGM-AT", fgm_at.value, data, cfg, augment=True, desc=f"FGM-AT eps {fgm_at.value:g} (reference: augment)"
+    )
     out = {}
     for variant, opts in REFERENCE_VARIANTS.items():
         tag = " ".join(k for k in ("augment", "leaky") if opts.get(k))
         pair = {
-            "FGM-AT": fgm_at
-            if not opts.get("augment")
-            else fit(
-                "FGM-AT",
-                fgm_at.value,
-                data,
-                cfg,
-                augment=True,
-                desc=f"FGM-AT eps {fgm_at.value:g} (reference: augment)",
-            ),
+            "FGM-AT": augmented if opts.get("augment") else fgm_at,
             "PGN": pgn_ours
             if not opts
             else fit("PGN", pgn_ours.value, data, cfg, desc=f"PGN c_L {pgn_ours.value:g} (reference: {tag})", **opts),
@@ -554,6 +550,35 @@ def run_dataset(name: str, cfg: Config, data_dir) -> dict:
         "track": [h for h in sweep[("FGM-AT", cfg.track_eps)].result.history if "benign" in h],
         "surrogate_accuracy": accuracy(surrogate, *data.test),
     }
+
+
+Measurements = dict[str, dict]  # dataset -> its sweep, matched table, variants and checks (:func:`run_dataset`)
+
+
+def stand_in(name: str) -> str:
+    """How a dataset the paper did not use is labelled."""
+    return "" if name in PAPER else f" — STAND-IN for the paper's {STAND_IN_FOR.upper()}"
+
+
+def dataset_line(name: str, r: dict) -> str:
+    return f"{name} ({r['data'].ds.source}){stand_in(name)}"
+
+
+def samples(r: dict) -> dict[str, int]:
+    d = r["data"]
+    return {
+        "train": len(d.train),
+        "validation": len(d.val[1]),
+        "test": len(d.test[1]),
+        "rho (DeepFool, C&W)": len(d.rho[1]),
+    }
+
+
+def run(cfg: Config, data_dir: str | Path) -> Result[Measurements]:
+    """The stage: every configured dataset (:func:`run_dataset`)."""
+    results = {name: run_dataset(name, cfg, data_dir) for name in cfg.datasets}
+    merged = {f"{name} {k}": v for name, r in results.items() for k, v in samples(r).items()}
+    return Result(results, "; ".join(dataset_line(name, r) for name, r in results.items()), merged)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1140,9 +1165,13 @@ def plan(cfg: Config) -> P.StagePlan:
             (f"PGN ablation: no {drop}", pgn, width, epochs) for drop in ("label", "image", "gradient") if cfg.ablation
         ]
         runs += [(f"PGN width x{m:g}", pgn, width * m, epochs) for m in cfg.capacity]
-        if cfg.reference_check:  # the matched pair retrained with the reference code's choices (eps / c_L: at run time)
-            runs += [("FGM-AT (reference: augment)", 1 + both, width, epochs)]
-            runs += [(f"PGN (reference: {tag})", pgn, width, epochs) for tag in ("augment", "leaky", "augment leaky")]
+        if (
+            cfg.reference_check
+        ):  # the matched pair retrained with the reference code's choices (# = eps / c_L, matched at run time)
+            runs += [("FGM-AT eps # (reference: augment)", 1 + both, width, epochs)]
+            runs += [
+                (f"PGN c_L # (reference: {tag})", pgn, width, epochs) for tag in ("augment", "leaky", "augment leaky")
+            ]
         for desc, passes, w, e in runs:
             plan.add(
                 f"{name} {desc}",

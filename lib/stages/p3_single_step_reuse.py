@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -25,6 +26,7 @@ from lib.evaluate import accuracy, accuracy_per_iteration, relative_cost, robust
 from lib.methods.single_step_reuse import ATDASource, StoredPerturbation
 from lib.report import comparison, evaluation, widen
 from lib.runtime import device, seed_everything
+from lib.stages import Result
 from lib.train import (
     AttackSource,
     Clean,
@@ -212,6 +214,22 @@ def _evaluate_defence(
         "cost_vs_vanilla": relative_cost(tr.sec_per_epoch, clean_sec),
         "eval_seconds": time.perf_counter() - t0,
     }
+
+
+Measurements = dict[str, dict[str, dict]]  # dataset -> defence -> its evaluation (:func:`evaluate_defences`)
+
+
+def run(cfg: Config, data_dir: str | Path) -> Result[Measurements]:
+    """The stage: per dataset (at its eps), every defence trained from the same initial weights, then evaluated."""
+    results, samples, sources = {}, {}, []
+    for name, eps in cfg.datasets.items():
+        ds, train_split, val_split, test_split = load_data(name, cfg, data_dir)
+        models = train_defences(ds, train_split, val_split, eps, cfg, desc=name)
+        results[name] = evaluate_defences(models, test_split, eps, cfg)
+        sizes = {"train": len(train_split), "validation": len(val_split), "test": len(test_split)}
+        samples.update({f"{name} {split}": n for split, n in sizes.items()})
+        sources.append(f"{name} ({ds.source}, eps {eps})")
+    return Result(results, "; ".join(sources), samples)
 
 
 def paper_key(dataset: str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -30,6 +31,7 @@ from lib.evaluate import accuracy, robust_accuracy
 from lib.methods.resnet_transfer_augmentation import adversarial_training_set
 from lib.report import comparison, evaluation
 from lib.runtime import device, seed_everything
+from lib.stages import Result
 from lib.train import EarlyStopping, TrainConfig, TrainResult, train
 
 ARCHS = ("resnet18", "resnet50", "resnet101")
@@ -255,6 +257,16 @@ def run_dataset(name: str, cfg: Config, data_dir) -> dict:
                     "history": tr.history,
                 }
     return out
+
+
+Measurements = dict[str, dict]  # dataset -> variant -> architecture -> its evaluation (:func:`run_dataset`)
+
+
+def run(cfg: Config, data_dir: str | Path) -> Result[Measurements]:
+    """The stage: every configured dataset (:func:`run_dataset`)."""
+    results = {name: run_dataset(name, cfg, data_dir) for name in cfg.datasets}
+    samples = {f"{name} {k}": v for name, r in results.items() for k, v in r["samples"].items()}
+    return Result(results, "; ".join(f"{LABEL[n]} ({r['source']})" for n, r in results.items()), samples)
 
 
 def _paper_accuracy(dataset: str, variant: str, arch: str) -> float | None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypedDict
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -44,6 +46,7 @@ from lib.methods.mnist_gan import (
 )
 from lib.report import comparison, evaluation, widen
 from lib.runtime import Acceleration, DryRun, device, progress, seed_everything
+from lib.stages import Result
 from lib.train import TrainConfig, TrainResult, Validation, train, training_precision
 
 # Table 1 of the paper: intensity -> (accuracy under one FGSM step, accuracy under G), D trained 70 epochs.
@@ -735,7 +738,33 @@ def evaluate_models(models: dict, generators: dict, alt_generators: dict, test: 
     return robust
 
 
-def run(ds: D.Dataset, train_split: D.Split, val_split: D.Split, test_split: D.Split, cfg: Config) -> dict:
+class Measurements(TypedDict):
+    """What :func:`run` measures (accuracies as fractions; intensities as keys)."""
+
+    diagnosis: dict  # the headline's diagnosis (:func:`diagnose`), {} when not run
+    std: float  # the training digits' pixel standard deviation
+    clean_accuracy: float  # the clean D (phase 1)
+    d_history: list[dict]  # phase 1's training history
+    frozen: dict[float, dict[str, float]]  # Table 1: the clean D under G ("gan") and one FGSM step
+    curves: dict[float, list[float]]  # Fig. 1a: the clean D's accuracy under G per epoch of G
+    generators: dict[float, nn.Module]  # phase 2's G per intensity
+    alternating: dict[float, list[dict]]  # Fig. 1b: phase 3's history per intensity
+    alt_generators: dict[float, nn.Module]
+    models: dict[str, nn.Module]  # the clean D and each alternately trained D
+    robust: dict[str, dict[float, dict[str, float]]]  # each D under every attack, per intensity
+    clean: dict[str, float]  # each D's clean accuracy
+    examples: tuple[torch.Tensor, torch.Tensor]  # test digits for the figures
+
+
+def run(cfg: Config, data_dir: str | Path) -> Result[Measurements]:
+    """The stage: the digits, all three phases and every evaluation."""
+    ds, train_split, val_split, test_split = load_data(cfg, data_dir)
+    r = measure(ds, train_split, val_split, test_split, cfg)
+    samples = {"train": len(train_split), "validation": len(val_split), "test": len(test_split)}
+    return Result(r, f"{cfg.dataset} ({ds.source})", samples)
+
+
+def measure(ds: D.Dataset, train_split: D.Split, val_split: D.Split, test_split: D.Split, cfg: Config) -> Measurements:
     """All three phases and every evaluation; returns the results the notebook reports."""
     seed_everything(cfg.seed)
     test, val = D.tensors(test_split), D.tensors(val_split)
@@ -786,6 +815,7 @@ def run(ds: D.Dataset, train_split: D.Split, val_split: D.Split, test_split: D.S
         "models": models,
         "robust": robust,
         "clean": {n: accuracy(m, *test) for n, m in models.items()},
+        "examples": D.examples(test_split, cfg.n_examples, cfg.seed),
     }
 
 
@@ -818,11 +848,11 @@ def plan(cfg: Config) -> P.StagePlan:
         plan.add(f"phase 2: G at intensity {i:g}", model, cfg.g_epochs, n, 1, cfg.batch_size)
     if cfg.diagnosis and 0.3 in cfg.intensities:  # the headline's diagnosis: one G with the reference's clamped output
         plan.add(
-            "diagnosis: G with clamped tanh (eps 0)", model, cfg.g_epochs, n, 1, cfg.batch_size
-        )  # eps: pixel units, from the data
+            "diagnosis: G with clamped tanh (eps #)", model, cfg.g_epochs, n, 1, cfg.batch_size
+        )  # #: eps in pixel units, from the data
     both = 1 + (cfg.clean_weight > 0)
     for _ in cfg.alternating_intensities:
         plan.add(
-            "phase 3: D and G alternately, eps 0", model, cfg.alt_epochs, n, 1 + both, cfg.batch_size
-        )  # eps: pixel units, from the data
+            "phase 3: D and G alternately, eps #", model, cfg.alt_epochs, n, 1 + both, cfg.batch_size
+        )  # #: eps in pixel units, from the data
     return plan
