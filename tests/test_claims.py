@@ -8,6 +8,7 @@ import math
 import pytest
 
 from lib import claims as C
+from lib import stages
 from lib.errors import ConfigError
 
 
@@ -183,22 +184,11 @@ def test_a_claim_not_run_is_not_testable_and_names_what_is_missing():
     assert "ablation run in this profile (1 = yes): 0 (threshold 1) FAIL" in c.markdown()
 
 
-@pytest.mark.parametrize(
-    "stage",
-    [
-        "p1_conv_generator_ensemble",
-        "p2_pgn",
-        "p3_single_step_reuse",
-        "p4_resnet_transfer_augmentation",
-        "p5_mnist_gan",
-        "compare",
-    ],
-)
+@pytest.mark.parametrize("stage", stages.names())
 def test_every_stage_states_its_claims_as_specs(stage):
     """No stage decides a claim itself: its claims are Specs (for every profile) that lib.claims evaluates."""
     import inspect
 
-    from lib import stages
     from lib.params import stage_config
 
     module = stages.get(stage).load()
