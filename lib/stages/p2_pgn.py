@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -502,7 +503,7 @@ def variants(main: Trained, data: Data, cfg: Config) -> tuple[dict, dict]:
     return ablation, capacity
 
 
-def run_dataset(name: str, cfg: Config, data_dir) -> dict:
+def run_dataset(name: str, cfg: Config, data_dir) -> DatasetMeasurements:
     """Every training run and measurement of the stage on one dataset."""
     seed_everything(cfg.seed)
     data = load_data(name, cfg, data_dir)
@@ -552,7 +553,24 @@ def run_dataset(name: str, cfg: Config, data_dir) -> dict:
     }
 
 
-Measurements = dict[str, dict]  # dataset -> its sweep, matched table, variants and checks (:func:`run_dataset`)
+class DatasetMeasurements(TypedDict):
+    """What :func:`run_dataset` measures on one dataset (accuracies as fractions)."""
+
+    name: str
+    reference: dict[str, dict]  # the reference-code check (:func:`reference_check`), {} when not run
+    pgn_mean_l2: float  # the matched PGN's mean L2 perturbation on the test images
+    data: Data
+    sweep: dict[tuple, Trained]  # (defence, strength) -> the trained model
+    matched: dict[str, Trained]  # per defence, the strength closest to the Baseline's benign accuracy
+    table: dict[str, dict]  # per matched defence, the paper's protocol (:func:`protocol`)
+    ablation: dict[str, Trained]
+    capacity: dict[str, Trained]
+    strength: dict[str, dict]  # Fig. 3 (:func:`attack_strength`)
+    track: list[dict]  # the tracked FGM-AT's per-epoch record
+    surrogate_accuracy: float
+
+
+Measurements = dict[str, DatasetMeasurements]  # dataset -> its measurements
 
 
 def stand_in(name: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -176,7 +177,9 @@ def train_defences(
     return out
 
 
-def evaluate_defences(models: dict[str, TrainResult], test: D.Split, eps: float, cfg: Config) -> dict:
+def evaluate_defences(
+    models: dict[str, TrainResult], test: D.Split, eps: float, cfg: Config
+) -> dict[str, DefenceEvaluation]:
     """Per defence: clean/FGSM/BIM(10)/BIM(30)/PGD accuracy, the BIM-N curve, the BIM(10) iterates, cost."""
     x, y = D.tensors(test)
     clean_sec = models["vanilla"].sec_per_epoch if "vanilla" in models else float("nan")
@@ -189,7 +192,7 @@ def evaluate_defences(models: dict[str, TrainResult], test: D.Split, eps: float,
 
 def _evaluate_defence(
     tr: TrainResult, x: torch.Tensor, y: torch.Tensor, eps: float, cfg: Config, clean_sec: float
-) -> dict:
+) -> DefenceEvaluation:
     m = tr.final
     t0 = time.perf_counter()
     curve = {int(n): robust_accuracy(m, x, y, A.bim, eps=eps, steps=int(n)) for n in cfg.bim_iterations}
@@ -216,7 +219,24 @@ def _evaluate_defence(
     }
 
 
-Measurements = dict[str, dict[str, dict]]  # dataset -> defence -> its evaluation (:func:`evaluate_defences`)
+class DefenceEvaluation(TypedDict):
+    """One defence on one dataset (:func:`evaluate_defences`; accuracies as fractions)."""
+
+    original: float
+    fgsm: float
+    bim10: float
+    bim30: float
+    pgd: float
+    autoattack: float
+    bim_curve: dict[int, float]  # BIM-N accuracy per N (Fig. 1)
+    bim10_iterates: list[float]  # accuracy after each BIM(10) iteration (Fig. 2)
+    sec_per_epoch: float
+    history: list[dict]
+    cost_vs_vanilla: float
+    eval_seconds: float
+
+
+Measurements = dict[str, dict[str, DefenceEvaluation]]  # dataset -> defence -> its evaluation
 
 
 def run(cfg: Config, data_dir: str | Path) -> Result[Measurements]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -259,7 +260,20 @@ def run_dataset(name: str, cfg: Config, data_dir) -> dict:
     return out
 
 
-Measurements = dict[str, dict]  # dataset -> variant -> architecture -> its evaluation (:func:`run_dataset`)
+class ModelEvaluation(TypedDict):
+    """One architecture in one variant (accuracies as fractions, per eps)."""
+
+    clean: float
+    fgsm: dict[float, float]
+    pgd: dict[float, float]
+    autoattack: dict[float, float]  # NaN where not run
+    epochs: int
+    best_epoch: int
+    sec_per_epoch: float
+    history: list[dict]
+
+
+Measurements = dict[str, dict]  # dataset -> {"samples", "source", and variant -> architecture -> ModelEvaluation}
 
 
 def run(cfg: Config, data_dir: str | Path) -> Result[Measurements]:
