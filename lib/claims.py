@@ -200,6 +200,22 @@ class Rule:
             quantity = _rounded(quantity)
         return bool(_OPS[self.op](quantity, self.margin))
 
+    def decide(self, low: float, high: float) -> str:
+        """The verdict of a 95% interval ``[low, high]`` against the margin: ``held`` when it lies wholly
+        on the claim's side, ``did not hold`` when wholly on the other, ``inconclusive`` when it straddles
+        the margin (for ``>``, ``>=``, ``<`` and ``<=``)."""
+        if self.op not in ("<", "<=", ">", ">="):
+            raise ValueError(f"an interval is decided against an ordered margin, not {self.op!r}")
+        low, high = _rounded(low), _rounded(high)
+        if math.isnan(low) or math.isnan(high):
+            return "inconclusive"
+        inside, outside = (low, high) if self.op[0] == ">" else (high, low)
+        if self.holds(inside):
+            return "held"
+        if not self.holds(outside):
+            return "did not hold"
+        return "inconclusive"
+
     def __str__(self) -> str:
         return f"{self.op} {self.margin!r}" if self.op == "==" else f"{self.op} {self.margin:g}"
 

@@ -1,0 +1,127 @@
+"""95% intervals for the quantities claims compare, from scipy (no hand-rolled statistics).
+
+- one model's accuracy on ``n`` test images: the exact binomial (Clopper-Pearson) interval;
+- the difference of two models' accuracies on the same images: a paired bootstrap (BCa) over the
+  images; with several training seeds per model, a two-level bootstrap (seeds, then images, the
+  same images for both models) so that the interval covers training variance as well;
+- a ratio of timings: the ratio of the medians of repeated measurements, its interval by a
+  bootstrap over the repeats;
+- an exact McNemar test of two models on the same images (the discordant pairs, binomial).
+
+Accuracies and differences are in percent (points); :meth:`lib.claims.Rule.decide` reads an
+interval against a claim's margin.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy import stats
+
+CONFIDENCE = 0.95
+RESAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class Interval:
+    """An estimate and its 95% interval; how it was computed and on how many images and seeds."""
+
+    estimate: float
+    low: float
+    high: float
+    method: str
+    n_images: int
+    n_seeds: int = 1
+
+    def to_json(self) -> dict:
+        return {
+            "estimate": round(self.estimate, 4),
+            "low": round(self.low, 4),
+            "high": round(self.high, 4),
+            "method": self.method,
+            "n_images": self.n_images,
+            "n_seeds": self.n_seeds,
+        }
+
+    def __str__(self) -> str:
+        return f"{self.estimate:.2f} [{self.low:.2f}, {self.high:.2f}]"
+
+
+def _per_seed(correct: ArrayLike) -> np.ndarray:
+    """Per-image correctness as a (seeds, images) array of 0/1."""
+    a = np.asarray(correct, dtype=float)
+    return a[None, :] if a.ndim == 1 else a
+
+
+def accuracy(correct: ArrayLike) -> Interval:
+    """Accuracy (%) of one model from its per-image correctness: the exact binomial interval."""
+    a = _per_seed(correct)
+    if a.shape[0] != 1:
+        raise ValueError("accuracy() takes one model's correctness; for several seeds use paired_difference")
+    n, k = a.shape[1], int(a.sum())
+    ci = stats.binomtest(k, n).proportion_ci(confidence_level=CONFIDENCE, method="exact")
+    return Interval(100 * k / n, 100 * ci.low, 100 * ci.high, "exact binomial (Clopper-Pearson)", n)
+
+
+def paired_difference(a: ArrayLike, b: ArrayLike, seed: int = 0) -> Interval:
+    """Accuracy of ``a`` minus that of ``b`` (points) on the same images: per-image correctness, one
+    row per training seed (``(seeds, images)``; a 1-D array is one seed). One seed: a paired BCa
+    bootstrap over the images; several: a two-level percentile bootstrap (seeds of each model drawn
+    independently, then images, the same for both models)."""
+    a, b = _per_seed(a), _per_seed(b)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"a paired difference needs the same images: {a.shape[1]} vs {b.shape[1]}")
+    n = a.shape[1]
+    estimate = 100 * (a.mean() - b.mean())
+    rng = np.random.default_rng(seed)
+    if a.shape[0] == 1 and b.shape[0] == 1:
+        d = a[0] - b[0]
+        if np.all(d == d[0]):  # every image agrees the same way: no variation to resample
+            return Interval(estimate, estimate, estimate, "paired bootstrap (BCa), images", n)
+        ci = stats.bootstrap(
+            (d,),
+            lambda x, axis: 100 * x.mean(axis=axis),
+            vectorized=True,
+            method="BCa",
+            confidence_level=CONFIDENCE,
+            n_resamples=RESAMPLES,
+            rng=rng,
+        ).confidence_interval
+        return Interval(estimate, float(ci.low), float(ci.high), "paired bootstrap (BCa), images", n)
+    images = rng.integers(0, n, size=(RESAMPLES, n))
+    rows_a = rng.integers(0, a.shape[0], size=(RESAMPLES, a.shape[0]))
+    rows_b = rng.integers(0, b.shape[0], size=(RESAMPLES, b.shape[0]))
+    mean_a = a[rows_a[:, :, None], images[:, None, :]].mean(axis=(1, 2))
+    mean_b = b[rows_b[:, :, None], images[:, None, :]].mean(axis=(1, 2))
+    low, high = np.quantile(100 * (mean_a - mean_b), [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
+    method = "two-level bootstrap (seeds, then images; percentile)"
+    return Interval(estimate, float(low), float(high), method, n, min(a.shape[0], b.shape[0]))
+
+
+def mcnemar(a: ArrayLike, b: ArrayLike) -> float:
+    """Exact McNemar p-value of two models on the same images (one seed each): the images exactly one
+    of them gets right, tested against an even split."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    return 1.0 if only_a + only_b == 0 else stats.binomtest(only_a, only_a + only_b).pvalue
+
+
+def ratio_of_medians(numerator: ArrayLike, denominator: ArrayLike, seed: int = 0) -> Interval:
+    """The median of ``numerator``'s repeated timings over the median of ``denominator``'s, with a
+    percentile bootstrap interval over the repeats (each side resampled on its own)."""
+    num, den = np.asarray(numerator, dtype=float), np.asarray(denominator, dtype=float)
+    rng = np.random.default_rng(seed)
+    boot_num = np.median(num[rng.integers(0, len(num), size=(RESAMPLES, len(num)))], axis=1)
+    boot_den = np.median(den[rng.integers(0, len(den), size=(RESAMPLES, len(den)))], axis=1)
+    low, high = np.quantile(boot_num / boot_den, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
+    repeats = min(len(num), len(den))
+    return Interval(float(np.median(num) / np.median(den)), float(low), float(high), f"median of {repeats} repeats", 0)
+
+
+def spread(repeats: ArrayLike) -> float:
+    """How much repeated timings disagree: (max - min) / median (the gate of a timing claim)."""
+    r = np.asarray(repeats, dtype=float)
+    return float((r.max() - r.min()) / np.median(r)) if len(r) else math.nan
