@@ -3,8 +3,12 @@
 A claim's test is run in every profile, but it only means something when its preconditions hold:
 the models it compares converged, their clean accuracy is near the paper's, the method's own
 mechanism ran. Each precondition is a :class:`Gate` computed from the run. The verdict rule:
-``not testable`` if and only if a gate failed (naming it and its number); otherwise ``held`` or
-``did not hold``. ``claims.json`` holds ``[{claim, verdict, paper, ours, gates: [{gate, value,
+``not run`` when this profile does not run the claim's experiment; ``not testable`` if and only if
+a gate failed (naming it and its number); otherwise, when the quantity carries a 95% interval
+(:mod:`lib.intervals`), ``held`` if the interval lies wholly on the claim's side of its margin,
+``did not hold`` if wholly on the other side, ``inconclusive`` if it straddles the margin; a claim
+without an interval (a list of flagged items) is decided by its value. ``claims.json`` holds
+``[{claim, verdict, paper, ours, rule, interval, n_images, n_seeds, caveat, gates: [{gate, value,
 threshold, pass}]}]``; ``claims.md`` and the notebook's summary render it.
 
 A stage states its claims as data: each a :class:`Spec` (the claim's words, the paper's value, the
@@ -22,7 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-VERDICTS = ("held", "did not hold", "not testable")
+from lib.intervals import Interval, spread
+
+VERDICTS = ("held", "did not hold", "inconclusive", "not testable", "not run")
+DECIDED = ("held", "did not hold")
+TESTABLE = ("held", "did not hold", "inconclusive")
 
 # The thresholds of issue #18 (points of accuracy unless stated).
 MOVEMENT_POINTS = 0.5  # converged: validation accuracy moved less than this over the last two epochs
@@ -31,6 +39,10 @@ MNIST_FROM_PAPER = 2.0  # clean accuracy on MNIST within this of the paper's
 STAND_IN_FLOOR = 85.0  # clean accuracy of a baseline on a stand-in dataset (Fashion-MNIST)
 SAME_ARCH_POINTS = 3.0  # or within this of the same architecture's converged clean run
 PERTURBATION_RATIO = 2.0  # a generator's mean L2 perturbation within this factor of the matched budget
+REGIME_POINTS = 10.0  # the undefended model's accuracy under the claim's attack within this of the paper's
+MASKED_POINTS = 5.0  # an attack is masked on a model when AutoAttack is more than this below it
+TIMING_REPEATS = 5  # a timing claim reads the median of at least this many timed repeats (in one process)
+TIMING_SPREAD = 0.25  # and its repeats agree: (max - min) / median at most this
 
 
 @dataclass(frozen=True)
@@ -134,8 +146,11 @@ def clean_accuracy(
 class Claim:
     """A claim of the paper (or ours), the numbers it was tested on, and its gates.
 
-    ``held`` is the test's outcome; :attr:`verdict` reports it only when every gate passed.
-    ``paper`` / ``ours``: the numbers compared (a number or a short text)."""
+    ``held`` is the point estimate's outcome; ``interval`` (95%) and ``rule`` decide the verdict when
+    the claim has an interval; :attr:`verdict` reports either only when every gate passed.
+    ``paper`` / ``ours``: the numbers compared (a number or a short text); ``caveat``: what a reader
+    must know beside the verdict (e.g. the attack is masked on both models); ``ran``: False for a
+    claim this profile does not run."""
 
     claim: str
     paper: float | str | None
@@ -143,6 +158,10 @@ class Claim:
     held: bool
     gates: list[Gate] = field(default_factory=list)
     detail: str = ""
+    interval: Interval | None = None
+    rule: Rule | None = None
+    caveat: str = ""
+    ran: bool = True
 
     @property
     def failed_gates(self) -> list[Gate]:
@@ -150,23 +169,35 @@ class Claim:
 
     @property
     def verdict(self) -> str:
+        if not self.ran:
+            return "not run"
         if self.failed_gates:
             return "not testable"
+        if self.interval is not None and self.rule is not None and self.rule.ordered:
+            return self.rule.decide(self.interval.low, self.interval.high)
         return "held" if self.held else "did not hold"
 
     def to_json(self) -> dict:
+        interval = self.interval
         return {
             "claim": self.claim,
             "verdict": self.verdict,
             "paper": _number(self.paper),
             "ours": _number(self.ours),
+            "rule": None if self.rule is None else self.rule.to_json(),
+            "interval": None if interval is None else interval.to_json(),
+            "n_images": None if interval is None else interval.n_images,
+            "n_seeds": None if interval is None else interval.n_seeds,
+            "caveat": self.caveat,
             "gates": [g.to_json() for g in self.gates],
         }
 
     def markdown(self) -> str:
-        head = f"- **{self.verdict}** — {self.claim}: ours {_fmt(self.ours)}" + (
-            f", paper {_fmt(self.paper)}" if self.paper is not None else ""
-        )
+        ours = str(self.interval) if self.interval is not None else _fmt(self.ours)
+        head = f"- **{self.verdict}** — {self.claim}: ours {ours}"
+        head += f" (margin {self.rule})" if self.interval is not None and self.rule is not None else ""
+        head += f", paper {_fmt(self.paper)}" if self.paper is not None else ""
+        head += f" — {self.caveat}" if self.caveat else ""
         head += f". {self.detail}" if self.detail else "."
         if self.failed_gates:
             head += " Not testable because: " + "; ".join(str(g) for g in self.failed_gates) + "."
@@ -199,6 +230,14 @@ class Rule:
         if isinstance(quantity, float):  # as for gates: a float32 difference must not be decided by its last bits
             quantity = _rounded(quantity)
         return bool(_OPS[self.op](quantity, self.margin))
+
+    @property
+    def ordered(self) -> bool:
+        """Whether an interval can be read against this rule (``>``, ``>=``, ``<``, ``<=``)."""
+        return self.op != "=="
+
+    def to_json(self) -> dict:
+        return {"op": self.op, "margin": list(self.margin) if isinstance(self.margin, tuple) else self.margin}
 
     def decide(self, low: float, high: float) -> str:
         """The verdict of a 95% interval ``[low, high]`` against the margin: ``held`` when it lies wholly
@@ -250,9 +289,13 @@ def _no_gates(result: Any) -> list[Gate]:
 @dataclass(frozen=True)
 class Spec:
     """A claim as data: its words, the paper's value, the ``quantity`` measured on a run's result,
-    the ``rule`` that decides it, and its ``gates``. ``shown``: the quantity as the claim table shows
+    the ``rule`` that decides it (its margin in the quantity's units), and its ``gates``.
+    ``interval``: the quantity's 95% interval on the run's result (:mod:`lib.intervals`), which
+    decides the verdict against the rule's margin; ``shown``: the quantity as the claim table shows
     it (default: the quantity itself); ``applies``: whether this run can state the claim at all (a
-    defence the profile did not train: no claim); ``detail``: a sentence of context for ``claims.md``."""
+    defence the profile did not train: no claim); ``detail``: a sentence of context for
+    ``claims.md``; ``caveat``: what the verdict line must say beside the verdict (e.g. a masked
+    attack); ``missing``: set by :func:`not_run`."""
 
     claim: str
     quantity: Callable[[Any], Any]
@@ -262,23 +305,103 @@ class Spec:
     shown: Callable[[Any], Any] | None = None
     applies: Callable[[Any], bool] | None = None
     detail: Callable[[Any], str] | None = None
+    interval: Callable[[Any], Interval | None] | None = None
+    caveat: Callable[[Any], str] | None = None
+    missing: str = ""
 
     def evaluate(self, result: Any) -> Claim:
+        if self.missing:
+            return Claim(self.claim, self.paper, None, False, detail=f"Not run: {self.missing}", ran=False)
         quantity = self.quantity(result)
         ours = self.shown(result) if self.shown else quantity
-        detail = self.detail(result) if self.detail else ""
-        return Claim(self.claim, self.paper, ours, self.rule.holds(quantity), self.gates(result), detail)
+        return Claim(
+            self.claim,
+            self.paper,
+            ours,
+            self.rule.holds(quantity),
+            self.gates(result),
+            self.detail(result) if self.detail else "",
+            self.interval(result) if self.interval else None,
+            self.rule,
+            self.caveat(result) if self.caveat else "",
+        )
 
 
 def not_run(claim: str, paper: Any, what: str) -> Spec:
-    """A claim this profile does not run (``what``: what is missing, e.g. "ablation run in this
-    profile"): not testable, its gate naming what is missing."""
-    return Spec(claim, lambda r: None, NONE_FLAGGED, lambda r: [at_least(f"{what} (1 = yes)", 0, 1)], paper)
+    """A claim this profile does not run (``what``: what is missing, e.g. "the ablation is not run in
+    this profile"): listed as ``not run``, outside the testable count, with no gate."""
+    return Spec(claim, lambda r: None, NONE_FLAGGED, paper=paper, missing=what)
 
 
 def evaluate(specs: Iterable[Spec], result: Any) -> list[Claim]:
     """Each spec that applies to ``result``, decided by its rule and gated by its gates."""
     return [s.evaluate(result) for s in specs if s.applies is None or s.applies(result)]
+
+
+def epoch_seconds(history: Sequence[dict]) -> list[float]:
+    """The timed repeats of a training run: each epoch's wall time but the first (its warm-up)."""
+    return [h["seconds"] for h in history[1:]]
+
+
+def steady(name: str, repeats: Sequence[float]) -> list[Gate]:
+    """A timing claim's gates on one side: at least ``TIMING_REPEATS`` repeats, and they agree (their spread,
+    (max - min) / median, at most ``TIMING_SPREAD``: a loaded machine or a warm-up in the repeats fails it)."""
+    return [
+        at_least(f"{name}: timed repeats", len(repeats), TIMING_REPEATS),
+        at_most(f"{name}: spread of its timed repeats ((max - min) / median)", spread(repeats), TIMING_SPREAD),
+    ]
+
+
+def matched_regime(model: str, attack: str, ours: float, paper: float) -> Gate:
+    """The paper's test, not a weaker one: the undefended ``model``'s accuracy (%) under ``attack``
+    within ``REGIME_POINTS`` of the paper's. An attack far weaker relative to the model than in the
+    paper (our model keeps 92.7% where the paper's keeps 39.5%) does not test the paper's claim."""
+    return at_most(
+        f"{model} under {attack}: distance to the paper's {paper:g}% (points; matched attack strength)",
+        abs(ours - paper),
+        REGIME_POINTS,
+    )
+
+
+def masked(attack: str, accuracies: dict[str, tuple[float, float]]) -> str:
+    """The caveat a verdict carries when ``attack`` is masked on the models it compares:
+    ``accuracies`` maps each model to (accuracy under ``attack``, under AutoAttack), in %; a model
+    is masked when AutoAttack is more than ``MASKED_POINTS`` below. Empty when none is."""
+    hit = {m: aa for m, (acc, aa) in accuracies.items() if acc - aa > MASKED_POINTS}
+    if not hit:
+        return ""
+    who = "both" if len(hit) == len(accuracies) == 2 else ("all" if len(hit) == len(accuracies) else join(hit))
+    return f"{who} masked under {attack}: AutoAttack " + " vs ".join(f"{aa:.1f}%" for aa in hit.values())
+
+
+ANSWERS = ("replicates", "replicates in part", "does not replicate", "not testable at this scale")
+ANSWER_RULE = (
+    "replicates: every testable claim held and at least half of the claims were testable; replicates in "
+    "part: some held, while others did not, were inconclusive, or too few were testable; does not "
+    "replicate: a claim was decided and none held; not testable at this scale: no claim was decided "
+    "(each was not testable, inconclusive or not run)"
+)
+
+
+def answer(verdicts: Sequence[str]) -> str:
+    """A paper's answer from its claims' verdicts (the rule: :data:`ANSWER_RULE`)."""
+    held, failed, open_ = (sum(v == w for v in verdicts) for w in ("held", "did not hold", "inconclusive"))
+    if held + failed == 0:
+        return "not testable at this scale"
+    if held == 0:
+        return "does not replicate"
+    testable = held + failed + open_
+    return "replicates" if held == testable and 2 * testable >= len(verdicts) else "replicates in part"
+
+
+def decisive(claims: Sequence[dict]) -> dict | None:
+    """The claim a paper's answer rests on (``claims.json`` records): the first decided claim (stages
+    list the paper's main claim first), else the first testable one, else None."""
+    for wanted in (DECIDED, TESTABLE):
+        found = next((c for c in claims if c["verdict"] in wanted), None)
+        if found:
+            return found
+    return None
 
 
 def join(items: Iterable[str], empty: str = "none") -> str:
@@ -287,16 +410,44 @@ def join(items: Iterable[str], empty: str = "none") -> str:
 
 
 def counts(claims: Iterable[Claim]) -> dict[str, int]:
-    """How many claims held, did not hold, and were not testable (DVC metrics names)."""
+    """How many claims have each verdict (DVC metrics names: ``claims_held``, ``claims_inconclusive``, ...)."""
     verdicts = [c.verdict for c in claims]
     return {f"claims_{v.replace(' ', '_')}": verdicts.count(v) for v in VERDICTS}
 
 
+def evidence(record: dict) -> str:
+    """A ``claims.json`` record as its answer line quotes it: the claim, paper vs ours (± its interval), the verdict."""
+    interval = record.get("interval")
+    ours = (
+        _fmt(record.get("ours"))
+        if not interval
+        else f"{interval['estimate']:.2f} [{interval['low']:.2f}, {interval['high']:.2f}]"
+    )
+    paper = f"paper {_fmt(record['paper'])}, " if record.get("paper") is not None else ""
+    caveat = f"; {record['caveat']}" if record.get("caveat") else ""
+    return f"{record['claim']}: {paper}ours {ours} ({record['verdict']}{caveat})"
+
+
+def answer_line(records: Sequence[dict]) -> str:
+    """The paper's one-line answer from its ``claims.json`` records: the answer, then the claim it rests on."""
+    verdict = answer([r["verdict"] for r in records])
+    found = decisive(records)
+    return f"**{verdict}**" + (f" — decisive claim: {evidence(found)}" if found else "")
+
+
 def markdown(claims: Sequence[Claim]) -> str:
-    """``claims.md``: the counts, then one line per claim."""
+    """``claims.md``: the paper's answer, the counts, then one line per claim."""
     n = counts(claims)
     total = ", ".join(f"{n['claims_' + v.replace(' ', '_')]} {v}" for v in VERDICTS)
-    return "\n".join([f"**{len(claims)} claims: {total}.**", "", *(c.markdown() for c in claims)])
+    return "\n".join(
+        [
+            "Answer: " + answer_line([c.to_json() for c in claims]),
+            "",
+            f"**{len(claims)} claims: {total}.** (The answer's rule: {ANSWER_RULE}.)",
+            "",
+            *(c.markdown() for c in claims),
+        ]
+    )
 
 
 def write(claims: Sequence[Claim], root: Path | str) -> None:

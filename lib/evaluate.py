@@ -35,9 +35,15 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.T
         return torch.cat([model(xb.to(dev)).argmax(1).cpu() for xb in x.split(batch_size)])
 
 
+def correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Per image, whether ``model`` classifies it correctly (bool, on the CPU): what the paired
+    intervals of :mod:`lib.intervals` resample."""
+    return predict(model, x, batch_size) == y.cpu()
+
+
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
     """Clean accuracy in [0, 1]."""
-    return float((predict(model, x, batch_size) == y.cpu()).float().mean())
+    return float(correct(model, x, y, batch_size).float().mean())
 
 
 def adversarial_examples(

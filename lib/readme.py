@@ -109,29 +109,50 @@ def wall_times(results: Path) -> str:
 
 
 def verdict_counts(results: Path) -> str:
-    """How many claims held, did not hold and were not testable, per stage (from its
-    ``claims.json``) and in total; a stage without one is named."""
-    from lib.claims import VERDICTS
+    """Each stage's answer (from its ``claims.json``: the rule of :data:`lib.claims.ANSWER_RULE`, and the
+    claim it rests on), then how many claims had each verdict, per stage and in total; a stage
+    without one is named."""
+    from lib.claims import ANSWER_RULE, VERDICTS, answer, answer_line
 
-    rows, missing = [], []
+    rows, lines, missing, with_interval = [], [], [], 0
     for stage in stages.STAGES:
         path = results / stage / "claims.json"
         if not path.exists():
             missing.append(stage)
             continue
-        verdicts = [c["verdict"] for c in json.loads(path.read_text())]
-        rows.append({"stage": stage, "claims": len(verdicts), **{v: verdicts.count(v) for v in VERDICTS}})
+        records = json.loads(path.read_text())
+        verdicts = [c["verdict"] for c in records]
+        with_interval += sum(c.get("interval") is not None for c in records)
+        rows.append(
+            {
+                "stage": stage,
+                "answer": answer(verdicts),
+                "claims": len(verdicts),
+                **{v: verdicts.count(v) for v in VERDICTS},
+            }
+        )
+        lines.append(f"- `{stage}`: {answer_line(records)}")
     if not rows:
         return ""
     df = pd.DataFrame(rows)
-    total = {"stage": "**total**", **{c: int(df[c].sum()) for c in df.columns if c != "stage"}}
+    total = {
+        "stage": "**total**",
+        "answer": "",
+        **{c: int(df[c].sum()) for c in df.columns if c not in ("stage", "answer")},
+    }
     df = pd.concat([df, pd.DataFrame([total])], ignore_index=True)
     note = f" No `claims.json` yet: {', '.join(missing)}." if missing else ""
     return (
-        "### Verdicts: how many claims held, did not hold, were not testable\n\n"
-        "A claim is `not testable` when one of its validity gates failed (the models it compares had not converged, "
-        "their clean accuracy was too low, or the method's own mechanism did not run); each stage's `claims.md` names "
-        f"the gate and its number.{note}\n\n" + markdown_table(df) + "\n"
+        "### Answers and verdicts per paper\n\n"
+        f"The answer's rule: {ANSWER_RULE}. A claim is `not testable` when one of its validity gates failed (the models "
+        "it compares had not converged, their clean accuracy was too low, or the method's own mechanism did not run), "
+        "`inconclusive` when its 95% interval straddles its margin, `not run` when this profile does not run its "
+        f"experiment; each stage's `claims.md` names the gate and its number. Claims decided on a 95% interval: "
+        f"{with_interval} of {int(df['claims'].iloc[-1])} (the others on their point estimate).{note}\n\n"
+        + markdown_table(df)
+        + "\n\n"
+        + "\n".join(lines)
+        + "\n"
     )
 
 

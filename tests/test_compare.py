@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
+from lib import claims as C
 from lib.errors import ConfigError
 from lib.params import stage_config
 from lib.stages import compare
@@ -94,7 +96,50 @@ def test_p3_in_the_comparison_must_pass_a_reset_as_in_its_own_stage():
     assert [g.passed for g in short] == [True, True, False] and short[-1].threshold == cfg.reset_every + 1
     r["chosen"]["p3_single_step_reuse"] = _trained("p3_single_step_reuse", 0.82, cfg.reset_every + 1, stopped=False)
     assert all(g.passed for g in compare.defence_gates(r, "p3_single_step_reuse", cfg))
-    assert len(compare.defence_gates(r, "fgsm_at", cfg)) == 2  # the mechanism gates are p2's and p3's only
+    assert len(compare.defence_gates(r, "fgsm_at", cfg)) == 2  # the mechanism gates are p2's, p3's and p5's only
+
+
+@pytest.mark.parametrize(
+    ("benign", "passed"), [(0.90, True), (0.81, True), (0.78, True), (0.779, False), (0.70, False)]
+)
+def test_matched_accuracy_excludes_a_defence_below_the_target_not_one_closer_to_the_clean_model(benign, passed):
+    """One-sided: 3 points below the target fails; a defence that kept more clean accuracy than the
+    target (closer to the clean model, as p1 and p4 were) is not excluded for it."""
+    r = {"target": 0.81, "chosen": {"p1_generator_ensemble": _trained("p1_generator_ensemble", benign, 7)}}
+    matched = compare.defence_gates(r, "p1_generator_ensemble", _config("cpu"))[1]
+    assert matched.passed is passed and matched.threshold == pytest.approx(78.0)
+
+
+def test_p5_in_the_comparison_carries_its_g_plateau_gate():
+    cfg = _config("cpu")
+    t = _trained("p5_alternating_gan", 0.82, 6)
+    r = {"target": 0.81, "chosen": {"p5_alternating_gan": t}}
+    for h, acc in zip(t.result.history, [0.2, 0.4, 0.6, 0.7, 0.75, 0.8]):
+        h["train_acc"] = acc
+    moving = compare.defence_gates(r, "p5_alternating_gan", cfg)[-1]
+    assert "D's accuracy on G's images plateaued" in moving.gate and not moving.passed
+    for h, acc in zip(t.result.history, [0.2, 0.4, 0.795, 0.8, 0.80, 0.802]):
+        h["train_acc"] = acc
+    assert compare.defence_gates(r, "p5_alternating_gan", cfg)[-1].passed
+
+
+def test_the_checks_of_our_attack_are_a_table_not_claims():
+    import inspect
+
+    specs = compare.claim_specs(_config("cpu"))
+    assert len(specs) == len(compare.PAPER_DEFENCES) and not any("sanity" in s.claim for s in specs)
+    res = {key: True for key in compare.CHECKS} | {
+        "autoattack_linf": 0.40,
+        "pgd_linf": 0.43,
+        "autoattack_l2": 0.5,
+        "pgd_l2": 0.5,
+    }
+    res["check_autoattack_within_1pt_of_pgd"] = False
+    table = compare.attack_checks({"results": {"fgsm_at": res}})
+    row = table.iloc[0]
+    assert row["defence"] == "FGSM-AT" and row[compare.CHECKS["check_autoattack_within_1pt_of_pgd"]] == "FAIL"
+    assert row["AutoAttack − PGD L∞ (pt)"] == pytest.approx(-3.0)
+    assert "sanity" not in inspect.getsource(compare.claim_specs)
 
 
 @pytest.mark.parametrize(("pgn_l2", "passed"), [(1.0, True), (0.6, True), (0.4, False), (2.5, False)])
@@ -109,3 +154,36 @@ def test_pgn_in_the_comparison_needs_perturbations_comparable_to_fgsm_at(pgn_l2,
     assert len(gates) == 3 and gates[-1].passed is passed and gates[-1].value == pytest.approx(pgn_l2)
     del r["perturbation_l2"]  # not measured (no FGSM-AT in the run): no gate rather than an invented one
     assert len(compare.defence_gates(r, "p2_pgn", cfg)) == 2
+
+
+def _claim_run(pgn_correct, fgsm_correct) -> dict:
+    """A run of two claimed defences with every gate passing and the given AutoAttack correctness (seeds x images)."""
+    chosen = {d: _trained(d, 0.81, 7) for d in ("clean", "fgsm_at", "p2_pgn")}
+    chosen["clean"].benign = 0.86
+    return {
+        "target": 0.81,
+        "dataset": type("DS", (), {"name": "fashion_mnist"})(),
+        "chosen": chosen,
+        "reseeded": {d: [_trained(d, 0.81, 7), _trained(d, 0.81, 7)] for d in ("fgsm_at", "p2_pgn")},
+        "results": {d: {"autoattack_linf": 0.5} for d in chosen},
+        "correct": {"p2_pgn": np.asarray(pgn_correct), "fgsm_at": np.asarray(fgsm_correct)},
+    }
+
+
+@pytest.mark.parametrize(
+    ("pgn", "fgsm", "verdict"),
+    [
+        (0.55, 0.50, "held"),  # 5 points above on 3 seeds x 300 images: the interval lies above -1 point
+        (0.30, 0.50, "did not hold"),  # 20 points below
+        (0.50, 0.50, "inconclusive"),  # level: on 300 images the interval (about +-1.3 points) straddles -1
+    ],
+)
+def test_a_comparison_is_decided_by_its_interval_over_seeds_and_images(pgn, fgsm, verdict):
+    rng = np.random.default_rng(0)
+    base = rng.random(300)
+    pgn_correct = np.stack([(base < pgn + 0.005 * (s - 1)).astype(int) for s in range(3)])  # seeds half a point apart
+    fgsm_correct = np.stack([(base < fgsm + 0.005 * (s - 1)).astype(int) for s in range(3)])
+    (claim,) = C.evaluate([compare.versus_fgsm_at("p2_pgn", _config("cpu"))], _claim_run(pgn_correct, fgsm_correct))
+    assert not claim.failed_gates, [str(g) for g in claim.failed_gates]
+    assert claim.interval.n_seeds == 3 and claim.interval.n_images == 300
+    assert claim.verdict == verdict, (claim.interval, claim.verdict)

@@ -299,9 +299,8 @@ def test_an_ablation_not_run_is_one_not_testable_claim(synthetic, monkeypatch):
     r = pgn.run_dataset("fashion_mnist", cfg, None)
     assert list(r["ablation"]) == ["all inputs"] and len(r["capacity"]) == 1  # nothing extra trained
     ablation = next(c for c in pgn.claims(r, cfg) if "the gradient input matters most" in c.claim)
-    assert ablation.verdict == "not testable" and [g.gate for g in ablation.gates] == [
-        "ablation run in this profile (1 = yes)"
-    ]
+    assert ablation.verdict == "not run" and ablation.gates == []
+    assert "Not run: the ablation is not in this profile" in ablation.markdown()
     for figure in (pgn.figure5, pgn.figure8):
         figure(r, cfg, "test")
 

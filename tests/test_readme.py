@@ -62,9 +62,10 @@ def test_verdict_counts_per_stage_and_in_total(tmp_path):
             json.dumps([{"claim": "c", "verdict": v, "gates": []} for v in verdicts])
         )
     text = readme.verdict_counts(tmp_path)
-    assert "| p3_single_step_reuse |        2 |      1 |              1 |              0 |" in text
-    assert "| p5_mnist_gan         |        3 |      1 |              0 |              2 |" in text
-    assert "| **total**            |        5 |      2 |              1 |              2 |" in text
+    assert "| p3_single_step_reuse | replicates in part |        2 |      1 |              1 |              0 |" in text
+    assert "| p5_mnist_gan         | replicates in part |        3 |      1 |              0 |              0 |" in text
+    assert "| **total**            |                    |        5 |      2 |              1 |              0 |" in text
+    assert "- `p3_single_step_reuse`: **replicates in part** — decisive claim: c: ours None (did not hold)" in text
     assert "No `claims.json` yet: p1_conv_generator_ensemble, p2_pgn, p4_resnet_transfer_augmentation, compare." in text
-    assert readme.render(tmp_path).index("### Verdicts") < readme.render(tmp_path).index("### p1")
+    assert readme.render(tmp_path).index("### Answers") < readme.render(tmp_path).index("### p1")
     assert readme.verdict_counts(tmp_path / "none") == ""

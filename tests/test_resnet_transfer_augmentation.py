@@ -164,10 +164,10 @@ def test_claims_gate_on_convergence_clean_accuracy_and_breadth():
         and "resnet18 before clean accuracy on Fashion-MNIST (stand-in for CIFAR-10) (%): 84 (threshold 85) FAIL"
         in fmnist[0].markdown()
     )
-    assert claims[-1].claim.startswith("Cats vs Dogs") and claims[-1].verdict == "not testable"
+    assert claims[-1].claim.startswith("Cats vs Dogs") and claims[-1].verdict == "not run"
 
 
-def test_a_paper_dataset_not_run_is_one_not_testable_claim_naming_why():
+def test_a_paper_dataset_not_run_is_one_not_run_claim_naming_why():
     cfg = _config("cpu")
     r = {
         "before": {"resnet18": _model(0.975, 0.60)},
@@ -176,10 +176,10 @@ def test_a_paper_dataset_not_run_is_one_not_testable_claim_naming_why():
     }
     claims = p4.claims({"mnist5k": r}, p4.Config(**{**vars(cfg), "datasets": ["mnist5k"]}))
     cifar, cats = claims[-2:]
-    assert cifar.claim.startswith("CIFAR-10") and cifar.verdict == "not testable"
+    assert cifar.claim.startswith("CIFAR-10") and cifar.verdict == "not run" and not cifar.gates
     assert (
-        "CIFAR-10 or its stand-in (Fashion-MNIST (stand-in for CIFAR-10)) run in this profile (1 = yes): 0 (threshold 1) FAIL"
+        "Not run: neither CIFAR-10 nor its stand-in (Fashion-MNIST (stand-in for CIFAR-10)) is in this profile"
         in cifar.markdown()
     )
-    assert cats.claim.startswith("Cats vs Dogs") and "Cats vs Dogs available offline (1 = yes): 0" in cats.markdown()
+    assert cats.claim.startswith("Cats vs Dogs") and "Not run: Cats vs Dogs has no offline source" in cats.markdown()
     assert not any(c.claim.startswith("Fashion") for c in claims)

@@ -102,3 +102,25 @@ def test_masking_diagnosis_needs_the_control_to_survive():
     assert "does not separate" in p3.masking_diagnosis(_defences(0.0, 0.05))  # the control broken too: no conclusion
     assert "does not separate" in p3.masking_diagnosis(_defences(0.3, 0.46))  # single-step defences survive
     assert "not diagnosed" in p3.masking_diagnosis({"mnist5k": {"vanilla": {"bim10": 0.1, "autoattack": 0.0}}})
+
+
+def _timed(seconds: list[float]) -> dict:
+    return {
+        **_defence(0.98, 0.8),
+        "history": [{"epoch": e, "val_acc": 0.97, "seconds": s} for e, s in enumerate(seconds, 1)],
+    }
+
+
+@pytest.mark.parametrize(
+    ("proposed", "atda", "verdict"),
+    [
+        ([9.0, 5.0, 5.1, 4.9, 5.0, 5.05, 4.95], [20.0, 10.0, 10.2, 9.9, 10.1, 10.0, 9.8], "held"),  # 0.5: cheaper
+        ([9.0, 5.0, 5.1, 4.9, 5.0, 5.05, 4.95], [9.0, 5.1, 5.0, 4.9, 5.0, 5.1, 4.95], "did not hold"),  # level
+        ([9.0, 5.0, 5.1, 4.9, 5.0, 5.05, 4.95], [9.0, 5.1, 5.0, 7.0, 5.0, 5.1, 4.95], "not testable"),  # a slowed epoch
+    ],
+)
+def test_the_cost_claim_is_the_ratio_of_median_epoch_times_with_its_interval(proposed, atda, verdict):
+    results = {"mnist5k": {"proposed": _timed(proposed), "atda": _timed(atda), "fgsm_adv": _timed(atda)}}
+    cheaper = next(c for c in p3.claims(results, _config("cpu")) if c.claim.startswith("Proposed is cheaper than ATDA"))
+    assert cheaper.verdict == verdict, cheaper.markdown()
+    assert cheaper.interval.method == "median of 6 repeats"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TypedDict
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import torch
 
@@ -22,6 +23,7 @@ import lib.plan as P
 from lib import attack_settings as S
 from lib import attacks as A
 from lib import claims as C
+from lib import intervals as I
 from lib.errors import require
 from lib.evaluate import accuracy, accuracy_per_iteration, relative_cost, robust_accuracy
 from lib.methods.single_step_reuse import ATDASource, StoredPerturbation
@@ -520,25 +522,30 @@ TIMED = ("proposed", "atda", "fgsm_adv")
 
 
 def cost_claim(claim: str, other: str, rule: C.Rule) -> C.Spec:
-    """One of the paper's cost claims: Proposed's time per epoch over ``other``'s, on the first dataset."""
+    """One of the paper's cost claims: Proposed's time per epoch over ``other``'s, on the first dataset: the
+    ratio of the median epoch times (each epoch after the first a timed repeat, all in this run's process),
+    its interval by a bootstrap over the epochs."""
 
-    def timed(R: dict) -> list[C.Gate]:
-        return [C.at_least(f"{LABELS[d]}'s epochs timed", len(first(R)[d]["history"]), 2) for d in TIMED]
+    def seconds(R: dict, d: str) -> list[float]:
+        return C.epoch_seconds(first(R)[d]["history"])
 
     return C.Spec(
         claim,
-        quantity=lambda R: first(R)["proposed"]["sec_per_epoch"] / first(R)[other]["sec_per_epoch"],
+        quantity=lambda R: float(np.median(seconds(R, "proposed")) / np.median(seconds(R, other))),
         rule=rule,
-        gates=timed,
+        gates=lambda R: [g for d in ("proposed", other) for g in C.steady(f"{LABELS[d]}'s epochs", seconds(R, d))],
         paper=round(PAPER_TABLE1["proposed"]["sec"] / PAPER_TABLE1[other]["sec"], 2),
         applies=lambda R: set(TIMED) <= first(R).keys(),
+        interval=lambda R: I.ratio_of_medians(seconds(R, "proposed"), seconds(R, other)),
     )
 
 
 def cost_claims() -> list[C.Spec]:
     """The paper's cost claims, on the first dataset (time per epoch in this run)."""
     return [
-        cost_claim("Proposed is cheaper than ATDA (time per epoch, Proposed / ATDA)", "atda", C.below(1.0)),
+        cost_claim(
+            "Proposed is cheaper than ATDA (time per epoch, Proposed / ATDA; cheaper: under 0.9)", "atda", C.below(0.9)
+        ),
         cost_claim(
             "Proposed costs within 10% of FGSM-Adv (time per epoch, Proposed / FGSM-Adv)", "fgsm_adv", C.not_above(1.10)
         ),

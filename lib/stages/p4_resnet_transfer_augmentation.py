@@ -577,9 +577,9 @@ def not_run_claim(missing: str) -> C.Spec:
     """The gain claim of a paper dataset this profile cannot run (no offline copy or stand-in)."""
     offline = [d for d, paper in STANDS_FOR.items() if paper == missing and d != missing]
     what = (
-        f"{LABEL[missing]} or its stand-in ({', '.join(LABEL[d] for d in offline)}) run in this profile"
+        f"neither {LABEL[missing]} nor its stand-in ({', '.join(LABEL[d] for d in offline)}) is in this profile"
         if offline
-        else f"{LABEL[missing]} available offline"
+        else f"{LABEL[missing]} has no offline source"
     )
     return C.not_run(
         f"{LABEL[missing]}: retraining improves FGSM accuracy (average gain, points)", PAPER_AVERAGE_GAIN[missing], what
