@@ -67,11 +67,18 @@ def adversarial_examples(
     return remembered("adversarial_examples", craft, model, x, y, attack, batch_size, params)
 
 
+def robust_correct(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Callable, batch_size: int = 500, **params
+) -> torch.Tensor:
+    """Per image, whether ``model`` resists ``attack``'s example crafted against it (bool, on the CPU)."""
+    return correct(model, adversarial_examples(model, x, y, attack, batch_size, **params), y, batch_size)
+
+
 def robust_accuracy(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Callable, batch_size: int = 500, **params
 ) -> float:
     """Accuracy on ``attack``'s examples crafted against ``model`` itself (white-box)."""
-    return accuracy(model, adversarial_examples(model, x, y, attack, batch_size, **params), y, batch_size)
+    return float(robust_correct(model, x, y, attack, batch_size, **params).float().mean())
 
 
 def accuracy_vs_eps(

@@ -125,3 +125,29 @@ def spread(repeats: ArrayLike) -> float:
     """How much repeated timings disagree: (max - min) / median (the gate of a timing claim)."""
     r = np.asarray(repeats, dtype=float)
     return float((r.max() - r.min()) / np.median(r)) if len(r) else math.nan
+
+
+def highest(intervals: list[Interval]) -> Interval:
+    """The largest of several quantities, as one claim reads "every one is below the margin": its
+    estimate, low and high are the largest of theirs, so the interval lies below a margin exactly
+    when every one does, and above it when at least one does."""
+    return _extreme(intervals, max)
+
+
+def lowest(intervals: list[Interval]) -> Interval:
+    """The smallest of several quantities ("every one is above the margin"): see :func:`highest`."""
+    return _extreme(intervals, min)
+
+
+def _extreme(intervals: list[Interval], pick) -> Interval:
+    if not intervals:
+        raise ValueError("no interval to combine")
+    first = intervals[0]
+    return Interval(
+        pick(i.estimate for i in intervals),
+        pick(i.low for i in intervals),
+        pick(i.high for i in intervals),
+        f"{pick.__name__} of {len(intervals)}: {first.method}",
+        min(i.n_images for i in intervals),
+        min(i.n_seeds for i in intervals),
+    )

@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
@@ -294,10 +295,12 @@ class ResultsWriter:
 
 
 def _clean(obj):
+    """``obj`` as JSON writes it: floats rounded, NaN as null; per-image arrays (the intervals' input,
+    summarised in ``claims.json``) left out."""
     if isinstance(obj, float):
         return None if math.isnan(obj) or math.isinf(obj) else round(obj, 6)
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): _clean(v) for k, v in obj.items() if not isinstance(v, np.ndarray)}
     if isinstance(obj, (list, tuple)):
         return [_clean(v) for v in obj]
     return obj

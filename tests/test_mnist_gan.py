@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -106,21 +107,30 @@ def _results(d_val, curve_03, clean=0.98, alt_val=(0.97, 0.971, 0.972)):
     ]
     robust = {
         "clean D": {0.3: {"PGD-20": 0.40, "AutoAttack": 0.38}},
-        "alternating D (0.3)": {0.3: {"PGD-20": 0.50, "AutoAttack": 0.45}},
+        "alternating D (0.3)": {0.3: {"PGD-20": 0.50, "AutoAttack": 0.46}},
+    }
+    frozen = {
+        0.1: {"gan": 0.95, "fgsm": 0.94},
+        0.3: {"gan": curve_03[-1], "fgsm": 0.72},
+        0.5: {"gan": 0.3, "fgsm": 0.36},
+        0.7: {"gan": 0.1, "fgsm": 0.15},
     }
     return {
         "d_history": [{"epoch": e, "val_acc": v} for e, v in enumerate(d_val, 1)],
         "clean_accuracy": clean,
-        "frozen": {
-            0.1: {"gan": 0.95, "fgsm": 0.94},
-            0.3: {"gan": curve_03[-1], "fgsm": 0.72},
-            0.5: {"gan": 0.3, "fgsm": 0.31},
-            0.7: {"gan": 0.1, "fgsm": 0.12},
-        },
+        "frozen": frozen,
         "curves": {0.1: [0.98, 0.96, 0.95, 0.95, 0.95, 0.95], 0.3: curve_03, 0.5: flat, 0.7: flat},
         "alternating": {0.3: alt},
         "robust": robust,
+        "correct": {"frozen": _per_image(frozen), "robust": _per_image(robust)},
     }
+
+
+def _per_image(accuracies, n: int = 1000):
+    """Per-image correctness with the given accuracies on n test digits (nested like the accuracies)."""
+    if isinstance(accuracies, dict):
+        return {k: _per_image(v, n) for k, v in accuracies.items()}
+    return (np.arange(n) < round(accuracies * n)).astype(np.int8)
 
 
 def test_claims_are_not_testable_exactly_when_a_gate_fails():
@@ -128,7 +138,7 @@ def test_claims_are_not_testable_exactly_when_a_gate_fails():
     good = p5.claims(_results([0.97, 0.98, 0.981, 0.982], [0.9, 0.7, 0.555, 0.55, 0.551, 0.549]), cfg)
     # G wins at 0.3, 0.5, 0.7; G at 0.1 settles in 1 epoch, the others in 2: "larger converges faster" did not hold
     assert [c.verdict for c in good] == ["held", "held", "did not hold", "held", "held"], [c.markdown() for c in good]
-    assert good[1].ours == "0.3, 0.5, 0.7" and good[4].ours == "PGD-20 +10.0, AutoAttack +7.0"
+    assert good[1].ours == "0.3, 0.5, 0.7" and good[4].ours == "PGD-20 +10.0, AutoAttack +8.0"
     unplateaued = p5.claims(_results([0.97, 0.98, 0.981, 0.982], [0.9, 0.8, 0.7, 0.6, 0.55, 0.5]), cfg)
     assert [c.verdict for c in unplateaued][:3] == ["not testable"] * 3 and unplateaued[3].verdict == "held"
     assert "G's curve at intensity 0.3 plateaued" in unplateaued[0].markdown()
@@ -203,3 +213,11 @@ def test_the_scale_free_convergence_reading_of_fig_1a():
         0.2,
     ]  # the larger intensity covers its fall later: the measure is not what fails
     assert "does not decrease with the intensity either" in p5.convergence_finding({0.3: shallow, 0.5: slower})
+
+
+def test_a_one_point_gap_on_the_test_digits_is_inconclusive_not_held():
+    """G at 71.0% vs FGSM at 72.0% on 1,000 digits: below the 1-point margin by the point estimate's
+    reading, but its interval straddles it."""
+    claims = p5.claims(_results([0.97, 0.98, 0.981, 0.982], [0.9, 0.7, 0.715, 0.71, 0.711, 0.71]), _config("cpu"))
+    head = claims[0]
+    assert head.verdict == "inconclusive" and head.interval.low < -1 < head.interval.high, head.markdown()

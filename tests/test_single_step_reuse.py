@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -50,17 +51,17 @@ def test_bad_config_is_rejected(bad):
         p3.Config(**bad).validate()
 
 
-def _defence(original, bim10, epochs=25, val=(0.97, 0.975, 0.976, 0.977)):
+def _defence(original, bim10, epochs=25, val=(0.97, 0.975, 0.976, 0.977), autoattack=None):
     history = [{"epoch": e, "val_acc": val[min(e - 1, len(val) - 1)]} for e in range(1, epochs + 1)]
-    return {
+    accuracies = {
         "original": original,
         "bim10": bim10,
         "bim30": bim10 - 0.01,
         "pgd": bim10 - 0.02,
-        "autoattack": bim10 - 0.03,
-        "history": history,
-        "sec_per_epoch": 1.0,
+        "autoattack": bim10 - 0.03 if autoattack is None else autoattack,
     }
+    per_image = {k: (np.arange(1000) < round(v * 1000)).astype(np.int8) for k, v in accuracies.items()}
+    return {**accuracies, "history": history, "sec_per_epoch": 1.0, "correct": per_image}
 
 
 def test_claims_need_converged_models_near_the_papers_clean_accuracy_and_a_full_reset_cycle():
@@ -73,7 +74,7 @@ def test_claims_need_converged_models_near_the_papers_clean_accuracy_and_a_full_
         }
     }
     claims = {c.claim: c for c in p3.claims(results, cfg)}
-    beats = claims["MNIST: Proposed beats ATDA under BIM10 (Proposed − ATDA, points)"]
+    beats = claims["MNIST: Proposed beats ATDA under BIM10 (by more than 1 point; Proposed − ATDA, points)"]
     assert beats.verdict == "held" and beats.ours == pytest.approx(5.0)
     level = next(c for k, c in claims.items() if "same level as Iter-Adv" in k)
     assert level.verdict == "held" and level.ours == pytest.approx(3.0)
@@ -96,10 +97,19 @@ def _defences(single_aa: float, control_aa: float) -> dict:
     return {"mnist5k": {**r, "bim10_adv": {"bim10": 0.7, "autoattack": control_aa}}}
 
 
-def test_masking_diagnosis_needs_the_control_to_survive():
-    masked = p3.masking_diagnosis(_defences(0.0, 0.46))
-    assert "gradient masking" in masked and "not our implementation" in masked and "46.0%" in masked
-    assert "does not separate" in p3.masking_diagnosis(_defences(0.0, 0.05))  # the control broken too: no conclusion
+def _control(bim10: float, autoattack: float) -> dict:
+    r = _defences(0.0, autoattack)
+    r["mnist5k"]["bim10_adv"]["bim10"] = bim10
+    return r
+
+
+def test_masking_diagnosis_says_only_what_its_control_supports():
+    masked = p3.masking_diagnosis(_control(0.48, 0.46))  # the control survives and is not masked itself
+    assert "gradient masking of their single-step training" in masked and "46.0%" in masked
+    assert "not our implementation" not in masked
+    control_masked = p3.masking_diagnosis(_control(0.70, 0.46))  # the control 24 points below its BIM(10): masked
+    assert "cannot say whether the masking comes from single-step training" in control_masked
+    assert "cannot say" in p3.masking_diagnosis(_defences(0.0, 0.05))  # the control broken too: no conclusion
     assert "does not separate" in p3.masking_diagnosis(_defences(0.3, 0.46))  # single-step defences survive
     assert "not diagnosed" in p3.masking_diagnosis({"mnist5k": {"vanilla": {"bim10": 0.1, "autoattack": 0.0}}})
 
@@ -124,3 +134,19 @@ def test_the_cost_claim_is_the_ratio_of_median_epoch_times_with_its_interval(pro
     cheaper = next(c for c in p3.claims(results, _config("cpu")) if c.claim.startswith("Proposed is cheaper than ATDA"))
     assert cheaper.verdict == verdict, cheaper.markdown()
     assert cheaper.interval.method == "median of 6 repeats"
+
+
+def test_a_verdict_under_bim_says_when_bim_is_masked_on_both_defences():
+    results = {
+        "mnist5k": {
+            "proposed": _defence(0.985, 0.85, autoattack=0.002),
+            "atda": _defence(0.975, 0.80, autoattack=0.0),
+            "bim10_adv": _defence(0.985, 0.82),
+        }
+    }
+    beats = next(
+        c for c in p3.claims(results, _config("cpu")) if c.claim.startswith("MNIST: Proposed beats ATDA under BIM10")
+    )
+    assert beats.verdict == "held" and beats.caveat == "both masked under BIM10: AutoAttack 0.2% vs 0.0%"
+    assert "held** — MNIST: Proposed beats ATDA under BIM10" in beats.markdown() and "both masked" in beats.markdown()
+    assert beats.interval.low > 0 and beats.interval.n_images == 1000

@@ -25,7 +25,7 @@ from lib import attacks as A
 from lib import claims as C
 from lib import intervals as I
 from lib.errors import require
-from lib.evaluate import accuracy, accuracy_per_iteration, relative_cost, robust_accuracy
+from lib.evaluate import accuracy_per_iteration, correct, relative_cost, robust_accuracy, robust_correct
 from lib.methods.single_step_reuse import ATDASource, StoredPerturbation
 from lib.report import comparison, evaluation, widen
 from lib.runtime import device, seed_everything
@@ -198,26 +198,29 @@ def _evaluate_defence(
     m = tr.final
     t0 = time.perf_counter()
     curve = {int(n): robust_accuracy(m, x, y, A.bim, eps=eps, steps=int(n)) for n in cfg.bim_iterations}
-    for n in (10, 30):
-        if n not in curve:
-            curve[n] = robust_accuracy(m, x, y, A.bim, eps=eps, steps=n)
-    return {
-        "original": accuracy(m, x, y),
-        "fgsm": robust_accuracy(m, x, y, A.fgsm, eps=eps),
-        "bim10": curve[10],
-        "bim30": curve[30],
-        "pgd": robust_accuracy(
+    per_image = {
+        "original": correct(m, x, y),
+        "fgsm": robust_correct(m, x, y, A.fgsm, eps=eps),
+        "bim10": robust_correct(m, x, y, A.bim, eps=eps, steps=10),
+        "bim30": robust_correct(m, x, y, A.bim, eps=eps, steps=30),
+        "pgd": robust_correct(
             m, x, y, A.pgd, eps=eps, steps=cfg.pgd_steps, step_size=2.5 * eps / cfg.pgd_steps, restarts=cfg.pgd_restarts
         ),
-        "autoattack": robust_accuracy(
+        "autoattack": robust_correct(
             m, x, y, A.autoattack, eps=eps, norm="linf", version=cfg.autoattack, iterations=cfg.autoattack_iterations
         ),
+    }
+    accuracies = {k: float(v.float().mean()) for k, v in per_image.items()}
+    curve.update({n: accuracies[f"bim{n}"] for n in (10, 30)})
+    return {
+        **accuracies,
         "bim_curve": {n: curve[n] for n in sorted(curve)},
         "bim10_iterates": accuracy_per_iteration(m, x, y, eps, 10, eps / 10),
         "sec_per_epoch": tr.sec_per_epoch,
         "history": tr.history,
         "cost_vs_vanilla": relative_cost(tr.sec_per_epoch, clean_sec),
         "eval_seconds": time.perf_counter() - t0,
+        "correct": {k: v.numpy().astype(np.int8) for k, v in per_image.items()},
     }
 
 
@@ -231,6 +234,7 @@ class DefenceEvaluation(TypedDict):
     pgd: float
     autoattack: float
     bim_curve: dict[int, float]  # BIM-N accuracy per N (Fig. 1)
+    correct: dict[str, np.ndarray]  # per image, 0/1, under each attack above (the claims' intervals)
     bim10_iterates: list[float]  # accuracy after each BIM(10) iteration (Fig. 2)
     sec_per_epoch: float
     history: list[dict]
@@ -329,11 +333,19 @@ def masking_diagnosis(results: dict[str, dict], broken: float = 0.05, control_fl
             f"{label}: under BIM(10) → AutoAttack, {listed}; the control BIM(10)-Adv {100 * r['bim10_adv']['bim10']:.1f}% → "
             f"{100 * control:.1f}%. "
         )
-        if all(r[d]["autoattack"] <= broken for d in single) and control >= control_floor:
+        control_gap = 100 * (r["bim10_adv"]["bim10"] - control)
+        collapsed = all(r[d]["autoattack"] <= broken for d in single)
+        if collapsed and control >= control_floor and control_gap <= C.MASKED_POINTS:
             text += (
-                "The same AutoAttack leaves the multi-step-trained model well above zero, so it is not too strong to measure "
-                "robustness; the single-step defences' BIM accuracy is gradient masking. That is the method (single-step "
-                "training, ATDA's and the proposed alike), not our implementation, and the data are the paper's own (MNIST)."
+                "The same AutoAttack leaves the multi-step-trained control well above zero and within "
+                f"{C.MASKED_POINTS:g} points of its BIM(10) accuracy (not masked), so the attack can measure robustness "
+                "here; the single-step defences' BIM accuracy is gradient masking of their single-step training."
+            )
+        elif collapsed:
+            text += (
+                f"The control is itself masked or weak (BIM(10) overstates AutoAttack by {control_gap:.1f} points), so "
+                "this run cannot say whether the masking comes from single-step training or from how we trained; it says "
+                "only that no single-step defence keeps its BIM accuracy under AutoAttack."
             )
         else:
             text += (
@@ -407,9 +419,7 @@ PAPER_GAINS = {
 }
 # The Iter-Adv reference must itself be robust for "same level as Iter-Adv" to mean anything: BIM(10)-Adv
 # under BIM(10) at least 80% on MNIST (issue #18); on F-MNIST (not set there) within 10 points of the paper's 67.45%.
-OURS_MARGIN = (
-    1.0  # our stronger-attack comparisons need more than a point: on the trial run AutoAttack left 0.2% vs 0.0%
-)
+OURS_MARGIN = 1.0  # "beats": by more than a point (the paper reports gains of 7.6-16.9 points)
 REFERENCE_FLOOR = {"mnist": 80.0, "fashion_mnist": PAPER_TABLE1["bim10_adv"]["fashion_mnist"][2] - 10}
 
 
@@ -440,6 +450,18 @@ def masked_defences(r: dict) -> list[str]:
     return [LABELS[d] for d, v in r.items() if 100 * (min(v["bim10"], v["bim30"]) - strongest(v)) > 5]
 
 
+def difference(r: dict, a: str, b: str, attack: str) -> I.Interval:
+    """Defence ``a``'s accuracy minus ``b``'s under ``attack`` (points), paired on the same test images."""
+    return I.paired_difference(r[a]["correct"][attack], r[b]["correct"][attack])
+
+
+def masked_caveat(r: dict, defences: tuple[str, ...], attack: str) -> str:
+    """The caveat of a claim under a BIM attack whose compared defences it is masked on (AutoAttack more than 5 points below)."""
+    if attack not in ("bim10", "bim30"):
+        return ""
+    return C.masked(attack.upper(), {LABELS[d]: (100 * r[d][attack], 100 * r[d]["autoattack"]) for d in defences})
+
+
 def gain_spec(dataset: str, attack: str, claim: str, paper: float | None, rule: C.Rule, cfg: Config) -> C.Spec:
     """Proposed against ATDA on ``dataset`` under ``attack`` (Proposed − ATDA, points)."""
     return C.Spec(
@@ -449,6 +471,8 @@ def gain_spec(dataset: str, attack: str, claim: str, paper: float | None, rule: 
         gates=lambda R: defence_gates(dataset, R[dataset], ("proposed", "atda"), cfg),
         paper=paper,
         applies=lambda R: {"proposed", "atda"} <= R[dataset].keys(),
+        interval=lambda R: difference(R[dataset], "proposed", "atda", attack),
+        caveat=lambda R: masked_caveat(R[dataset], ("proposed", "atda"), attack),
     )
 
 
@@ -473,6 +497,8 @@ def iter_adv_spec(dataset: str, cfg: Config) -> C.Spec:
         gates=gates,
         paper=paper,
         applies=lambda R: {"proposed", "bim10_adv"} <= R[dataset].keys(),
+        interval=lambda R: difference(R[dataset], "proposed", "bim10_adv", "bim10"),
+        caveat=lambda R: masked_caveat(R[dataset], ("proposed", "bim10_adv"), "bim10"),
     )
 
 
@@ -486,9 +512,9 @@ def dataset_claims(dataset: str, cfg: Config) -> list[C.Spec]:
             gain_spec(
                 dataset,
                 n,
-                f"{label}: Proposed beats ATDA under {n.upper()} (Proposed − ATDA, points)",
+                f"{label}: Proposed beats ATDA under {n.upper()} (by more than {OURS_MARGIN:g} point; Proposed − ATDA, points)",
                 PAPER_GAINS[(pk, n)],
-                C.above(0.0),
+                C.above(OURS_MARGIN),
                 cfg,
             )
             for n in ("bim10", "bim30")
