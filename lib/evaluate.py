@@ -81,6 +81,24 @@ def robust_accuracy(
     return float(robust_correct(model, x, y, attack, batch_size, **params).float().mean())
 
 
+def correct_vs_eps(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attack: Callable,
+    eps_values: list[float],
+    batch_size: int = 500,
+    **params,
+) -> list[torch.Tensor]:
+    """Per-image correctness (bool) for each eps in ``eps_values`` (eps = 0: clean)."""
+    return [
+        correct(model, x, y, batch_size)
+        if eps == 0
+        else robust_correct(model, x, y, attack, batch_size, eps=eps, **params)
+        for eps in eps_values
+    ]
+
+
 def accuracy_vs_eps(
     model: nn.Module,
     x: torch.Tensor,
@@ -91,12 +109,7 @@ def accuracy_vs_eps(
     **params,
 ) -> list[float]:
     """Robust accuracy for each eps in ``eps_values`` (eps = 0 is clean accuracy)."""
-    return [
-        accuracy(model, x, y, batch_size)
-        if eps == 0
-        else robust_accuracy(model, x, y, attack, batch_size, eps=eps, **params)
-        for eps in eps_values
-    ]
+    return [float(c.float().mean()) for c in correct_vs_eps(model, x, y, attack, eps_values, batch_size, **params)]
 
 
 def transfer_accuracy(

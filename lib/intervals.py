@@ -151,3 +151,10 @@ def _extreme(intervals: list[Interval], pick) -> Interval:
         min(i.n_images for i in intervals),
         min(i.n_seeds for i in intervals),
     )
+
+
+def absolute(interval: Interval) -> Interval:
+    """The interval of ``|d|`` from that of ``d`` (for "within m points either way")."""
+    low = 0.0 if interval.low <= 0 <= interval.high else min(abs(interval.low), abs(interval.high))
+    high = max(abs(interval.low), abs(interval.high))
+    return Interval(abs(interval.estimate), low, high, interval.method, interval.n_images, interval.n_seeds)

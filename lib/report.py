@@ -294,13 +294,20 @@ class ResultsWriter:
         _atomic_write(path, lambda p: p.write_text(json.dumps(_clean(headline), indent=2) + "\n"))
 
 
+def _per_image(v) -> bool:
+    """An array, or a dict of nothing but arrays (at any depth)."""
+    if isinstance(v, dict):
+        return bool(v) and all(_per_image(x) for x in v.values())
+    return isinstance(v, np.ndarray)
+
+
 def _clean(obj):
     """``obj`` as JSON writes it: floats rounded, NaN as null; per-image arrays (the intervals' input,
     summarised in ``claims.json``) left out."""
     if isinstance(obj, float):
         return None if math.isnan(obj) or math.isinf(obj) else round(obj, 6)
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items() if not isinstance(v, np.ndarray)}
+        return {str(k): _clean(v) for k, v in obj.items() if not _per_image(v)}
     if isinstance(obj, (list, tuple)):
         return [_clean(v) for v in obj]
     return obj

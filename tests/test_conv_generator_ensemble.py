@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -115,10 +116,15 @@ def _run(base_val, base_clean=0.88, tuned_clean=0.86, tuned_val=(0.858, 0.86, 0.
     def hist(val):
         return SimpleNamespace(history=[{"epoch": i, "val_acc": v} for i, v in enumerate(val, 1)])
 
+    def per_image(accuracies: dict) -> dict:  # 1,000 test images, the first round(acc * 1000) right
+        return {e: (np.arange(1000) < round(a * 1000)).astype(np.int8) for e, a in accuracies.items()}
+
     results = {
         m: {"pgd_l2": curve(c, s), "autoattack_l2": {0.5: c - s * 0.5 - 0.05}, "transfer_l2": curve(c, s / 2)}
-        for m, c, s in (("base", base_clean, 1.2), ("proposed", tuned_clean, 0.6), ("min-max", tuned_clean, 0.55))
+        for m, c, s in (("base", base_clean, 1.6), ("proposed", tuned_clean, 0.6), ("min-max", tuned_clean, 0.55))
     }
+    for res in results.values():
+        res["correct"] = {"pgd_l2": per_image(res["pgd_l2"]), "autoattack_l2": per_image(res["autoattack_l2"])}
     return {
         "results": results,
         "base": hist(base_val),
@@ -152,3 +158,10 @@ def test_claims_against_the_base_need_it_converged_and_accurate():
         loses.verdict == "not testable"
         and "base clean accuracy on fashion_mnist (%): 79 (threshold 85) FAIL" in loses.markdown()
     )
+
+
+def test_losing_clean_accuracy_on_one_image_in_a_thousand_is_inconclusive():
+    """The committed p1 verdict "proposed loses some clean accuracy" held on 1 of 500 images; on an interval it cannot."""
+    claims = p1.claims(_run([0.80, 0.873, 0.875, 0.877], base_clean=0.88, tuned_clean=0.879), _config("cpu"))
+    loses = next(c for c in claims if c.claim.startswith("proposed loses some clean accuracy"))
+    assert loses.ours == pytest.approx(-0.1, abs=1e-6) and loses.verdict == "inconclusive", loses.markdown()

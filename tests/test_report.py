@@ -135,3 +135,16 @@ def test_wide_tables_split_into_parts_that_fit_the_page():
             for h in header.split("|")[2:5]
         )  # a metric's paper / ours / delta stay together
     assert not re.search(r"\d\.\d{5,}", md) and "| 80.1 |" in md.replace("  ", "")
+
+
+def test_per_image_arrays_stay_out_of_details_json(tmp_path):
+    import json
+
+    import numpy as np
+
+    from lib.report import ResultsWriter
+
+    details = {"proposed": {"bim10": 0.85, "correct": {"bim10": np.ones(5, dtype=np.int8)}}, "flags": np.zeros(3)}
+    ResultsWriter(tmp_path).metrics({"a": 1.0}, details, {})
+    written = json.loads((tmp_path / "details.json").read_text())
+    assert written["proposed"] == {"bim10": 0.85} and "flags" not in written
