@@ -415,6 +415,16 @@ def counts(claims: Iterable[Claim]) -> dict[str, int]:
     return {f"claims_{v.replace(' ', '_')}": verdicts.count(v) for v in VERDICTS}
 
 
+MARGINS = (
+    'Margins (the paper\'s words, read as): "beats", "improves", "more robust", "falls further", '
+    '"transfers" = by more than 1 point (the papers report to 0.1-1 point, and a smaller gap is within the noise of a '
+    'few hundred test images); "at least as robust" = not more than 1 point below; "similar", "same level" = '
+    'within 5 points (our reading: the papers give no number); "cheaper" = a time ratio below 0.9 (a 10% saving, the '
+    'smallest a practitioner would call cheaper, and above the spread of repeated timings); "loses some" = below 0. '
+    "A verdict reads the 95% interval against the margin, never the point estimate."
+)
+
+
 def evidence(record: dict) -> str:
     """A ``claims.json`` record as its answer line quotes it: the claim, paper vs ours (± its interval), the verdict."""
     interval = record.get("interval")
@@ -444,6 +454,8 @@ def markdown(claims: Sequence[Claim]) -> str:
             "Answer: " + answer_line([c.to_json() for c in claims]),
             "",
             f"**{len(claims)} claims: {total}.** (The answer's rule: {ANSWER_RULE}.)",
+            "",
+            MARGINS,
             "",
             *(c.markdown() for c in claims),
         ]
