@@ -638,7 +638,8 @@ def summary_metrics(r: dict) -> dict:
     """The headline numbers for metrics.json (accuracies as fractions, seconds on this machine)."""
     return {
         "accuracy": {
-            m: {k: {f"{e:g}": v for e, v in d.items()} for k, d in res.items()} for m, res in r["results"].items()
+            m: {k: {f"{e:g}": v for e, v in d.items()} for k, d in res.items() if k != "correct"}
+            for m, res in r["results"].items()
         },
         "sec_per_batch_paper_settings": r["per_batch"],
         "sec_per_epoch_this_run": {m: tr.sec_per_epoch for m, tr in r["trained"].items()}

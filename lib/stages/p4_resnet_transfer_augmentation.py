@@ -219,8 +219,10 @@ def evaluate(model: torch.nn.Module, test: tuple, cfg: Config, autoattack: bool 
                 iterations=cfg.autoattack_iterations,
                 targets=cfg.autoattack_targets,
             )
-            for e in (cfg.aa_eps if autoattack else [])
-        },
+            for e in cfg.aa_eps
+        }
+        if autoattack
+        else {},
     }
     return {
         "clean": accuracy(model, x, y),
@@ -229,7 +231,9 @@ def evaluate(model: torch.nn.Module, test: tuple, cfg: Config, autoattack: bool 
             e: float(per_image["autoattack"][e].float().mean()) if autoattack else math.nan for e in cfg.aa_eps
         },
         "correct": {
-            attack: {e: c.numpy().astype(np.int8) for e, c in by_eps.items()} for attack, by_eps in per_image.items()
+            attack: {e: c.numpy().astype(np.int8) for e, c in by_eps.items()}
+            for attack, by_eps in per_image.items()
+            if by_eps
         },
     }
 
