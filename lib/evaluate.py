@@ -99,17 +99,9 @@ def correct_vs_eps(
     ]
 
 
-def accuracy_vs_eps(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    attack: Callable,
-    eps_values: list[float],
-    batch_size: int = 500,
-    **params,
-) -> list[float]:
-    """Robust accuracy for each eps in ``eps_values`` (eps = 0 is clean accuracy)."""
-    return [float(c.float().mean()) for c in correct_vs_eps(model, x, y, attack, eps_values, batch_size, **params)]
+def accuracy_vs_eps(*args, **params) -> list[float]:
+    """Robust accuracy for each eps (eps = 0 is clean accuracy): :func:`correct_vs_eps`'s arguments, its means."""
+    return [float(c.float().mean()) for c in correct_vs_eps(*args, **params)]
 
 
 def transfer_accuracy(
