@@ -142,6 +142,10 @@ def test_metrics_take_the_claims_counts(tmp_path):
     }
     with pytest.raises(ConfigError, match="at most 20"):
         out.add_metrics({f"m{i}": 1.0 for i in range(20)})
+    full = ResultsWriter(tmp_path / "full")
+    full.metrics({f"m{i}": 1.0 for i in range(20)}, {}, {})  # 20 of the stage's own numbers
+    full.add_metrics(C.counts([]))  # the five counts come on top of them
+    assert len(json.loads((tmp_path / "full" / "metrics.json").read_text())) == 25
 
 
 def test_movement_of_float32_accuracies_is_not_below_its_threshold_by_rounding():
