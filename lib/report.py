@@ -28,9 +28,10 @@ MAX_HEADLINE = (
 )
 
 
-def _check_headline(headline: dict) -> None:
-    """Flat numbers, at most ``MAX_HEADLINE`` of the stage's own (the claims' counts, ``claims_*``, come on top)."""
-    bad = [k for k, v in headline.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+def _check_headline(headline: dict, new: dict) -> None:
+    """``new`` flat numbers; ``headline`` at most ``MAX_HEADLINE`` of the stage's own (the claims' counts,
+    ``claims_*``, come on top)."""
+    bad = [k for k, v in new.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
     require(not bad, f"headline metrics must be flat numbers; not numbers: {', '.join(bad)}")
     own = [k for k in headline if not k.startswith("claims_")]
     require(
@@ -273,7 +274,7 @@ class ResultsWriter:
         ``details.json``: {"meta": meta + attack libraries used, **details} (every number, the config);
         ``training.json``: every model the run trained or loaded, with its training wall time.
         Returns a one-line confirmation for the notebook."""
-        _check_headline(headline)
+        _check_headline(headline, headline)
         blob = {"meta": {**meta, "attack_libraries": attack_libraries()}, **details}
         _atomic_write(self.root / "details.json", lambda p: p.write_text(json.dumps(_clean(blob), indent=2) + "\n"))
         _atomic_write(self.root / "metrics.json", lambda p: p.write_text(json.dumps(_clean(headline), indent=2) + "\n"))
@@ -292,8 +293,7 @@ class ResultsWriter:
         path = self.root / "metrics.json"
         require(path.exists(), "add_metrics needs metrics.json: call metrics() first")
         headline = {**json.loads(path.read_text()), **extra}
-        _check_headline(extra)
-        _check_headline(headline)
+        _check_headline(headline, extra)  # metrics.json holds NaN as null: only the new values are checked
         _atomic_write(path, lambda p: p.write_text(json.dumps(_clean(headline), indent=2) + "\n"))
 
 

@@ -318,3 +318,13 @@ def test_a_timing_claim_is_gated_by_the_spread_of_its_repeats_not_their_count():
     assert loaded[0].passed and not loaded[1].passed
     assert not C.steady("PGN's epochs", [10.0, 10.1])[0].passed  # two repeats: no median to trust
     assert C.epoch_seconds([{"seconds": 30.0}, {"seconds": 10.0}, {"seconds": 10.5}]) == [10.0, 10.5]  # warm-up dropped
+
+
+def test_counts_add_to_a_metrics_file_that_holds_a_nan(tmp_path):
+    """metrics.json writes NaN as null; adding the counts must not read that null back as a bad number."""
+    from lib.report import ResultsWriter
+
+    out = ResultsWriter(tmp_path)
+    out.metrics({"rho_cw_pgn": math.nan, "a": 1.0}, {}, {})
+    out.add_metrics(C.counts([]))
+    assert json.loads((tmp_path / "metrics.json").read_text())["rho_cw_pgn"] is None
