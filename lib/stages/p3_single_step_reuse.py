@@ -447,7 +447,7 @@ def past_one_reset(model: str, history: list, reset_every: int) -> C.Gate:
 
 def masked_defences(r: dict) -> list[str]:
     """Defences whose BIM accuracy overstates the lower of PGD and AutoAttack by more than 5 points."""
-    return [LABELS[d] for d, v in r.items() if 100 * (min(v["bim10"], v["bim30"]) - strongest(v)) > 5]
+    return [LABELS[d] for d, v in r.items() if 100 * (min(v["bim10"], v["bim30"]) - strongest(v)) > C.MASKED_POINTS]
 
 
 def difference(r: dict, a: str, b: str, attack: str) -> I.Interval:
