@@ -202,3 +202,30 @@ def test_a_paper_dataset_not_run_is_one_not_run_claim_naming_why():
     )
     assert cats.claim.startswith("Cats vs Dogs") and "Not run: Cats vs Dogs has no offline source" in cats.markdown()
     assert not any(c.claim.startswith("Fashion") for c in claims)
+
+
+class _Threshold(torch.nn.Module):
+    """Class 1 when the mean pixel exceeds 0.5, else class 0: FGSM moves every pixel by eps toward the
+    boundary, so an image of mean m is misclassified exactly when eps > |m - 0.5|."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))  # a parameter, so the attacks find its device
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = 50 * (x.mean(dim=(1, 2, 3)) - 0.5)
+        return torch.stack([-z, z], dim=1)
+
+
+def test_matched_attack_strength_finds_the_eps_scale_that_gives_the_papers_fgsm_accuracy():
+    margins = torch.linspace(0.001, 0.4, 200)  # each image's distance to the boundary, spread evenly
+    x = (0.5 + torch.cat([margins, -margins])).view(-1, 1, 1, 1).expand(-1, 1, 4, 4).contiguous()
+    y = torch.cat([torch.ones(200), torch.zeros(200)]).long()
+    cfg = _config("cpu", datasets=["mnist5k"])
+    assert cfg.match_strength
+    scale = p4.eps_scale("mnist5k", [_Threshold()], (x, y), cfg)
+    assert abs(p4.fgsm_average([_Threshold()], x, y, [scale * e for e in cfg.eps]) - 39.46) < 1.0
+    # eps 0.01/0.02/0.03 x s: accuracy (1 - s*e/0.4) averaged = 1 - 0.05 s -> s = 12.1 for 39.46%
+    assert 11.5 < scale < 12.7
+    assert p4.eps_scale("mnist5k", [_Threshold()], (x, y), p4.Config(**{**vars(cfg), "match_strength": False})) == 1.0
+    assert p4.eps_scale("fashion_mnist", [_Threshold()], (x, y), cfg) == 1.0  # no Table 2 average for CIFAR-10

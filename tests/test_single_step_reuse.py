@@ -150,3 +150,30 @@ def test_a_verdict_under_bim_says_when_bim_is_masked_on_both_defences():
     assert beats.verdict == "held" and beats.caveat == "both masked under BIM10: AutoAttack 0.2% vs 0.0%"
     assert "held** — MNIST: Proposed beats ATDA under BIM10" in beats.markdown() and "both masked" in beats.markdown()
     assert beats.interval.low > 0 and beats.interval.n_images == 1000
+
+
+def test_a_gain_claim_covers_every_training_seed_and_gates_each():
+    """Proposed's and ATDA's extra seeds enter the interval (two-level bootstrap) and the gates."""
+    cfg = _config("cpu")
+    assert cfg.seeds == 3 and cfg.seeded == ["proposed", "atda"]
+
+    def seeded(original: float, bims: list[float], epochs: int = 25) -> dict:
+        first, *rest = (_defence(original, b, epochs) for b in bims)
+        return {**first, "seeds": [{"seed": 1000 * (i + 1), **extra} for i, extra in enumerate(rest)]}
+
+    results = {
+        "mnist5k": {
+            "proposed": seeded(0.985, [0.85, 0.80, 0.84]),
+            "atda": seeded(0.975, [0.80, 0.80, 0.80]),
+            "bim10_adv": _defence(0.985, 0.82),
+        }
+    }
+    beats = next(c for c in p3.claims(results, cfg) if "beats ATDA under BIM10" in c.claim)
+    assert beats.interval.n_seeds == 3 and "two-level" in beats.interval.method
+    assert beats.ours == pytest.approx(3.0)  # the mean over seeds (5, 0, 4), not the first seed's 5
+    assert "Proposed seed 2000 (MNIST) converged" in beats.markdown()
+    one_seed_stopped = seeded(0.975, [0.80, 0.80, 0.80])
+    one_seed_stopped["seeds"][1]["history"] = one_seed_stopped["seeds"][1]["history"][:1]
+    gated = {"mnist5k": {**results["mnist5k"], "atda": one_seed_stopped}}
+    beats = next(c for c in p3.claims(gated, cfg) if "beats ATDA under BIM10" in c.claim)
+    assert beats.verdict == "not testable" and "ATDA seed 2000 (MNIST) converged" in beats.markdown()

@@ -8,9 +8,9 @@ trained models see a clean + adversarial mixture (``clean_weight`` of the loss o
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -93,6 +93,8 @@ class Config:
         default_factory=dict
     )  # defence -> early-stopping patience on the validation split; others train all epochs
     seed: int = 0
+    seeds: int = 1  # training seeds of the defences in `seeded` (the claims' intervals cover seeds and images)
+    seeded: list[str] = field(default_factory=lambda: ["proposed", "atda"])  # the two sides of the gain claims
     max_batches: int | None = None  # cap batches per epoch (tests only)
 
     def validate(self) -> Config:
@@ -109,6 +111,9 @@ class Config:
         require(self.n_test is None or self.n_test > 0, "n_test must be positive")
         S.check_autoattack_settings(self.autoattack, self.autoattack_iterations)
         require(int(self.n_val) >= 1, f"n_val must be >= 1, got {self.n_val}")
+        require(int(self.seeds) >= 1, f"seeds must be >= 1, got {self.seeds}")
+        for d in self.seeded:
+            require(d in DEFENCES, f"seeded: unknown defence '{d}'; known: {', '.join(DEFENCES)}")
         for d, p in self.patience.items():
             require(
                 d in DEFENCES and d != "proposed",
@@ -198,6 +203,48 @@ def _evaluate_defence(
     m = tr.final
     t0 = time.perf_counter()
     curve = {int(n): robust_accuracy(m, x, y, A.bim, eps=eps, steps=int(n)) for n in cfg.bim_iterations}
+    per_image = attack_correct(m, x, y, eps, cfg)
+    accuracies = {k: float(v.mean()) for k, v in per_image.items()}
+    curve.update({n: accuracies[f"bim{n}"] for n in (10, 30)})
+    return {
+        **accuracies,
+        "bim_curve": {n: curve[n] for n in sorted(curve)},
+        "bim10_iterates": accuracy_per_iteration(m, x, y, eps, 10, eps / 10),
+        "sec_per_epoch": tr.sec_per_epoch,
+        "history": tr.history,
+        "cost_vs_vanilla": relative_cost(tr.sec_per_epoch, clean_sec),
+        "eval_seconds": time.perf_counter() - t0,
+        "correct": per_image,
+    }
+
+
+SEEDED_ATTACKS = ("original", "bim10", "bim30", "pgd", "autoattack")  # what the claims compare across seeds
+
+
+def extra_seeds(cfg: Config) -> list[int]:
+    """The training seeds of the ``seeded`` defences after the first (``cfg.seed``)."""
+    return [cfg.seed + 1000 * i for i in range(1, cfg.seeds)]
+
+
+def reseed(ds, train_split, val_split, test_split, eps: float, cfg: Config, name: str) -> dict[str, list[dict]]:
+    """The ``seeded`` defences retrained with each extra seed (same data, other initial weights and batch
+    order): per defence, per seed, its history and per-image correctness under the claims' attacks."""
+    x, y = D.tensors(test_split)
+    seeded = [d for d in cfg.seeded if d in cfg.defences]
+    out: dict[str, list[dict]] = {d: [] for d in seeded}
+    for s in extra_seeds(cfg):
+        models = train_defences(
+            ds, train_split, val_split, eps, replace(cfg, seed=s, defences=seeded), f"{name} seed {s}"
+        )
+        for d, tr in models.items():
+            with evaluation(f"{d} seed {s} (eps {eps:g})"):
+                correct_ = attack_correct(tr.final, x, y, eps, cfg)
+            out[d].append({"seed": s, "history": tr.history, "correct": correct_})
+    return out
+
+
+def attack_correct(m: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, cfg: Config) -> dict:
+    """Per image, whether ``m`` resists each attack the claims read (0/1), clean accuracy as "original"."""
     per_image = {
         "original": correct(m, x, y),
         "fgsm": robust_correct(m, x, y, A.fgsm, eps=eps),
@@ -210,18 +257,7 @@ def _evaluate_defence(
             m, x, y, A.autoattack, eps=eps, norm="linf", version=cfg.autoattack, iterations=cfg.autoattack_iterations
         ),
     }
-    accuracies = {k: float(v.float().mean()) for k, v in per_image.items()}
-    curve.update({n: accuracies[f"bim{n}"] for n in (10, 30)})
-    return {
-        **accuracies,
-        "bim_curve": {n: curve[n] for n in sorted(curve)},
-        "bim10_iterates": accuracy_per_iteration(m, x, y, eps, 10, eps / 10),
-        "sec_per_epoch": tr.sec_per_epoch,
-        "history": tr.history,
-        "cost_vs_vanilla": relative_cost(tr.sec_per_epoch, clean_sec),
-        "eval_seconds": time.perf_counter() - t0,
-        "correct": {k: v.numpy().astype(np.int8) for k, v in per_image.items()},
-    }
+    return {k: v.numpy().astype(np.int8) for k, v in per_image.items()}
 
 
 class DefenceEvaluation(TypedDict):
@@ -240,6 +276,7 @@ class DefenceEvaluation(TypedDict):
     history: list[dict]
     cost_vs_vanilla: float
     eval_seconds: float
+    seeds: NotRequired[list[dict]]  # a seeded defence's extra training seeds: {seed, history, correct} each
 
 
 Measurements = dict[str, dict[str, DefenceEvaluation]]  # dataset -> defence -> its evaluation
@@ -252,6 +289,8 @@ def run(cfg: Config, data_dir: str | Path) -> Result[Measurements]:
         ds, train_split, val_split, test_split = load_data(name, cfg, data_dir)
         models = train_defences(ds, train_split, val_split, eps, cfg, desc=name)
         results[name] = evaluate_defences(models, test_split, eps, cfg)
+        for d, runs in reseed(ds, train_split, val_split, test_split, eps, cfg, name).items():
+            results[name][d]["seeds"] = runs
         sizes = {"train": len(train_split), "validation": len(val_split), "test": len(test_split)}
         samples.update({f"{name} {split}": n for split, n in sizes.items()})
         sources.append(f"{name} ({ds.source}, eps {eps})")
@@ -433,6 +472,11 @@ def defence_gates(dataset: str, r: dict, defences, cfg: Config) -> list[C.Gate]:
         gates.append(C.converged_history(f"{LABELS[d]} ({label})", r[d]["history"]))
         paper = PAPER_TABLE1.get(d, {}).get(pk, (None,))[0]
         gates.append(C.clean_accuracy(LABELS[d], 100 * r[d]["original"], paper, label, stand_in=paper is None))
+        for run in r[d].get("seeds", []):
+            seeded = f"{LABELS[d]} seed {run['seed']}"
+            gates.append(C.converged_history(f"{seeded} ({label})", run["history"]))
+            clean = 100 * float(run["correct"]["original"].mean())
+            gates.append(C.clean_accuracy(seeded, clean, paper, label, stand_in=paper is None))
     if "proposed" in defences:
         gates.append(past_one_reset("Proposed", r["proposed"]["history"], cfg.reset_every))
     return gates
@@ -450,9 +494,15 @@ def masked_defences(r: dict) -> list[str]:
     return [LABELS[d] for d, v in r.items() if 100 * (min(v["bim10"], v["bim30"]) - strongest(v)) > C.MASKED_POINTS]
 
 
+def seed_rows(v: DefenceEvaluation, attack: str) -> np.ndarray:
+    """A defence's per-image correctness under ``attack``, one row per training seed ((seeds, images))."""
+    return np.stack([v["correct"][attack], *(run["correct"][attack] for run in v.get("seeds", []))])
+
+
 def difference(r: dict, a: str, b: str, attack: str) -> I.Interval:
-    """Defence ``a``'s accuracy minus ``b``'s under ``attack`` (points), paired on the same test images."""
-    return I.paired_difference(r[a]["correct"][attack], r[b]["correct"][attack])
+    """Defence ``a``'s accuracy minus ``b``'s under ``attack`` (points), paired on the same test images; over
+    every training seed of both (a two-level bootstrap, :func:`lib.intervals.paired_difference`)."""
+    return I.paired_difference(seed_rows(r[a], attack), seed_rows(r[b], attack))
 
 
 def masked_caveat(r: dict, defences: tuple[str, ...], attack: str) -> str:
@@ -466,7 +516,7 @@ def gain_spec(dataset: str, attack: str, claim: str, paper: float | None, rule: 
     """Proposed against ATDA on ``dataset`` under ``attack`` (Proposed − ATDA, points)."""
     return C.Spec(
         claim,
-        quantity=lambda R: 100 * (R[dataset]["proposed"][attack] - R[dataset]["atda"][attack]),
+        quantity=lambda R: difference(R[dataset], "proposed", "atda", attack).estimate,
         rule=rule,
         gates=lambda R: defence_gates(dataset, R[dataset], ("proposed", "atda"), cfg),
         paper=paper,
@@ -492,7 +542,7 @@ def iter_adv_spec(dataset: str, cfg: Config) -> C.Spec:
 
     return C.Spec(
         f"{label}: Proposed at the same level as Iter-Adv (within 5 points of BIM(10)-Adv under BIM(10); gap, points)",
-        quantity=lambda R: 100 * (R[dataset]["proposed"]["bim10"] - R[dataset]["bim10_adv"]["bim10"]),
+        quantity=lambda R: difference(R[dataset], "proposed", "bim10_adv", "bim10").estimate,
         rule=C.not_below(-5.0),
         gates=gates,
         paper=paper,
@@ -650,4 +700,8 @@ def plan(cfg: Config) -> P.StagePlan:
                 passes[d],
                 cfg.batch_size,
             )
+        for seed in extra_seeds(cfg):
+            for d in (d for d in cfg.seeded if d in cfg.defences):
+                n = P.train_size(name, cfg.n_train, cfg.n_val)
+                plan.add(f"{name} seed {seed} {d}", model, cfg.epochs, n, passes[d], cfg.batch_size)
     return plan

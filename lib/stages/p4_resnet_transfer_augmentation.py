@@ -107,6 +107,9 @@ class Config:
     brightness: float = 0.1
     noise_std: float = 0.02
     seed: int = 0
+    match_strength: bool = (
+        False  # scale eps so the undefended models' FGSM accuracy matches the paper's Table 2 (a stand-in's regime)
+    )
     max_batches: int | None = None  # cap batches per epoch (tests only)
 
     def validate(self) -> Config:
@@ -198,22 +201,23 @@ def balanced(train_split: D.Split, cfg: Config) -> D.Split:
     return D.Split(*D.undersample(train_split.x, train_split.y, cfg.seed))
 
 
-def evaluate(model: torch.nn.Module, test: tuple, cfg: Config, autoattack: bool = True) -> dict:
+def evaluate(model: torch.nn.Module, test: tuple, cfg: Config, autoattack: bool = True, scale: float = 1.0) -> dict:
     """Clean accuracy, FGSM and PGD-L∞ (random start) accuracy at every eps and AutoAttack's at
     ``cfg.aa_eps`` (on the first ``cfg.autoattack_examples`` test images; NaN, not run, when
-    ``autoattack`` is false), all crafted on ``model`` itself."""
+    ``autoattack`` is false), all crafted on ``model`` itself; each attack runs at ``scale`` x its eps
+    (:func:`eps_scale`), its results keyed by the paper's eps."""
     x, y = test
     n_aa = len(y) if cfg.autoattack_examples is None else min(cfg.autoattack_examples, len(y))
     per_image = {
-        "fgsm": {e: robust_correct(model, x, y, A.fgsm, eps=e) for e in cfg.eps},
-        "pgd": {e: robust_correct(model, x, y, A.pgd, eps=e, steps=cfg.pgd_steps) for e in cfg.eps},
+        "fgsm": {e: robust_correct(model, x, y, A.fgsm, eps=scale * e) for e in cfg.eps},
+        "pgd": {e: robust_correct(model, x, y, A.pgd, eps=scale * e, steps=cfg.pgd_steps) for e in cfg.eps},
         "autoattack": {
             e: robust_correct(
                 model,
                 x[:n_aa],
                 y[:n_aa],
                 A.autoattack,
-                eps=e,
+                eps=scale * e,
                 norm="linf",
                 version=cfg.autoattack,
                 iterations=cfg.autoattack_iterations,
@@ -245,7 +249,11 @@ def run_dataset(name: str, cfg: Config, data_dir) -> dict:
     test = D.tensors(test_split)
     out: dict = {"samples": {"train": len(train_split), "val": len(val), "test": len(test_split)}, "source": ds.source}
     before = {a: fit(a, ds, train_split, val, cfg, desc=f"{name} {a} before") for a in cfg.archs}
-    augmented = adversarial_training_set(before[cfg.source_arch][0], train_split, cfg.eps, cfg.seed, cfg.source_arch)
+    scale = eps_scale(name, [m for m, _, _ in before.values()], D.tensors(val), cfg)
+    out["eps_scale"] = scale
+    augmented = adversarial_training_set(
+        before[cfg.source_arch][0], train_split, [scale * e for e in cfg.eps], cfg.seed, cfg.source_arch
+    )
     plain = balanced(train_split, cfg)
     out["samples"] |= {"train (proposed, balanced)": len(augmented), "train (augmentation only, balanced)": len(plain)}
     trained = {
@@ -264,13 +272,43 @@ def run_dataset(name: str, cfg: Config, data_dir) -> dict:
         for a, (m, tr, _) in models.items():
             with evaluation(f"{name} {a} {variant} (FGSM, PGD-{cfg.pgd_steps}{', AutoAttack' if with_aa else ''})"):
                 out[variant][a] = {
-                    **evaluate(m, test, cfg, with_aa),
+                    **evaluate(m, test, cfg, with_aa, scale),
                     "epochs": len(tr.history),
                     "best_epoch": tr.best_epoch,
                     "sec_per_epoch": tr.sec_per_epoch,
                     "history": tr.history,
                 }
     return out
+
+
+def paper_fgsm_average(dataset: str) -> float | None:
+    """The paper's undefended models' average FGSM accuracy (%, Table 2's text) on ``dataset``'s paper dataset."""
+    average = PAPER_TABLE2_AVERAGE.get(STANDS_FOR[dataset])
+    return None if average is None else average[1]
+
+
+def fgsm_average(models: list[torch.nn.Module], x: torch.Tensor, y: torch.Tensor, eps: list[float]) -> float:
+    """Mean FGSM accuracy (%) of ``models`` over ``eps``, each attack crafted on its model."""
+    return 100 * float(np.mean([robust_correct(m, x, y, A.fgsm, eps=e).float().mean() for m in models for e in eps]))
+
+
+def eps_scale(dataset: str, before: list[torch.nn.Module], val: tuple, cfg: Config, steps: int = 10) -> float:
+    """Matched attack strength: the factor ``s`` such that the undefended models' average FGSM accuracy at
+    ``s`` x the paper's eps, on the validation split, is the paper's (Table 2); found by bisection on
+    log ``s`` in [1/20, 50] (``steps`` halvings). 1 when ``cfg.match_strength`` is off or the paper
+    reports no average for this dataset."""
+    target = paper_fgsm_average(dataset)
+    if not cfg.match_strength or target is None:
+        return 1.0
+    x, y = val
+    low, high = math.log(1 / 20), math.log(50)
+    for _ in range(steps):
+        mid = (low + high) / 2
+        if fgsm_average(before, x, y, [math.exp(mid) * e for e in cfg.eps]) > target:
+            low = mid  # the attack is still weaker than the paper's: scale up
+        else:
+            high = mid
+    return round(math.exp((low + high) / 2), 3)
 
 
 class ModelEvaluation(TypedDict):
@@ -405,6 +443,14 @@ def gains(results: dict, cfg: Config) -> pd.DataFrame:
                         "ours": _gain(r, variant, attack, cfg),
                     }
                 )
+        rows.append(
+            {
+                "dataset": LABEL[dataset],
+                "metric": "eps scale (x the paper's eps; matched attack strength when not 1)",
+                "paper": 1.0,
+                "ours": r.get("eps_scale", 1.0),
+            }
+        )
         at = _eps_label(cfg.aa_eps)
         for attack, name in (("fgsm", "FGSM"), ("autoattack", "AutoAttack")):
             rows.append(
@@ -431,14 +477,27 @@ def _eps_label(eps: list) -> str:
     return "eps " + ", ".join(f"{e:g}" for e in eps)
 
 
+def strength(r: dict, cfg: Config) -> str:
+    """The eps this dataset's attacks ran at: the paper's, or scaled to matched attack strength."""
+    scale = r.get("eps_scale", 1.0)
+    if scale == 1.0:
+        return f"the paper's {_eps_label(cfg.eps)}"
+    return (
+        f"matched attack strength: {_eps_label([round(scale * e, 4) for e in cfg.eps])} "
+        f"(the paper's eps x {scale:g}, so that the undefended models' FGSM accuracy on the validation split "
+        "is the paper's)"
+    )
+
+
 def figure(results: dict, cfg: Config, subtitle: str) -> plt.Figure:
     """Accuracy vs eps per dataset and model: before / after (proposed), FGSM solid, PGD dashed,
     AutoAttack as stars."""
     fig, axes = plt.subplots(
         len(results), len(cfg.archs), figsize=(4.2 * len(cfg.archs), 3.4 * len(results)), squeeze=False
     )
-    eps = [0.0, *cfg.eps]
     for row, (dataset, r) in zip(axes, results.items()):
+        scale = r.get("eps_scale", 1.0)
+        eps = [0.0, *(scale * e for e in cfg.eps)]
         for ax, arch in zip(row, cfg.archs):
             for variant, color in zip(VARIANTS, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
                 m = r[variant][arch]
@@ -461,8 +520,21 @@ def figure(results: dict, cfg: Config, subtitle: str) -> plt.Figure:
                 )
                 aa = [100 * m["autoattack"][e] for e in cfg.aa_eps]
                 if not all(math.isnan(v) for v in aa):  # not run on this variant (autoattack_variants)
-                    ax.plot(cfg.aa_eps, aa, ls="none", marker="*", ms=7, color=color, label=f"{variant}, AutoAttack")
-            ax.set(title=f"{LABEL[dataset]} — {arch}", xlabel="eps (L∞)", ylabel="test accuracy (%)", ylim=(-2, 102))
+                    ax.plot(
+                        [scale * e for e in cfg.aa_eps],
+                        aa,
+                        ls="none",
+                        marker="*",
+                        ms=7,
+                        color=color,
+                        label=f"{variant}, AutoAttack",
+                    )
+            ax.set(
+                title=f"{LABEL[dataset]} — {arch}",
+                xlabel="eps (L∞)" + (f", the paper's x {scale:g}" if scale != 1 else ""),
+                ylabel="test accuracy (%)",
+                ylim=(-2, 102),
+            )
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(f"Accuracy vs eps before and after retraining ({subtitle})")
     return fig
@@ -568,6 +640,7 @@ def gain_claims(dataset: str, cfg: Config) -> list[C.Spec]:
             gates=lambda R: [*base(R), *regime_gates(dataset, R[dataset], cfg)],
             paper=PAPER_AVERAGE_GAIN[STANDS_FOR[dataset]],
             interval=lambda R: paired(R[dataset], "proposed", "before", "fgsm", cfg),
+            detail=lambda R: f"at {strength(R[dataset], cfg)}",
         ),
         C.Spec(
             f"{label}: the gain is not just augmentation (adversarial examples' gain over augmentation only, points; "
@@ -579,6 +652,7 @@ def gain_claims(dataset: str, cfg: Config) -> list[C.Spec]:
                 *regime_gates(dataset, R[dataset], cfg),
             ],
             interval=lambda R: paired(R[dataset], "proposed", "augmentation only", "fgsm", cfg),
+            detail=lambda R: f"at {strength(R[dataset], cfg)}",
         ),
         C.Spec(
             f"{label}, ours: the FGSM gain survives PGD-{cfg.pgd_steps} (average gain, points; over half of FGSM's and over 1)",
@@ -595,7 +669,7 @@ def gain_claims(dataset: str, cfg: Config) -> list[C.Spec]:
             rule=C.above(0.0),
             gates=base,
             shown=aa,
-            detail=lambda R: f"FGSM's gain at {_eps_label(cfg.aa_eps)}: {fgsm_aa(R):+.2f} points",
+            detail=lambda R: f"FGSM's gain there: {fgsm_aa(R):+.2f} points; attacks at {strength(R[dataset], cfg)}",
             interval=lambda R: surviving(R[dataset], "autoattack", cfg, cfg.aa_eps),
         ),
     ]
