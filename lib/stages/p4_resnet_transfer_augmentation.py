@@ -609,8 +609,9 @@ def surviving(r: dict, attack: str, cfg: Config, eps: list | None = None) -> I.I
     """The interval of :func:`survives`: min(gain - FGSM's gain / 2, gain - 1), the lower of its two terms'
     intervals (per image, the gain less half of FGSM's; and the gain)."""
 
-    def score(variant: str) -> np.ndarray:
-        return scores(r, variant, attack, cfg, eps) - 0.5 * scores(r, variant, "fgsm", cfg, eps)
+    def score(variant: str) -> np.ndarray:  # AutoAttack ran on the first test images only: FGSM's on the same ones
+        under = scores(r, variant, attack, cfg, eps)
+        return under - 0.5 * scores(r, variant, "fgsm", cfg, eps)[: len(under)]
 
     half = I.paired_difference(score("proposed"), score("before"))
     whole = paired(r, "proposed", "before", attack, cfg, eps)
