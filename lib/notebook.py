@@ -17,7 +17,7 @@ from lib.cache import open_store
 from lib.claims import Claim
 from lib.params import RUN_SETTINGS, build_config, check_profile, check_seed, checked_parameters, method_params
 from lib.plan import Following
-from lib.report import ResultsWriter, set_style, setting_line
+from lib.report import ResultsWriter, markdown_table, set_style, setting_line
 from lib.runtime import Acceleration, DryRun, device_name, metadata, repo_path, seed_everything
 
 PENDING = "*The verdicts of this run appear here when it finishes.*"
@@ -73,8 +73,13 @@ class StageRun:
         tag = "DRY RUN" if DryRun.on else "paper setting" if self.profile == "paper" else "REDUCED"
         return f"{dataset}; profile {self.profile}, {tag}"
 
-    def configuration(self, per_row: int = 3) -> pd.DataFrame:
-        """The effective configuration of this run as one compact table (``per_row`` parameter | value pairs a row)."""
+    def configuration(self, per_row: int = 3) -> Markdown:
+        """The effective configuration of this run as one compact Markdown table (``per_row`` parameter | value
+        pairs a row; a raw DataFrame would render as an HTML dump)."""
+        return Markdown(markdown_table(self.configuration_table(per_row)))
+
+    def configuration_table(self, per_row: int = 3) -> pd.DataFrame:
+        """The rows of :meth:`configuration`."""
         items = [("profile", self.profile), *sorted(method_params(self.settings).items())]
         items += [(k, self.settings[k]) for k in RUN_SETTINGS]
         items = [(k, "null" if v is None else str(v)) for k, v in items]  # as profiles/<stage>.yaml writes them
