@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -166,15 +167,17 @@ def test_paper_profile_is_the_papers_setting():
         and 0.1 in cfg.at_eps
         and cfg.fig3_eps == 0.5
     )
-    # the ATPGN reference code: c_L 50 in our units, flip + shift, leaky-ReLU He-initialised generator
-    assert cfg.main_c_l == 50.0 and (cfg.augment, cfg.leaky_generator, cfg.reference_check) == (True, True, False)
+    # the ATPGN reference code: c_L 50 in our units, flip + shift, leaky-ReLU He-initialised networks, one Adam, EMA of both
+    assert cfg.main_c_l == 50.0 and cfg.reference_check is False
+    assert all(getattr(cfg, k) for k in pgn.REFERENCE_CHOICES)
 
 
 def test_cpu_profile_checks_the_reference_choices_from_the_papers_protocol():
     cfg = _config("cpu")
-    assert (cfg.augment, cfg.leaky_generator, cfg.reference_check) == (False, False, True)
-    with pytest.raises(ConfigError, match="reference_check retrains"):
-        _config("cpu", augment=True)
+    assert cfg.reference_check and not any(getattr(cfg, k) for k in pgn.REFERENCE_CHOICES)
+    for choice in pgn.REFERENCE_CHOICES:
+        with pytest.raises(ConfigError, match="reference_check retrains"):
+            _config("cpu", **{choice: True})
 
 
 def test_leaky_generator_is_he_initialised_and_leaky():
@@ -189,34 +192,110 @@ def test_leaky_generator_is_he_initialised_and_leaky():
     )
 
 
-def _pair(pgn_fgm: float, pgn_mim: float) -> dict:
-    return {
-        "FGM-AT": {"benign": 0.8, "fgm_acc": 0.5, "mim_acc": 0.4},
-        "PGN": {"benign": 0.8, "fgm_acc": pgn_fgm, "mim_acc": pgn_mim},
+def _robust(fgm: float, mim: float, aa: float, sec: float = 1.0, n: int = 1000) -> dict:
+    """A reference-check entry: per-image correctness with these accuracies (the first images right)."""
+    per = {
+        a: (np.arange(n) < round(v * n)).astype(np.int8) for a, v in (("fgm", fgm), ("mim", mim), ("autoattack", aa))
     }
+    return {"benign": 0.8, "correct": per, "sec_per_epoch": sec, "c_l": 0.03}
 
 
-def test_reference_finding_names_the_variant_that_turns_the_gap():
-    variants = list(pgn.REFERENCE_VARIANTS)
-    r = {
-        "reference": {
-            variants[0]: _pair(0.45, 0.35),
-            variants[1]: _pair(0.55, 0.41),
-            variants[2]: _pair(0.48, 0.45),
-            variants[3]: _pair(0.5, 0.4),
-        }
-    }
-    table = pgn.reference_table(r)
-    assert table["PGN − FGM-AT, FGM (pt)"].round(6).tolist() == [-5.0, 5.0, -2.0, 0.0]
-    finding = pgn.reference_finding(r)
+def test_reference_finding_names_the_choices_that_close_the_gap_and_those_that_do_not():
+    variants = list(pgn.reference_variants(_config("cpu"), 30))
     assert (
-        "-5.0 points under FGM" in finding
-        and variants[1] in finding
-        and variants[3] in finding
-        and variants[2] not in finding
+        variants[0] == "ours (the paper's protocol)" and variants[-1].startswith("all of them") and len(variants) == 8
     )
-    r["reference"] = {v: _pair(0.45, 0.35) for v in variants}
-    assert "do not explain the gap" in pgn.reference_finding(r)
+    ref = {"FGM-AT": _robust(0.60, 0.50, 0.40), variants[0]: _robust(0.40, 0.30, 0.20, sec=2.0)}
+    ref |= {v: _robust(0.40, 0.30, 0.20, sec=2.0) for v in variants[1:]}
+    ref[variants[1]] = _robust(0.50, 0.40, 0.25, sec=2.0)  # c_L: +10 points under FGM and MIM
+    ref[variants[-1]] = _robust(0.55, 0.45, 0.30, sec=3.0)
+    r = {"reference": ref}
+    table = pgn.reference_table(r)
+    assert table["difference"].tolist()[-1] == "matched FGM-AT (the gap's other side)"
+    row = table[table["difference"] == variants[1]].iloc[0]
+    assert row["FGM %"] == pytest.approx(50.0) and row["Δ FGM vs ours (pt, 95%)"].startswith("10.00 [")
+    assert table[table["difference"] == variants[-1]].iloc[0]["cost × ours"] == pytest.approx(1.5)
+    finding = pgn.reference_finding(r)
+    assert f"Closes part of the gap: {variants[1]}" in finding and variants[-1] in finding
+    assert "No clear effect: " + variants[2] in finding
+    assert "FGM-AT's accuracy minus PGN's: 20.00 [" in finding
+
+
+def test_reference_ema_decay_keeps_the_half_life_in_epochs():
+    assert pgn.reference_decay(391) == pytest.approx(0.998)
+    half_life_epochs = np.log(0.5) / np.log(pgn.reference_decay(27)) / 27
+    assert half_life_epochs == pytest.approx(np.log(0.5) / np.log(0.998) / 391)
+
+
+def test_one_adam_holds_both_players_and_each_moves_its_own_way():
+    torch.manual_seed(0)
+    model = M.build("convpool_cnn", (1, 28, 28), 10, width=0.125)
+    g = method.PGNGenerator((1, 28, 28), 10, width=8, dense=16)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    source = method.PGNSource(g, c_l=0.0, lr=1e-3, shared=True)
+    assert source.optimizer is None
+    x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    before = [p.detach().clone() for p in g.parameters()]
+    source.update(model, opt, x, y, None, 0.0)
+    source.update(model, opt, x, y, None, 0.0)  # the group is added once
+    held = {id(p) for group in opt.param_groups for p in group["params"]}
+    assert {id(p) for p in g.parameters()} <= held and {id(p) for p in model.parameters()} <= held
+    assert len(opt.param_groups) == 2 and all(not torch.equal(a, b) for a, b in zip(before, g.parameters()))
+    # G ascends: its images raise the classifier's loss against G before this step (one step, small lr)
+    g2 = method.PGNGenerator((1, 28, 28), 10, width=8, dense=16)
+    model2 = M.build("convpool_cnn", (1, 28, 28), 10, width=0.125)
+    for p in model2.parameters():
+        p.requires_grad_(False)
+    shared = torch.optim.Adam([{"params": list(g2.parameters()), "lr": 1e-2}])
+
+    def loss() -> float:
+        with torch.no_grad():
+            x_adv = method.tanh_space(x, g2(method.gradient_image(model2, x, y), x, y))
+            return torch.nn.functional.cross_entropy(model2(x_adv), y).item()
+
+    start = loss()
+    for _ in range(5):
+        method.minmax_step(model2, g2, shared, None, x, y, 0.0)
+    assert loss() > start
+
+
+def test_ema_over_both_networks_averages_the_generator_too():
+    torch.manual_seed(0)
+    model = M.build("convpool_cnn", (1, 28, 28), 10, width=0.125)
+    g = method.PGNGenerator((1, 28, 28), 10, width=8, dense=16)
+    source = method.PGNSource(g, c_l=1.0, lr=1e-2, ema_decay=0.5)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    for _ in range(3):
+        source.update(model, opt, x, y, None, 0.0)
+    live, averaged = list(g.parameters()), list(source.evaluated.parameters())
+    assert source.evaluated is not g and any(not torch.equal(a, b) for a, b in zip(live, averaged))
+    assert method.PGNSource(g, c_l=1.0, lr=1e-2).evaluated is g  # no average: the live generator
+
+
+def test_reference_classifier_is_leaky_everywhere_and_he_initialised():
+    net = M.build("convpool_cnn", (1, 28, 28), 10, width=0.5, leaky=True)
+    convs = [m for m in net.net if isinstance(m, torch.nn.Conv2d)]
+    acts = [m for m in net.net if isinstance(m, (torch.nn.LeakyReLU, torch.nn.ReLU))]
+    assert len(acts) == len(convs) and all(isinstance(a, torch.nn.LeakyReLU) and a.negative_slope == 0.2 for a in acts)
+    wide = convs[3]  # 128 x 64 x 3 x 3 at width 0.5: enough weights for the std
+    fan_in = wide.weight[0].numel()
+    assert abs(wide.weight.std().item() - (2 / fan_in) ** 0.5) < 0.05 * (2 / fan_in) ** 0.5
+    assert all(torch.all(c.bias == 0) for c in convs)
+    plain = M.build("convpool_cnn", (1, 28, 28), 10, width=0.5)
+    assert [type(m) for m in plain.net if not isinstance(m, torch.nn.LeakyReLU)] == [
+        type(m) for m in plain.net
+    ]  # ours: ReLU, no activation after the last conv
+    assert sum(isinstance(m, torch.nn.ReLU) for m in plain.net) == len(convs) - 1
+
+
+def test_the_penalty_is_c_l_times_the_squared_l2_norm_summed_over_pixels():
+    """The reference's units (sum of squared pixel differences per image, mean over the batch; pixels in [0, 1])."""
+    x = torch.full((2, 1, 4, 4), 0.5)
+    x_adv = x.clone()
+    x_adv[0, 0, 0, :] += 0.1  # 4 pixels moved by 0.1: squared norm 0.04
+    x_adv[1, 0, :2, :] += 0.2  # 8 pixels moved by 0.2: squared norm 0.32
+    assert method._squared_norm(x_adv, x).item() == pytest.approx((0.04 + 0.32) / 2)
 
 
 def test_paper_profile_code_path_one_batch_on_cifar_shaped_data(synthetic, monkeypatch):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import lib.data as D
 from lib.attacks import eval_mode
@@ -29,8 +30,9 @@ class PGNGenerator(nn.Module):
     y -> dense 1024 -> concat y -> dense (H/4)(W/4)·128 -> reshape -> concat y (broadcast) ->
     upconv 3x3/2 128 -> concat y -> upconv 3x3/2 128 -> concat [x, grad] -> upconv 3x3/1 128 ->
     upconv 3x3/1 C. ReLU between layers (not stated in the paper); ``leaky`` = the reference code's
-    leaky ReLU (slope 0.2) with He-normal weights and zero biases. ``use`` names the inputs kept;
-    a dropped input is replaced by zeros (the ablation), so the shapes never change.
+    leaky ReLU (slope 0.2) with He-normal weights and zero biases, and its image input rescaled to
+    [-1, 1] (the paper does not say either). ``use`` names the inputs kept; a dropped input is
+    replaced by zeros (the ablation), so the shapes never change.
     """
 
     def __init__(
@@ -72,6 +74,8 @@ class PGNGenerator(nn.Module):
         y1 = F.one_hot(y, self.k).float()
         if "label" not in self.use:
             y1 = torch.zeros_like(y1)
+        if self.leaky:  # the reference feeds the image to G in [-1, 1]
+            x = 2 * x - 1
         if "image" not in self.use:
             x = torch.zeros_like(x)
         if "gradient" not in self.use:
@@ -106,22 +110,52 @@ def gradient_image(model: nn.Module, x: torch.Tensor, y: torch.Tensor, reduction
 
 class PGNSource(Clean):
     """PGN trained jointly with the classifier, as a source of :func:`lib.train.train`: each batch is one
-    :func:`minmax_step` (the classifier trains on G's images only in the reference code: ``clean_weight`` 0)."""
+    :func:`minmax_step` (the classifier trains on G's images only in the reference code: ``clean_weight`` 0).
 
-    def __init__(self, generator: PGNGenerator, c_l: float, lr: float, reduction: str = "mean"):
+    ``shared``: one Adam for both players, as the reference (one ``AdamOptimizer`` applies both
+    players' gradients): G's parameters join the classifier's optimiser as a second group (its lr
+    stays ``lr``) and G ascends by the sign of its gradient; otherwise G has its own Adam (lr ``lr``).
+    ``ema_decay``: an exponential moving average of G's weights too (the reference averages both
+    networks' and evaluates with the averages), read by :attr:`evaluated`."""
+
+    def __init__(
+        self,
+        generator: PGNGenerator,
+        c_l: float,
+        lr: float,
+        reduction: str = "mean",
+        shared: bool = False,
+        ema_decay: float | None = None,
+    ):
         require(c_l >= 0, f"c_L must be >= 0, got {c_l}")
-        self.generator, self.c_l, self.reduction = generator, c_l, reduction
-        self.optimizer = torch.optim.Adam(generator.parameters(), lr=lr, maximize=True)
+        require(ema_decay is None or 0 < ema_decay < 1, f"ema_decay must be in (0, 1), got {ema_decay}")
+        self.generator, self.c_l, self.reduction, self.shared, self.lr = generator, c_l, reduction, shared, lr
+        self.optimizer = None if shared else torch.optim.Adam(generator.parameters(), lr=lr, maximize=True)
+        self.average = (
+            None
+            if ema_decay is None
+            else AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+        )
+
+    @property
+    def evaluated(self) -> PGNGenerator:
+        """The generator the protocol measures: the moving average when there is one."""
+        return self.generator if self.average is None else self.average.module
 
     def update(self, model: nn.Module, opt: torch.optim.Optimizer, x, y, idx, clean_weight: float) -> tuple:
-        return minmax_step(model, self.generator, opt, self.optimizer, x, y, self.c_l, clean_weight, self.reduction)
+        if self.shared and not any(g.get("generator") for g in opt.param_groups):
+            opt.add_param_group({"params": list(self.generator.parameters()), "lr": self.lr, "generator": True})
+        out = minmax_step(model, self.generator, opt, self.optimizer, x, y, self.c_l, clean_weight, self.reduction)
+        if self.average is not None:
+            self.average.update_parameters(self.generator)
+        return out
 
 
 def minmax_step(
     classifier: nn.Module,
     generator: PGNGenerator,
     classifier_opt: torch.optim.Optimizer,
-    generator_opt: torch.optim.Optimizer,
+    generator_opt: torch.optim.Optimizer | None,
     x: torch.Tensor,
     y: torch.Tensor,
     c_l: float,
@@ -133,10 +167,12 @@ def minmax_step(
         L = (1 - w) CE(F(x_adv), y) + w CE(F(x), y) - c_L ||x_adv - x||^2,   x_adv = tanh-space(x, G(grad, x, y))
 
     the classifier F descends L (the penalty has no gradient in its weights), G ascends it (``generator_opt``
-    is built with ``maximize=True``). Returns (L, clean logits, adversarial logits, labels) for the loop's
-    bookkeeping."""
+    is built with ``maximize=True``; ``None``: G's parameters are a group of ``classifier_opt``, the
+    reference's one Adam, and G's gradients are negated so that its descent step ascends L). Returns
+    (L, clean logits, adversarial logits, labels) for the loop's bookkeeping."""
     with training_precision(x.device):
-        generator_opt.zero_grad(set_to_none=True)
+        if generator_opt is not None:
+            generator_opt.zero_grad(set_to_none=True)
         x_adv = tanh_space(x, generator(gradient_image(classifier, x, y, reduction), x, y))
         penalty = _squared_norm(x_adv, x)
         classifier.train()
@@ -146,10 +182,15 @@ def minmax_step(
         if clean_weight > 0:
             loss = loss + clean_weight * F.cross_entropy(logits_clean, y)
         loss = loss + -c_l * penalty
-    classifier_opt.zero_grad(set_to_none=True)
+    classifier_opt.zero_grad(set_to_none=True)  # with one shared Adam, G's gradients too
     loss.backward()
-    classifier_opt.step()  # F: minimises L
-    generator_opt.step()  # G: maximises L
+    if generator_opt is None:
+        for p in generator.parameters():
+            if p.grad is not None:
+                p.grad.neg_()  # one descent step for both players: G's on -L, an ascent on L
+    classifier_opt.step()  # F: minimises L (and G, when shared, maximises it)
+    if generator_opt is not None:
+        generator_opt.step()  # G: maximises L
     return loss, logits_clean, logits_adv, y
 
 
