@@ -401,3 +401,17 @@ def test_an_ablation_not_run_is_one_not_testable_claim(synthetic, monkeypatch):
 def test_bad_config_is_rejected(bad):
     with pytest.raises(ConfigError):
         pgn.Config(**{"datasets": ["fashion_mnist"], **bad}).validate()
+
+
+def test_the_cl_curve_reads_the_perturbation_size_against_the_matched_budget():
+    from types import SimpleNamespace
+
+    pts = [
+        {"c_l": c, "mean_l2": l2, "benign": 0.8, "fgm_acc": f, "mim_acc": f - 0.1}
+        for c, l2, f in ((0.03, 2.4, 0.2), (3.0, 1.0, 0.4), (300.0, 0.1, 0.5))
+    ]
+    r = {"cl_curve": pts, "matched": {"FGM-AT": SimpleNamespace(value=0.5)}}
+    table = pgn.cl_table(r)
+    assert table["× FGM-AT eps 0.5"].round(6).tolist() == [4.8, 2.0, 0.2]
+    assert table["MIM %"].round(6).tolist() == [10.0, 30.0, 40.0]
+    pgn.figure_cl(r, _config("cpu"), "test")

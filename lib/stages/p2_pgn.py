@@ -520,6 +520,64 @@ def reference_variants(cfg: Config, steps_per_epoch: int) -> dict[str, dict]:
 REFERENCE_ATTACKS = ("fgm", "mim", "autoattack")
 
 
+def cl_curve(pgns: dict[float, Trained], data: Data, cfg: Config) -> list[dict]:
+    """What c_L does, measured on the swept PGNs: per c_L, the mean L2 size of its generator's perturbations
+    of the test images at the end of training (the moving average's, when there is one), its benign
+    accuracy and its accuracy under the paper's white-box FGM and MIM: the curve c_L is chosen from."""
+    x, y = data.test
+    out = []
+    for c_l, t in sorted(pgns.items()):
+        x_adv = adversarial_examples(
+            t.model, x, y, pgn_attack, generator=t.source.evaluated.eval(), reduction=cfg.grad_reduction
+        )
+        with evaluation(f"{_label(t)} (c_L curve: FGM, MIM)"):
+            fgm = accuracy(t.model, adversarial_examples(t.model, x, y, A.fgm, eps=cfg.fgm_eps), y)
+            mim = accuracy(
+                t.model, adversarial_examples(t.model, x, y, A.mim, eps=cfg.mim_eps, steps=cfg.mim_steps, norm="l2"), y
+            )
+        out.append(
+            {"c_l": c_l, "mean_l2": mean_perturbation(x_adv, x), "benign": t.benign, "fgm_acc": fgm, "mim_acc": mim}
+        )
+    return out
+
+
+def cl_table(r: dict) -> pd.DataFrame:
+    """The c_L curve as a table: c_L, PGN's mean L2 perturbation and its ratio to the matched FGM-AT's eps, accuracies (%)."""
+    budget = r["matched"]["FGM-AT"].value
+    return pd.DataFrame(
+        [
+            {
+                "c_L": p["c_l"],
+                "PGN mean L2": p["mean_l2"],
+                f"× FGM-AT eps {budget:g}": p["mean_l2"] / budget,
+                "benign %": 100 * p["benign"],
+                "FGM %": 100 * p["fgm_acc"],
+                "MIM %": 100 * p["mim_acc"],
+            }
+            for p in r["cl_curve"]
+        ]
+    )
+
+
+def figure_cl(r: dict, cfg: Config, subtitle: str) -> plt.Figure:
+    """c_L against PGN's mean L2 perturbation (left, with the 2x band around the matched FGM-AT's eps) and
+    against its accuracy under FGM and MIM (right)."""
+    pts, budget = r["cl_curve"], r["matched"]["FGM-AT"].value
+    c = [p["c_l"] for p in pts]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    left.plot(c, [p["mean_l2"] for p in pts], marker="o", color=COLORS["PGN"], label="PGN's mean L2")
+    left.axhspan(budget / 2, 2 * budget, color="0.85", label=f"within 2x of FGM-AT's eps {budget:g}")
+    left.set(xscale="log", xlabel="c_L (our units = the reference's)", ylabel="mean L2 perturbation")
+    for key, name, style in (("fgm_acc", "FGM", "-"), ("mim_acc", "MIM", "--")):
+        right.plot(c, [100 * p[key] for p in pts], ls=style, marker="o", color=COLORS["PGN"], label=f"PGN under {name}")
+    right.set(xscale="log", xlabel="c_L", ylabel="accuracy (%)")
+    for ax in (left, right):
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle(f"What c_L does to PGN ({subtitle})")
+    fig.tight_layout()
+    return fig
+
+
 def reference_desc(opts: dict, c_l: str) -> str:
     """The model-store name of PGN retrained with the reference choices ``opts`` (at c_L ``c_l``)."""
     return f"PGN c_L {c_l} (reference: {' '.join(k for k in sorted(opts) if k != 'ema_decay')})"
@@ -619,10 +677,12 @@ def run_dataset(name: str, cfg: Config, data_dir) -> DatasetMeasurements:
         pgn.model, *data.test, pgn_attack, generator=pgn.source.evaluated.eval(), reduction=cfg.grad_reduction
     )
     reference = reference_check(matched, data, cfg, transfers) if cfg.reference_check else {}
+    curve = cl_curve({c_l: sweep[("PGN", c_l)] for c_l in cfg.c_l}, data, cfg)
     return {
         "name": name,
         "reference": reference,
         "pgn_mean_l2": mean_perturbation(x_pgn, data.test[0]),
+        "cl_curve": curve,
         "data": data,
         "sweep": sweep,
         "matched": matched,
@@ -641,6 +701,7 @@ class DatasetMeasurements(TypedDict):
     name: str
     reference: dict[str, dict]  # the reference-code check (:func:`reference_check`), {} when not run
     pgn_mean_l2: float  # the matched PGN's mean L2 perturbation on the test images
+    cl_curve: list[dict]  # per swept c_L: PGN's mean L2 perturbation, benign and FGM / MIM accuracy (:func:`cl_curve`)
     data: Data
     sweep: dict[tuple, Trained]  # (defence, strength) -> the trained model
     matched: dict[str, Trained]  # per defence, the strength closest to the Baseline's benign accuracy
