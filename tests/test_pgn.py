@@ -274,19 +274,19 @@ def test_ema_over_both_networks_averages_the_generator_too():
 
 
 def test_reference_classifier_is_leaky_everywhere_and_he_initialised():
-    net = M.build("convpool_cnn", (1, 28, 28), 10, width=0.5, leaky=True)
+    plain = M.build("convpool_cnn", (1, 28, 28), 10, width=0.5)
+    convs = [m for m in plain.net if isinstance(m, torch.nn.Conv2d)]
+    assert sum(isinstance(m, torch.nn.ReLU) for m in plain.net) == len(convs) - 1  # ours: none after the last conv
+    net = pgn.reference_classifier(M.build("convpool_cnn", (1, 28, 28), 10, width=0.5), seed=0)
     convs = [m for m in net.net if isinstance(m, torch.nn.Conv2d)]
     acts = [m for m in net.net if isinstance(m, (torch.nn.LeakyReLU, torch.nn.ReLU))]
     assert len(acts) == len(convs) and all(isinstance(a, torch.nn.LeakyReLU) and a.negative_slope == 0.2 for a in acts)
+    assert isinstance(net.net[-3], torch.nn.LeakyReLU) and isinstance(net.net[-4], torch.nn.Conv2d)  # then GAP, flatten
     wide = convs[3]  # 128 x 64 x 3 x 3 at width 0.5: enough weights for the std
     fan_in = wide.weight[0].numel()
     assert abs(wide.weight.std().item() - (2 / fan_in) ** 0.5) < 0.05 * (2 / fan_in) ** 0.5
     assert all(torch.all(c.bias == 0) for c in convs)
-    plain = M.build("convpool_cnn", (1, 28, 28), 10, width=0.5)
-    assert [type(m) for m in plain.net if not isinstance(m, torch.nn.LeakyReLU)] == [
-        type(m) for m in plain.net
-    ]  # ours: ReLU, no activation after the last conv
-    assert sum(isinstance(m, torch.nn.ReLU) for m in plain.net) == len(convs) - 1
+    assert net(torch.rand(2, 1, 28, 28)).shape == (2, 10)
 
 
 def test_the_penalty_is_c_l_times_the_squared_l2_norm_summed_over_pixels():

@@ -45,35 +45,22 @@ class ConvPoolCNN(nn.Module):
     """PGN paper Table 1: conv3x3 64,128, avgpool, 128,256, avgpool, 256,512, avgpool, conv3x3 K, GAP.
 
     Widths are multiplied by ``width``; activations are ReLU (the paper does not say) and
-    convolutions are 'same'-padded. Returns logits (softmax is in the loss). ``leaky``: the
-    reference code's (ATPGN ``models/PGN.py``) choices instead: leaky ReLU (slope 0.2, TF's default)
-    after every convolution, the last one included, and He-normal weights (TF's
-    ``VarianceScaling(2.0)``: std sqrt(2 / fan_in)) with zero biases.
+    convolutions are 'same'-padded. Returns logits (softmax is in the loss).
     """
 
-    def __init__(self, in_shape: tuple[int, int, int], num_classes: int, width: float = 1.0, leaky: bool = False):
+    def __init__(self, in_shape: tuple[int, int, int], num_classes: int, width: float = 1.0):
         super().__init__()
         require(width > 0, f"ConvPoolCNN width must be positive, got {width}")
         c = [max(1, int(round(w * width))) for w in (64, 128, 128, 256, 256, 512)]
-
-        def act() -> nn.Module:
-            return nn.LeakyReLU(0.2) if leaky else nn.ReLU()
-
         layers: list[nn.Module] = []
         prev = in_shape[0]
         for i, out in enumerate(c):
-            layers += [nn.Conv2d(prev, out, 3, padding=1), act()]
+            layers += [nn.Conv2d(prev, out, 3, padding=1), nn.ReLU()]
             if i % 2 == 1:
                 layers.append(nn.AvgPool2d(2))
             prev = out
-        layers += [nn.Conv2d(prev, num_classes, 3, padding=1), *([act()] if leaky else [])]
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        layers += [nn.Conv2d(prev, num_classes, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.net = nn.Sequential(*layers)
-        if leaky:
-            for layer in self.net:
-                if isinstance(layer, nn.Conv2d):
-                    nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-                    nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -262,6 +262,27 @@ class Choices:
         return cls(**{k: getattr(cfg, k) for k in REFERENCE_CHOICES})
 
 
+def reference_classifier(model: nn.Module, seed: int) -> nn.Module:
+    """The ConvPool-CNN as the reference code builds it (ATPGN ``models/PGN.py``): leaky ReLU (slope 0.2, TF's
+    default) after every convolution, the last one included, and He-normal weights (TF's ``VarianceScaling(2.0)``:
+    std sqrt(2 / fan_in)) with zero biases, drawn from ``seed``. Ours (the paper says neither): ReLU, none after
+    the last convolution, torch's default init."""
+    last = max(i for i, layer in enumerate(model.net) if isinstance(layer, nn.Conv2d))
+    layers: list[nn.Module] = []
+    for i, layer in enumerate(model.net):
+        layers.append(nn.LeakyReLU(0.2) if isinstance(layer, nn.ReLU) else layer)
+        if i == last:
+            layers.append(nn.LeakyReLU(0.2))
+    model.net = nn.Sequential(*layers)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for layer in model.net:
+            if isinstance(layer, nn.Conv2d):
+                nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+                nn.init.zeros_(layer.bias)
+    return model
+
+
 def reference_decay(steps_per_epoch: int) -> float:
     """The reference's EMA decay (0.998 a step, 391 steps an epoch) scaled to ``steps_per_epoch``: the same
     half-life in epochs (0.998 ** (391 / steps)), so the average spans the same share of training."""
@@ -347,14 +368,10 @@ def train_defence(
     seed = cfg.seed if seed is None else seed
     choices = Choices.of(cfg) if choices is None else choices
     ema_decay = cfg.ema_decay if choices.ema_decay is None else choices.ema_decay
-    model = M.build(
-        "convpool_cnn",
-        data.ds.shape,
-        data.ds.num_classes,
-        seed=seed,
-        width=width or cfg.width,
-        **({"leaky": True} if choices.leaky_classifier else {}),
-    ).to(device())
+    model = M.build("convpool_cnn", data.ds.shape, data.ds.num_classes, seed=seed, width=width or cfg.width)
+    if choices.leaky_classifier:
+        model = reference_classifier(model, seed)
+    model = model.to(device())
     source = defence_source(kind, value, data, cfg, use, choices, ema_decay)
     flip_shift = Conventional(
         degrees=0.0, flip=True, scale=(1.0, 1.0), shift=cfg.reference_shift, brightness=0.0, noise_std=0.0
