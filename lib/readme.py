@@ -93,6 +93,9 @@ def wall_times(results: Path) -> str:
                     "wall time (min)": round(meta.get("wall_time_s", float("nan")) / 60, 1),
                     "models trained": sum(not m.get("loaded") for m in models),
                     "models loaded from the store": sum(bool(m.get("loaded")) for m in models),
+                    "their training (min, in the run that trained them)": round(
+                        sum(m.get("seconds") or 0.0 for m in models) / 60, 1
+                    ),
                     "hardware": meta.get("device"),
                 }
             )
@@ -103,8 +106,8 @@ def wall_times(results: Path) -> str:
         "### Measured wall times (notebook execution, per stage)\n\n"
         + markdown_table(pd.DataFrame(rows))
         + f"\n\nSum over these stages: {total:.0f} min (the data stage and notebook-to-HTML conversion add about a minute). "
-        "A stage whose models came from the model store spent its time on evaluation only; each model's training time "
-        "is in its `training.json`.\n"
+        "A stage whose models came from the model store spent its time on evaluation only; the training time of its "
+        "models, measured in the run that trained them, is the next column (each model's in its `training.json`).\n"
     )
 
 
