@@ -229,3 +229,19 @@ def test_matched_attack_strength_finds_the_eps_scale_that_gives_the_papers_fgsm_
     assert 11.5 < scale < 12.7
     assert p4.eps_scale("mnist5k", [_Threshold()], (x, y), p4.Config(**{**vars(cfg), "match_strength": False})) == 1.0
     assert p4.eps_scale("fashion_mnist", [_Threshold()], (x, y), cfg) == 1.0  # no Table 2 average for CIFAR-10
+
+
+def test_autoattack_on_the_first_test_images_only_is_compared_with_fgsm_on_the_same_images():
+    """The cpu profile runs AutoAttack on the first 200 of 1,000 test images (the run that stopped on 200 vs 1,000)."""
+    cfg = _config("cpu", datasets=["mnist5k"])
+    r = {
+        "before": {"resnet18": _model(0.975, 0.40)},
+        "augmentation only": {"resnet18": _model(0.98, 0.45)},
+        "proposed": {"resnet18": _model(0.985, 0.60, stopped=True, val=(0.9, 0.98))},
+    }
+    for variant in r.values():
+        variant["resnet18"]["correct"]["autoattack"] = {0.03: variant["resnet18"]["correct"]["autoattack"][0.03][:200]}
+    survives = p4.surviving(r, "autoattack", cfg, cfg.aa_eps)
+    assert survives.n_images == 200
+    claim = next(c for c in p4.claims({"mnist5k": r}, cfg) if "survives AutoAttack" in c.claim)
+    assert claim.interval is not None and claim.interval.n_images == 200
