@@ -141,9 +141,7 @@ def _run(base_val, base_clean=0.88, tuned_clean=0.86, tuned_val=(0.858, 0.86, 0.
 def test_claims_against_the_base_need_it_converged_and_accurate():
     cfg = _config("cpu")
     claims = p1.claims(_run([0.80, 0.873, 0.875, 0.877]), cfg)
-    assert [c.verdict for c in claims] == ["held", "held", "held", "held", "held", "held", "held", "held", "held"], [
-        c.markdown() for c in claims
-    ]
+    assert [c.verdict for c in claims] == ["held"] * 8, [c.markdown() for c in claims]
     unconverged = p1.claims(_run([0.70, 0.80, 0.85]), cfg)  # moved 5 points over its last two epochs
     assert (
         all(c.verdict == "not testable" for c in unconverged[:-1]) and unconverged[-1].verdict == "held"
@@ -165,3 +163,15 @@ def test_losing_clean_accuracy_on_one_image_in_a_thousand_is_inconclusive():
     claims = p1.claims(_run([0.80, 0.873, 0.875, 0.877], base_clean=0.88, tuned_clean=0.879), _config("cpu"))
     loses = next(c for c in claims if c.claim.startswith("proposed loses some clean accuracy"))
     assert loses.ours == pytest.approx(-0.1, abs=1e-6) and loses.verdict == "inconclusive", loses.markdown()
+
+
+def test_white_box_above_black_box_is_a_check_of_our_attack_not_a_claim():
+    cfg = _config("cpu")
+    r = _run([0.80, 0.873, 0.875, 0.877])
+    assert not any("black-box" in c.claim for c in p1.claims(r, cfg))
+    checks = p1.attack_checks(r, cfg)
+    assert len(checks) == 3 * 5 and set(checks["white-box above black-box by over 1 point"]) == {"pass"}
+    r["results"]["proposed"]["transfer_l2"][0.3] = 0.2  # black-box far below white-box: our white-box attack is weak
+    flagged = p1.attack_checks(r, cfg)
+    row = flagged[(flagged["model"] == "proposed") & (flagged["eps (L2)"] == 0.3)]
+    assert row["white-box above black-box by over 1 point"].item() == "FAIL"

@@ -99,7 +99,7 @@ def test_bad_config_is_rejected(bad):
         p5.Config(**bad).validate()
 
 
-def _results(d_val, curve_03, clean=0.98, alt_val=(0.97, 0.971, 0.972)):
+def _results(d_val, curve_03, clean=0.98, alt_val=(0.97, 0.971, 0.972), alt_on_g=0.96):
     """A hand-made run: D's validation history, G's curves (0.3 as given, the others flat) and one alternating run."""
     flat = [0.9, 0.6, 0.5, 0.5, 0.5, 0.5]
     alt = [{"epoch": 0, "acc_on_G": 0.5, "acc_clean": clean, "val_acc": clean}] + [
@@ -107,7 +107,7 @@ def _results(d_val, curve_03, clean=0.98, alt_val=(0.97, 0.971, 0.972)):
     ]
     robust = {
         "clean D": {0.3: {"PGD-20": 0.40, "AutoAttack": 0.38}},
-        "alternating D (0.3)": {0.3: {"PGD-20": 0.50, "AutoAttack": 0.46}},
+        "alternating D (0.3)": {0.3: {"PGD-20": 0.50, "AutoAttack": 0.46, "G from alternating phase": alt_on_g}},
     }
     frozen = {
         0.1: {"gan": 0.95, "fgsm": 0.94},
@@ -122,7 +122,11 @@ def _results(d_val, curve_03, clean=0.98, alt_val=(0.97, 0.971, 0.972)):
         "curves": {0.1: [0.98, 0.96, 0.95, 0.95, 0.95, 0.95], 0.3: curve_03, 0.5: flat, 0.7: flat},
         "alternating": {0.3: alt},
         "robust": robust,
-        "correct": {"frozen": _per_image(frozen), "robust": _per_image(robust)},
+        "correct": {
+            "frozen": _per_image(frozen),
+            "robust": _per_image(robust),
+            "clean": _per_image({"clean D": clean, "alternating D (0.3)": clean}),
+        },
     }
 
 
@@ -145,6 +149,18 @@ def test_claims_are_not_testable_exactly_when_a_gate_fails():
     low = p5.claims(_results([0.90, 0.93, 0.95, 0.96], [0.9, 0.7, 0.555, 0.55, 0.551, 0.549], clean=0.95), cfg)
     assert all(c.verdict == "not testable" for c in low[:2]) and "D clean accuracy" in low[0].markdown()
     assert "D (phase 1) converged" in low[0].markdown()  # moved 3 points over its last two epochs
+
+
+def test_fig_1b_is_decided_on_the_interval_of_the_end_gap():
+    """D's accuracy on its G's images minus its clean accuracy at the end, paired on the same digits."""
+    cfg = _config("cpu")
+    curve = [0.9, 0.7, 0.555, 0.55, 0.551, 0.549]
+    near = p5.claims(_results([0.97, 0.98, 0.981, 0.982], curve, alt_on_g=0.96), cfg)[3]
+    assert near.verdict == "held" and near.ours == pytest.approx(-2.0) and near.interval.low > -5
+    edge = p5.claims(_results([0.97, 0.98, 0.981, 0.982], curve, alt_on_g=0.935), cfg)[3]
+    assert edge.verdict == "inconclusive", edge.markdown()  # -4.5 points: the interval straddles -5
+    far = p5.claims(_results([0.97, 0.98, 0.981, 0.982], curve, alt_on_g=0.80), cfg)[3]
+    assert far.verdict == "did not hold"
 
 
 def test_clamped_output_saturates_at_the_budget_where_the_scaled_one_does_not():

@@ -452,15 +452,26 @@ def attack_eps(cfg: Config) -> list[float]:
     return [e for e in cfg.eval_eps if e > 0]
 
 
-def masked_models(r: dict, cfg: Config) -> list[str]:
-    """Models more accurate (by over a point) under the white-box attacks (the lower of PGD-L2 and
-    AutoAttack-L2 per eps) than under the transferred black-box attack at some eps."""
-    out = []
+def attack_checks(r: dict, cfg: Config) -> pd.DataFrame:
+    """A check of our white-box attacks, not a claim: per model and eps, accuracy under the white-box
+    attacks (the lower of PGD-L2 and AutoAttack-L2) and under the transferred black-box attack; a
+    white-box accuracy more than a point above the black-box one means our white-box attack is weak there."""
+    rows = []
     for m, res in r["results"].items():
-        white = {e: min(res["pgd_l2"][e], res["autoattack_l2"].get(e, 1.0)) for e in attack_eps(cfg)}
-        if any(res["transfer_l2"][e] < white[e] - 0.01 for e in attack_eps(cfg)):
-            out.append(m)
-    return out
+        for e in attack_eps(cfg):
+            white = min(res["pgd_l2"][e], res["autoattack_l2"].get(e, 1.0))
+            rows.append(
+                {
+                    "model": m,
+                    "eps (L2)": e,
+                    "white-box % (lower of PGD-L2, AutoAttack-L2)": 100 * white,
+                    "black-box % (transferred PGD-L2)": 100 * res["transfer_l2"][e],
+                    "white-box above black-box by over 1 point": "FAIL"
+                    if res["transfer_l2"][e] < white - 0.01
+                    else "pass",
+                }
+            )
+    return pd.DataFrame(rows)
 
 
 def _timed(r: dict, prefix: str) -> list[float]:
@@ -548,14 +559,6 @@ def claim_specs(cfg: Config) -> list[C.Spec]:
         ),
         *(spec for m in both for spec in model_claims(m, cfg)),
         *(autoattack_claim(m, cfg) for m in both),
-        C.Spec(
-            "Ours: no model is more accurate under white-box attack (the lower of PGD-L2 and AutoAttack-L2) than under the "
-            "transferred black-box attack (models flagged)",
-            quantity=lambda r: masked_models(r, cfg),
-            rule=C.NONE_FLAGGED,
-            gates=lambda r: [base_gates(r, cfg)[0], *(tuned(r, m) for m in both)],
-            shown=lambda r: C.join(masked_models(r, cfg)),
-        ),
         C.Spec(
             f"Proposed is much cheaper than min-max (time per epoch at the paper's K = {cfg.timing_k} and "
             f"{cfg.timing_minmax_steps} PGD iterations, proposed / min-max; under 0.5)",

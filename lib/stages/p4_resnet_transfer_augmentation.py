@@ -590,6 +590,14 @@ def scores(r: dict, variant: str, attack: str, cfg: Config, eps: list | None = N
     return np.mean([r[variant][a]["correct"][attack][e] for a in archs for e in eps], axis=0)
 
 
+def vulnerability_gap(r: dict, cfg: Config) -> I.Interval:
+    """Before retraining, the smallest over the other architectures of their average FGSM accuracy minus
+    ResNet18's (points), paired on the same test images (the lowest of the per-architecture intervals)."""
+    resnet18 = scores(r, "before", "fgsm", cfg, archs=["resnet18"])
+    others = [a for a in cfg.archs if a != "resnet18"]
+    return I.lowest([I.paired_difference(scores(r, "before", "fgsm", cfg, archs=[a]), resnet18) for a in others])
+
+
 def regime_gates(dataset: str, r: dict, cfg: Config) -> list[C.Gate]:
     """The paper's test, not a weaker one: where the paper reports its undefended models' average FGSM
     accuracy (Table 2: MNIST, Cats vs Dogs), ours within 10 points of it (no gate where it does not)."""
@@ -680,6 +688,7 @@ def architecture_claims(dataset: str, cfg: Config) -> list[C.Spec]:
     """The paper's claims across architectures on ``dataset``: the knowledge transfers, ResNet18 is the weakest."""
     label, archs = LABEL[dataset], list(cfg.archs)
     others = [a for a in archs if a != cfg.source_arch]
+    ranked = len(archs) > 1 and "resnet18" in archs  # ResNet18 and at least one architecture to rank it against
     return [
         C.Spec(
             f"{label}: the knowledge transfers to the architectures that did not craft the examples (FGSM gain of each, "
@@ -709,14 +718,17 @@ def architecture_claims(dataset: str, cfg: Config) -> list[C.Spec]:
             ),
         ),
         C.Spec(
-            f"{label}: ResNet18 is the most FGSM-vulnerable model before retraining",
-            quantity=lambda R: most_vulnerable(R[dataset], cfg),
-            rule=C.Rule("==", "resnet18"),
+            f"{label}: ResNet18 is the most FGSM-vulnerable model before retraining (each other architecture's FGSM "
+            f"accuracy minus ResNet18's, points, the smallest; by more than {IMPROVES_POINTS:g})",
+            quantity=lambda R: vulnerability_gap(R[dataset], cfg).estimate if ranked else None,
+            rule=C.above(IMPROVES_POINTS),
             gates=lambda R: [
                 C.at_least("architectures run in this profile", len(archs), 2),
                 *model_gates(dataset, R[dataset], ("before",), archs),
             ],
             paper="resnet18",
+            shown=lambda R: most_vulnerable(R[dataset], cfg),
+            interval=lambda R: vulnerability_gap(R[dataset], cfg) if ranked else None,
         ),
     ]
 

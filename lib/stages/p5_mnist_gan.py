@@ -35,7 +35,7 @@ from lib import claims as C
 from lib import intervals as I
 from lib.cache import cached
 from lib.errors import require
-from lib.evaluate import accuracy, adversarial_examples, predict, robust_accuracy, robust_correct
+from lib.evaluate import accuracy, adversarial_examples, correct, predict, robust_accuracy, robust_correct
 from lib.methods.mnist_gan import (
     UNITS,
     AlternatingGenerator,
@@ -643,6 +643,14 @@ def convergence_order_broken(r: dict) -> list[str]:
     return [f"{b[0]:g} after {a[0]:g}" for a, b in zip(conv, conv[1:]) if b[1] > a[1]]
 
 
+def end_gap(r: dict, i: float) -> I.Interval:
+    """At the end of phase 3 at intensity ``i``: D's accuracy on its G's images minus its clean accuracy
+    (points), paired on the same test digits."""
+    name = f"alternating D ({i:g})"
+    on_g = r["correct"]["robust"][name][i]["G from alternating phase"]
+    return I.paired_difference(on_g, r["correct"]["clean"][name])
+
+
 def alternating_claims(i: float, cfg: Config) -> list[C.Spec]:
     """Fig. 1b's claim at intensity ``i``, and ours: the alternately trained D against attacks it never saw."""
     pgd = f"PGD-{cfg.pgd_steps}"
@@ -664,13 +672,14 @@ def alternating_claims(i: float, cfg: Config) -> list[C.Spec]:
 
     return [
         C.Spec(
-            f"Trained alternately with G at intensity {i:g}, D stays within 5 points of its clean accuracy on G's images "
-            "(Fig. 1b; min %, clean %)",
-            quantity=lambda r: 100 * (min(on_g(r)) - r["alternating"][i][-1]["acc_clean"]),
+            f"Trained alternately with G at intensity {i:g}, D ends within 5 points of its clean accuracy on G's images "
+            "(Fig. 1b; accuracy on G's images minus clean accuracy at the end, points)",
+            quantity=lambda r: end_gap(r, i).estimate,
             rule=C.not_below(-5.0),
             gates=gates,
             paper="near clean",
-            shown=lambda r: f"{100 * min(on_g(r)):.1f} vs {100 * r['alternating'][i][-1]['acc_clean']:.1f}",
+            interval=lambda r: end_gap(r, i),
+            detail=lambda r: f"lowest over the epochs: {100 * min(on_g(r)):.1f}% on G's images",
         ),
         C.Spec(
             f"Ours, not the paper's: at intensity {i:g} the alternately trained D gains at least 5 points over the clean D "
@@ -822,7 +831,8 @@ def measure(ds: D.Dataset, train_split: D.Split, val_split: D.Split, test_split:
         )
         alternating[i] = tr.history
         models[f"alternating D ({i:g})"] = tr.final
-    correct = evaluate_models(models, generators, alt_generators, test, std, cfg)
+    per_image = evaluate_models(models, generators, alt_generators, test, std, cfg)
+    clean_correct = {n: correct(m, *test).numpy().astype(np.int8) for n, m in models.items()}
     diag = (
         diagnose(
             d_clean,
@@ -846,9 +856,9 @@ def measure(ds: D.Dataset, train_split: D.Split, val_split: D.Split, test_split:
         "alternating": alternating,
         "alt_generators": alt_generators,
         "models": models,
-        "robust": accuracies(correct),
-        "correct": {"frozen": frozen_correct, "robust": correct},
-        "clean": {n: accuracy(m, *test) for n, m in models.items()},
+        "robust": accuracies(per_image),
+        "correct": {"frozen": frozen_correct, "robust": per_image, "clean": clean_correct},
+        "clean": accuracies(clean_correct),
         "examples": D.examples(test_split, cfg.n_examples, cfg.seed),
     }
 
