@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from lib import readme
 from lib.runtime import REPO_ROOT
 
@@ -35,10 +37,8 @@ def test_section_reflects_the_files_and_says_when_a_stage_has_none(tmp_path):
     )
     text = readme.render(tmp_path)
     assert "REDUCED" in text and "CPU: X" in text
-    assert (
-        "| p5_mnist_gan | cpu       |                 2 |                1 |                              1 | CPU: X     |"
-        in text
-    )
+    # 2 models, 1 trained, 1 loaded; their training time (none recorded here: 0); the hardware
+    assert re.search(r"\| p5_mnist_gan \| cpu +\| +2 \| +1 \| +1 \| +0 \| CPU: X +\|", text)
     assert "No results yet: run `dvc repro p2_pgn`" in text
     page = tmp_path / "README.md"
     page.write_text(f"intro\n{readme.START}\nold\n{readme.END}\noutro\n")
@@ -62,9 +62,13 @@ def test_verdict_counts_per_stage_and_in_total(tmp_path):
             json.dumps([{"claim": "c", "verdict": v, "gates": []} for v in verdicts])
         )
     text = readme.verdict_counts(tmp_path)
-    assert "| p3_single_step_reuse | replicates in part |        2 |      1 |              1 |              0 |" in text
-    assert "| p5_mnist_gan         | replicates in part |        3 |      1 |              0 |              0 |" in text
-    assert "| **total**            |                    |        5 |      2 |              1 |              0 |" in text
+
+    def row(stage: str, answer: str, counts: str) -> str:  # the paper column between stage and answer
+        return rf"\| {re.escape(stage)} +\|[^|\n]*\| {answer} +\| +" + r" \| +".join(counts.split())
+
+    assert re.search(row("p3_single_step_reuse", "replicates in part", "2 1 1 0"), text)
+    assert re.search(row("p5_mnist_gan", "replicates in part", "3 1 0 0"), text)
+    assert re.search(r"\| \*\*total\*\* +\| +\| +\| +5 \| +2 \| +1 \| +0 \|", text)
     assert "- `p3_single_step_reuse`: **replicates in part** — decisive claim: c: ours None (did not hold)" in text
     assert "No `claims.json` yet: p1_conv_generator_ensemble, p2_pgn, p4_resnet_transfer_augmentation, compare." in text
     assert readme.render(tmp_path).index("### Answers") < readme.render(tmp_path).index("### p1")

@@ -83,15 +83,16 @@ def test_each_notebook_opens_with_its_verdicts():
 def test_the_html_shows_the_values_the_run_used_not_the_smoke_defaults():
     for stage in STAGES:
         html = (RESULTS / stage / f"{stage}.html").read_text()
-        assert "build/smoke/" not in html and f"results/.{stage}.tmp" in html, (
+        assert "build/smoke/" not in html and re.search(rf"results/\.{stage}(\.\d+)?\.tmp", html), (
             stage
-        )  # injected cell kept, defaults cell left out
+        )  # injected cell kept (its temporary folder may carry the run's process id), defaults cell left out
 
 
 def test_dvc_metrics_hold_a_few_flat_headline_numbers_and_no_config():
     for stage in STAGES:
         metrics = json.loads((RESULTS / stage / "metrics.json").read_text())
-        assert 0 < len(metrics) <= 20, stage
+        own = [k for k in metrics if not k.startswith("claims_")]
+        assert 0 < len(own) <= 20 and len(metrics) - len(own) <= 5, stage  # the stage's numbers, then the claim counts
         assert all(isinstance(v, (int, float)) or v is None for v in metrics.values()), stage  # flat: no nesting
         details = json.loads((RESULTS / stage / "details.json").read_text())
         assert {"meta", "config", "results"} <= details.keys(), stage
