@@ -33,7 +33,7 @@ DECIDED = ("held", "did not hold")
 TESTABLE = ("held", "did not hold", "inconclusive")
 
 # The thresholds of issue #18 (points of accuracy unless stated).
-MOVEMENT_POINTS = 0.5  # converged: validation accuracy moved less than this over the last two epochs
+MOVEMENT_POINTS = 0.5  # converged: the last two epochs improved the best validation accuracy by less than this
 PLATEAU_POINTS = 1.0  # a curve plateaued: it moved less than this over its last three epochs
 MNIST_FROM_PAPER = 2.0  # clean accuracy on MNIST within this of the paper's
 STAND_IN_FLOOR = 85.0  # clean accuracy of a baseline on a stand-in dataset (Fashion-MNIST)
@@ -90,19 +90,31 @@ def movement(curve: Sequence[float], epochs: int) -> float:
     return round(max(tail) - min(tail), 4) if len(tail) == epochs + 1 else math.nan
 
 
+def improvement(curve: Sequence[float], epochs: int) -> float:
+    """How much (in the curve's units) the best of ``curve``'s last ``epochs`` values beats the best value
+    before them (negative when they are all worse); NaN when nothing comes before them."""
+    values = list(curve)
+    if len(values) <= epochs or epochs < 1:
+        return math.nan
+    # rounded as in :func:`movement`: float32 means read 0.99999 for 1 point
+    return round(max(values[-epochs:]) - max(values[:-epochs]), 4)
+
+
 def converged(
     model: str, val_accuracy: Sequence[float], early_stopped: bool = False, points: float = MOVEMENT_POINTS
 ) -> Gate:
-    """``model`` converged: early stopping fired on a validation split, or its validation accuracy
-    (%, one value per epoch) moved less than ``points`` over the last two epochs."""
-    moved = movement(val_accuracy, 2)
+    """``model`` converged: early stopping fired on a validation split, or its last two epochs improved
+    its best validation accuracy (%, one value per epoch) by less than ``points``: early stopping's
+    rule (patience 2, minimum improvement ``points``) applied after the fact. A curve that only
+    oscillates on a small validation split converged; one still climbing did not."""
     if early_stopped:
         return Gate(f"{model} converged (early stopping fired on the validation split)", 1.0, 1.0, True)
+    gained = improvement(val_accuracy, 2)
     return Gate(
-        f"{model} converged (validation accuracy moved over the last two epochs, points)",
-        moved,
+        f"{model} converged (gain of the last two epochs over the best before them, validation accuracy points)",
+        gained,
         points,
-        bool(moved < points),
+        bool(gained < points),
     )
 
 

@@ -14,13 +14,25 @@ from lib.intervals import Interval
 
 
 def test_a_converged_and_an_unconverged_history():
-    flat = C.converged("BIM(10)-Adv", [90.0, 95.0, 97.1, 97.3, 97.4])  # moved 0.3 over the last two epochs
-    rising = C.converged("Proposed", [40.0, 44.0, 47.0, 51.0])  # moved 7.0
+    flat = C.converged("BIM(10)-Adv", [90.0, 95.0, 97.1, 97.3, 97.4])  # best 97.1 before, 97.4 after: +0.3
+    rising = C.converged("Proposed", [40.0, 44.0, 47.0, 51.0])  # 51 over 44: +7.0
     assert flat.passed and flat.value == pytest.approx(0.3) and flat.threshold == 0.5
     assert not rising.passed and rising.value == pytest.approx(7.0)
     assert not C.converged("short", [50.0, 50.1]).passed  # two epochs cannot show convergence
     stopped = C.converged("ResNet18", [50.0, 60.0], early_stopped=True)
     assert stopped.passed and "early stopping" in stopped.gate
+
+
+def test_a_curve_that_oscillates_converged_and_one_that_climbs_did_not():
+    """The convergence rule is early stopping's (patience 2, minimum gain 0.5 point), applied after the
+    fact: noise of a few validation images is not a climb (p3's Proposed in the committed run, 500 images);
+    a curve still setting new bests is (compare's FGSM-AT, 1,000 images)."""
+    oscillating = C.converged("Proposed", [97.4, 97.6, 97.6, 97.2, 97.2, 97.8])  # moved 0.6, new best +0.2
+    climbing = C.converged("FGSM-AT", [78.7, 79.1, 78.4, 80.8, 81.7, 82.5])  # new best +1.7
+    assert oscillating.passed and oscillating.value == pytest.approx(0.2)
+    assert not climbing.passed and climbing.value == pytest.approx(1.7)
+    assert C.converged("falls", [80.0, 85.0, 83.0, 82.0]).passed  # no new best (the floor gates catch a collapse)
+    assert math.isnan(C.improvement([1.0, 2.0], 2))
 
 
 def test_movement_counts_the_whole_tail_not_only_its_ends():

@@ -541,8 +541,8 @@ def figure(results: dict, cfg: Config, subtitle: str) -> plt.Figure:
 
 
 def model_gates(dataset: str, r: dict, variants, archs) -> list[C.Gate]:
-    """Each named model converged (early stopping fired, or validation accuracy moved under 0.5 point
-    over its last two epochs); each model before retraining accurate enough (MNIST: within 2 points
+    """Each named model converged (early stopping fired, or its last two epochs raised its best validation
+    accuracy by under 0.5 point); each model before retraining accurate enough (MNIST: within 2 points
     of the paper's Table 1; a stand-in dataset: at least 85%)."""
     gates = []
     for variant in variants:
