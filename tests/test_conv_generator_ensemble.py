@@ -147,7 +147,7 @@ def test_claims_against_the_base_need_it_converged_and_accurate():
         all(c.verdict == "not testable" for c in unconverged[:-1]) and unconverged[-1].verdict == "held"
     )  # the cost claim needs no base
     assert (
-        "base (clean pre-training) converged (validation accuracy moved over the last two epochs, points): 15 (threshold 0.5) FAIL"
+        "base (clean pre-training) converged (gain of the last two epochs over the best before them, validation accuracy points): 15 (threshold 0.5) FAIL"
         in unconverged[0].markdown()
     )
     weak = p1.claims(_run([0.80, 0.79, 0.791], base_clean=0.79, tuned_clean=0.82), cfg)
