@@ -474,6 +474,35 @@ def markdown(claims: Sequence[Claim]) -> str:
     )
 
 
+def _cell(text: str) -> str:
+    """Text safe inside a Markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _gates_cell(claim: Claim) -> str:
+    """A claim's gates for the summary: the failing ones spelled out, the passing ones counted; the caveat."""
+    failed = [str(g) for g in claim.failed_gates]
+    passed = len(claim.gates) - len(failed)
+    parts = ([f"**failed:** {'; '.join(failed)}"] if failed else []) + ([f"{passed} passed"] if passed else [])
+    if claim.caveat:
+        parts.append(claim.caveat)
+    return "; ".join(parts) or "none"
+
+
+def summary_table(claims: Sequence[Claim]) -> str:
+    """The verdicts as one Markdown table (claim | paper | ours, 95% interval | verdict | gates and caveat):
+    what a notebook opens with; ``claims.md`` keeps every gate and the margins' reasons."""
+    header = "| claim | paper | ours (95% interval) | verdict | gates; caveat |\n|:--|--:|:--|:--|:--|"
+    rows = []
+    for c in claims:
+        ours = str(c.interval) if c.interval is not None else _fmt(c.ours)
+        margin = f" (margin {c.rule})" if c.interval is not None and c.rule is not None else ""
+        paper = "—" if c.paper is None else _fmt(c.paper)
+        cells = [c.claim, paper, ours + margin, f"**{c.verdict}**", _gates_cell(c)]
+        rows.append("| " + " | ".join(_cell(x) for x in cells) + " |")
+    return "\n".join([header, *rows])
+
+
 def write(claims: Sequence[Claim], root: Path | str) -> None:
     """``claims.json`` and ``claims.md`` in ``root``."""
     root = Path(root)

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import sys
 from pathlib import Path
 
+import yaml
+
 from lib import stages
+from lib.params import PROFILES_DIR
 from lib.pipeline import OUTPUTS
 from lib.runtime import REPO_ROOT, repo_relative
 
@@ -27,8 +31,9 @@ HEADER = """\
 # stage's model store: DVC-cached (not in git), persist so a re-run loads what was trained; a fresh clone
 # without a DVC remote has none (`make repro` skips stages whose only change is that missing store:
 # `dvc repro --allow-missing`). Switch profile: `dvc exp run -S profile=paper`. Each stage's settings
-# per profile are in profiles/<stage>.yaml (a dependency); params.yaml holds the profile switch and
-# per-stage overrides (empty on main), so `dvc exp show` stays a few columns wide.
+# per profile are in profiles/<stage>.yaml, every top-level block of it a DVC param of the stage, so
+# `dvc params diff` names the setting that changed (`cpu.epochs`); params.yaml holds the profile switch
+# and per-stage overrides (empty on main).
 """
 # What each output is, where dvc.yaml says it
 COMMENTS = {
@@ -75,17 +80,31 @@ def _out(path: str, cache: bool = False, comment: str = "") -> list[str]:
     return [f"      - {path}:{note}", *flags]
 
 
+PROFILE_BLOCKS = ("common", "smoke", "cpu", "paper")
+
+
+def _params(name: str) -> list[str]:
+    """The stage's params: the profile switch, its overrides in params.yaml, and every top-level block
+    (common, smoke, cpu, paper) of profiles/<stage>.yaml, so DVC compares the settings key by key."""
+    path = f"{PROFILES_DIR}/{name}.yaml"
+    file = REPO_ROOT / path
+    blocks = (yaml.safe_load(file.read_text()) or {}) if file.exists() else PROFILE_BLOCKS  # a stage being added
+    return [
+        "    params:",
+        "      - profile",
+        f"      - {name}",
+        f"      - {path}:  # the stage's settings per profile",
+        *(f"          - {block}" for block in blocks),
+    ]
+
+
 def _data_stage() -> list[str]:
-    deps = ["profiles/data.yaml  # the stage's profiles (params.yaml: the switch and overrides)"]
-    deps += closure(["lib.data"])
     return [
         "  data:",
         "    cmd: python -m lib.data",
         "    deps:",
-        *(f"      - {d}" for d in deps),
-        "    params:",
-        "      - profile",
-        "      - data",
+        *(f"      - {d}" for d in closure(["lib.data"])),
+        *_params("data"),
         "    outs:",
         "      - data/prepared",
     ]
@@ -94,7 +113,6 @@ def _data_stage() -> list[str]:
 def _stage(stage: stages.Stage) -> list[str]:
     name = stage.name
     deps = [
-        f"profiles/{name}.yaml  # the stage's profiles (params.yaml: the switch and overrides)",
         repo_relative(stage.notebook),
         "data/prepared",
         *closure([stage.module, "lib.pipeline", "lib.notebook"]),
@@ -109,9 +127,7 @@ def _stage(stage: stages.Stage) -> list[str]:
         f"    cmd: python -m lib.pipeline {name}",
         "    deps:",
         *(f"      - {d}" for d in deps),
-        "    params:",
-        "      - profile",
-        f"      - {name}",
+        *_params(name),
         "    outs:",
         *outs,
         "    metrics:",
@@ -134,10 +150,29 @@ def _readme_stage() -> list[str]:
     ]
 
 
+def _plots() -> list[str]:
+    """dvc.yaml's top-level ``plots:``: each stage's :class:`~lib.stages.Plot` from its data file."""
+    lines = ["plots:"]
+    for stage in stages.STAGES.values():
+        for plot in stage.plots:
+            columns = ", ".join(json.dumps(c, ensure_ascii=False) for c in plot.y)
+            lines += [
+                f"  - {json.dumps(plot.title, ensure_ascii=False)}:",
+                f"      template: {plot.template}",
+                f"      x: {json.dumps(plot.x, ensure_ascii=False)}",
+                "      y:",
+                f"        results/{stage.name}/tables/{plot.table}.csv: [{columns}]",
+                f"      y_label: {json.dumps(plot.y_label, ensure_ascii=False)}",
+            ]
+    return lines if len(lines) > 1 else []
+
+
 def render() -> str:
     """dvc.yaml as generated from the registry."""
     blocks = [_data_stage(), *(_stage(s) for s in stages.STAGES.values()), _readme_stage()]
-    return HEADER + "stages:\n" + "\n\n".join("\n".join(b) for b in blocks) + "\n"
+    text = HEADER + "stages:\n" + "\n\n".join("\n".join(b) for b in blocks) + "\n"
+    plots = _plots()
+    return text + ("\n" + "\n".join(plots) + "\n" if plots else "")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,13 +11,13 @@ import pandas as pd
 from IPython import get_ipython
 from IPython.display import Markdown, display
 
-from lib import cache
+from lib import cache, stages
 from lib import claims as C
 from lib.cache import open_store
 from lib.claims import Claim
 from lib.params import RUN_SETTINGS, build_config, check_profile, check_seed, checked_parameters, method_params
 from lib.plan import Following
-from lib.report import ResultsWriter, markdown_table, set_style, setting_line
+from lib.report import ResultsWriter, markdown_table, metric_prefix, set_style, setting_line
 from lib.runtime import Acceleration, DryRun, device_name, metadata, repo_path, seed_everything
 
 PENDING = "*The verdicts of this run appear here when it finishes.*"
@@ -52,7 +52,7 @@ class StageRun:
         self.started = time.time()
         seed_everything(seed)
         set_style()
-        self.out = ResultsWriter(repo_path(results_dir))
+        self.out = ResultsWriter(repo_path(results_dir), metric_prefix(stage))
         stored = (
             "no model store"
             if models_dir is None
@@ -98,9 +98,25 @@ class StageRun:
         self.schedule.check_complete()
         C.write(claims, self.out.root)
         self.out.add_metrics(C.counts(claims))
-        summary = f"## Verdicts of this run\n\n{setting_line(self._meta)}\n\n{C.markdown(claims)}\n\n*Tables, figures and the method's details follow.*"
+        records = [c.to_json() for c in claims]
+        n = C.counts(claims)
+        total = ", ".join(f"{n['claims_' + v.replace(' ', '_')]} {v}" for v in C.VERDICTS)
+        summary = "\n\n".join(
+            part
+            for part in [
+                "## Verdicts of this run",
+                f"**Paper:** {stages.get(self.stage).paper}" if self.stage in stages.STAGES else "",
+                setting_line(self._meta),
+                f"**Answer: {C.answer_line(records)}**",
+                C.summary_table(claims),
+                f"{len(claims)} claims: {total}. *The answer's rule, the margins' reasons and every gate: "
+                "`claims.md`; the method, the choices where the paper is silent, tables and figures follow.*",
+            ]
+            if part
+        )
         if self._summary is not None:
             self._summary.update(Markdown(summary))
         return Markdown(
-            "The verdicts open this notebook (the summary at the top) and are in `claims.md` and `claims.json`."
+            "*The verdicts are stored in `claims.md` (every gate, the margins' reasons) and `claims.json`; "
+            "the summary at the top shows them.*"
         )

@@ -109,8 +109,9 @@ _PARAMETER_GUESS = _DropParameterGuess()
 def _finish_notebook(ipynb: Path, source: Path, final: Path) -> None:
     """Record repository-relative paths in papermill's metadata (the final place, not the
     temporary one, and no machine path), then render the HTML beside the notebook. The HTML
-    leaves out the code of the cell of smoke defaults: papermill's injected cell below it shows
-    the values this run used, and the verdicts come a screen sooner."""
+    leaves out the code of the parameter cells (the smoke defaults and papermill's injected values:
+    the "Effective configuration" table further down shows what this run used) and of the setup cell,
+    so the title, the paper and the verdicts open the page."""
     import nbconvert
     import nbformat
     from nbconvert.preprocessors import TagRemovePreprocessor
@@ -119,7 +120,8 @@ def _finish_notebook(ipynb: Path, source: Path, final: Path) -> None:
     nb.metadata.papermill.update(input_path=repo_relative(source), output_path=repo_relative(final / ipynb.name))
     nbformat.write(nb, ipynb)
     exporter = nbconvert.HTMLExporter()
-    exporter.register_preprocessor(TagRemovePreprocessor(remove_input_tags={"parameters"}), enabled=True)
+    hidden = {"parameters", "injected-parameters", "remove_input"}  # defaults, injected values, setup code
+    exporter.register_preprocessor(TagRemovePreprocessor(remove_input_tags=hidden), enabled=True)
     body, _ = exporter.from_notebook_node(nb)
     ipynb.with_suffix(".html").write_text(body, encoding="utf-8")
 

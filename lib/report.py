@@ -22,7 +22,9 @@ from lib.cache import rebuilt, runs  # noqa: E402
 from lib.errors import require  # noqa: E402
 from lib.runtime import attack_libraries  # noqa: E402
 
-PALETTE = "colorblind"
+# Okabe & Ito's eight colours (distinct under every common colour-vision deficiency; seaborn's
+# "colorblind" repeats a pink at its 5th and 7th colours, which compare's eight defences reach)
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442"]
 MAX_HEADLINE = (
     20  # a stage's own numbers in metrics.json (besides its claims' counts): a dvc metrics show row stays readable
 )
@@ -33,10 +35,26 @@ def _check_headline(headline: dict, new: dict) -> None:
     ``claims_*``, come on top)."""
     bad = [k for k, v in new.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
     require(not bad, f"headline metrics must be flat numbers; not numbers: {', '.join(bad)}")
-    own = [k for k in headline if not k.startswith("claims_")]
+    own = [k for k in headline if not _bare(k).startswith("claims_")]
     require(
         len(own) <= MAX_HEADLINE, f"{len(own)} headline metrics; keep at most {MAX_HEADLINE} (the rest go to details)"
     )
+
+
+def _bare(name: str) -> str:
+    """A metric's name without its stage prefix (``p3.claims_held`` -> ``claims_held``)."""
+    return name.rpartition(".")[2]
+
+
+def metric_prefix(stage: str) -> str:
+    """The prefix of ``stage``'s metric names in ``metrics.json`` (``p3_single_step_reuse`` -> ``p3.``): names
+    unique across stages, so ``dvc exp show`` and ``dvc metrics diff`` label a column with it alone."""
+    return stage.split("_")[0] + "."
+
+
+def legend_outside(ax, fontsize: float = 7) -> None:
+    """The legend to the right of ``ax``, off the data."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=fontsize)
 
 
 def set_style() -> None:
@@ -247,10 +265,11 @@ class Table:
 
 
 class ResultsWriter:
-    """Writes one stage's figures, tables and metrics under ``root`` atomically."""
+    """Writes one stage's figures, tables and metrics under ``root`` atomically; ``prefix`` starts every
+    metric name in ``metrics.json`` (:func:`metric_prefix`)."""
 
-    def __init__(self, root: Path | str):
-        self.root = Path(root)
+    def __init__(self, root: Path | str, prefix: str = ""):
+        self.root, self.prefix = Path(root), prefix
         (self.root / "figures").mkdir(parents=True, exist_ok=True)
         (self.root / "tables").mkdir(parents=True, exist_ok=True)
 
@@ -263,6 +282,12 @@ class ResultsWriter:
         _atomic_write(self.root / "tables" / f"{name}.md", lambda p: p.write_text(text))
         return Table(df, caption)
 
+    def plot_data(self, name: str, df: pd.DataFrame) -> Path:
+        """Write ``tables/<name>.csv``: the data of a DVC plot (``lib.stages.Plot``), full precision."""
+        return _atomic_write(
+            self.root / "tables" / f"{name}.csv", lambda p: df.to_csv(p, index=False, float_format="%.6g")
+        )
+
     def figure(self, name: str, fig: plt.Figure) -> Path:
         """Save ``figures/<name>.png`` and close the figure."""
         path = _atomic_write(self.root / "figures" / f"{name}.png", lambda p: fig.savefig(p, format="png"))
@@ -274,6 +299,7 @@ class ResultsWriter:
         ``details.json``: {"meta": meta + attack libraries used, **details} (every number, the config);
         ``training.json``: every model the run trained or loaded, with its training wall time.
         Returns a one-line confirmation for the notebook."""
+        headline = self._prefixed(headline)
         _check_headline(headline, headline)
         blob = {"meta": {**meta, "attack_libraries": attack_libraries()}, **details}
         _atomic_write(self.root / "details.json", lambda p: p.write_text(json.dumps(_clean(blob), indent=2) + "\n"))
@@ -287,11 +313,15 @@ class ResultsWriter:
             "(every number, the configuration and the metadata) and training.json (every model and its training time)."
         )
 
+    def _prefixed(self, numbers: dict[str, float]) -> dict[str, float]:
+        return {f"{self.prefix}{k}": v for k, v in numbers.items()}
+
     def add_metrics(self, extra: dict[str, float]) -> None:
         """Add ``extra`` (flat numbers, such as the claims' counts) to the ``metrics.json`` that
         :meth:`metrics` wrote, under the same rules."""
         path = self.root / "metrics.json"
         require(path.exists(), "add_metrics needs metrics.json: call metrics() first")
+        extra = self._prefixed(extra)
         headline = {**json.loads(path.read_text()), **extra}
         _check_headline(headline, extra)  # metrics.json holds NaN as null: only the new values are checked
         _atomic_write(path, lambda p: p.write_text(json.dumps(_clean(headline), indent=2) + "\n"))

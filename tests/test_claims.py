@@ -141,7 +141,7 @@ def test_convergence_from_a_training_history():
 
 
 def test_metrics_take_the_claims_counts(tmp_path):
-    from lib.report import ResultsWriter
+    from lib.report import ResultsWriter, metric_prefix
 
     out = ResultsWriter(tmp_path)
     out.metrics({"a": 1.0}, {}, {})
@@ -154,10 +154,11 @@ def test_metrics_take_the_claims_counts(tmp_path):
     }
     with pytest.raises(ConfigError, match="at most 20"):
         out.add_metrics({f"m{i}": 1.0 for i in range(20)})
-    full = ResultsWriter(tmp_path / "full")
+    full = ResultsWriter(tmp_path / "full", metric_prefix("p3_single_step_reuse"))
     full.metrics({f"m{i}": 1.0 for i in range(20)}, {}, {})  # 20 of the stage's own numbers
     full.add_metrics(C.counts([]))  # the five counts come on top of them
-    assert len(json.loads((tmp_path / "full" / "metrics.json").read_text())) == 25
+    named = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    assert len(named) == 25 and {"p3.m0", "p3.claims_held"} <= named.keys()  # the counts are not stage numbers
 
 
 def test_movement_of_float32_accuracies_is_not_below_its_threshold_by_rounding():

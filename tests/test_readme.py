@@ -63,13 +63,17 @@ def test_verdict_counts_per_stage_and_in_total(tmp_path):
         )
     text = readme.verdict_counts(tmp_path)
 
-    def row(stage: str, answer: str, counts: str) -> str:  # the paper column between stage and answer
-        return rf"\| {re.escape(stage)} +\|[^|\n]*\| {answer} +\| +" + r" \| +".join(counts.split())
+    def row(paper: str, answer: str, counts: str) -> str:  # the paper (its authors, short) first
+        return rf"\| {re.escape(paper)} +\| {answer} +\| +" + r" \| +".join(counts.split())
 
-    assert re.search(row("p3_single_step_reuse", "replicates in part", "2 1 1 0"), text)
-    assert re.search(row("p5_mnist_gan", "replicates in part", "3 1 0 0"), text)
-    assert re.search(r"\| \*\*total\*\* +\| +\| +\| +5 \| +2 \| +1 \| +0 \|", text)
-    assert "- `p3_single_step_reuse`: **replicates in part** — decisive claim: c: ours None (did not hold)" in text
+    assert re.search(row("p3 — Liu, Khalil, Khreishah", "replicates in part", "2 1 1 0"), text)
+    assert re.search(row("p5 — Xia & Liu", "replicates in part", "3 1 0 0"), text)
+    assert re.search(r"\| \*\*total\*\* +\| +\| +5 \| +2 \| +1 \| +0 \|", text)
+    assert (
+        "- **p3** Liu, Khalil, Khreishah, *Using Intuition from Empirical Properties to Simplify Adversarial "
+        "Training Defense* (DSN-W 2019; [arXiv:1906.11729](https://arxiv.org/abs/1906.11729)): **replicates in part** "
+        "— decisive claim: c: ours None (did not hold)"
+    ) in text
     assert "No `claims.json` yet: p1_conv_generator_ensemble, p2_pgn, p4_resnet_transfer_augmentation, compare." in text
     assert readme.render(tmp_path).index("### Answers") < readme.render(tmp_path).index("### p1")
     assert readme.verdict_counts(tmp_path / "none") == ""

@@ -175,4 +175,4 @@ def test_a_sixth_stage_is_four_files_and_one_registry_line(tmp_path, monkeypatch
     (claim,) = json.loads((out / "claims.json").read_text())
     assert claim["verdict"] in ("held", "did not hold")  # decided: the toy has no gate to fail
     metrics = json.loads((out / "metrics.json").read_text())
-    assert 0 <= metrics["fgsm"] <= metrics["clean"] <= 100 and "p6_toy" in (out / "p6_toy.html").read_text()
+    assert 0 <= metrics["p6.fgsm"] <= metrics["p6.clean"] <= 100 and "p6_toy" in (out / "p6_toy.html").read_text()

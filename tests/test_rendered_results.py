@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 
+from lib.report import metric_prefix
 from lib.runtime import REPO_ROOT
 
 RESULTS = REPO_ROOT / "results"
@@ -71,27 +72,35 @@ def test_displayed_tables_show_at_most_four_decimals_and_no_raw_dataframe():
 
 
 def test_each_notebook_opens_with_its_verdicts():
+    """The first output: the paper, the setting line, the one-line answer, then one table row per claim
+    (its verdict beside it); claims.md keeps every gate."""
     for stage in STAGES:
         cells = json.loads((RESULTS / stage / f"{stage}.ipynb").read_text())["cells"]
         first_output = next(i for i, c in enumerate(cells) if c.get("outputs"))
         summary = "".join("".join(o.get("data", {}).get("text/markdown", "")) for o in cells[first_output]["outputs"])
         assert summary.startswith("## Verdicts of this run") and "Profile `" in summary, stage
-        claims = (RESULTS / stage / "claims.md").read_text().strip()
-        assert claims and claims in summary, stage
+        assert "**Paper:**" in summary and "**Answer: " in summary, stage
+        assert "| claim | paper | ours (95% interval) | verdict |" in summary, stage
+        for record in json.loads((RESULTS / stage / "claims.json").read_text()):
+            row = next(line for line in summary.splitlines() if record["claim"].replace("|", "\\|") in line)
+            assert f"**{record['verdict']}**" in row, (stage, record["claim"])
 
 
-def test_the_html_shows_the_values_the_run_used_not_the_smoke_defaults():
+def test_the_html_opens_with_the_verdicts_and_hides_parameters_and_setup_code():
     for stage in STAGES:
         html = (RESULTS / stage / f"{stage}.html").read_text()
-        assert "build/smoke/" not in html and re.search(rf"results/\.{stage}(\.\d+)?\.tmp", html), (
-            stage
-        )  # injected cell kept (its temporary folder may carry the run's process id), defaults cell left out
+        assert "build/smoke/" not in html and not re.search(rf"results/\.{stage}(\.\d+)?\.tmp", html), stage
+        assert "StageRun(" not in html and "Effective configuration" in html, stage
+        assert html.index("Verdicts of this run") < html.index("The method and this replication"), stage
+        assert not re.search(r"<p>\s*\|[^<]*\|", html), f"{stage}: a Markdown table rendered as raw text"
 
 
 def test_dvc_metrics_hold_a_few_flat_headline_numbers_and_no_config():
     for stage in STAGES:
         metrics = json.loads((RESULTS / stage / "metrics.json").read_text())
-        own = [k for k in metrics if not k.startswith("claims_")]
+        prefix = metric_prefix(stage)  # names unique across stages: DVC's views label columns by name alone
+        assert all(k.startswith(prefix) for k in metrics), stage
+        own = [k for k in metrics if not k.removeprefix(prefix).startswith("claims_")]
         assert 0 < len(own) <= 20 and len(metrics) - len(own) <= 5, stage  # the stage's numbers, then the claim counts
         assert all(isinstance(v, (int, float)) or v is None for v in metrics.values()), stage  # flat: no nesting
         details = json.loads((RESULTS / stage / "details.json").read_text())

@@ -50,17 +50,33 @@ class Table:
 
 
 @dataclass(frozen=True)
+class Plot:
+    """A DVC plot (``dvc plots show`` / ``dvc plots diff`` draw it from data, two revisions in one chart):
+    its title, the table ``tables/<table>.csv`` the stage writes, the x column and the y columns."""
+
+    title: str
+    table: str
+    x: str
+    y: tuple[str, ...]
+    y_label: str = "accuracy (%)"
+    template: str = "linear"
+
+
+@dataclass(frozen=True)
 class Stage:
     """One stage: its name (= DVC stage = notebook = profiles file = stage module) and what the README shows."""
 
     name: str
     headline: Table
     robustness: Table | None = None  # beside our PGD and AutoAttack
+    plots: tuple[Plot, ...] = ()  # DVC plots from its data files (dvc.yaml's top-level ``plots:``)
+    paper: str = ""  # the paper: authors, *title*, where it appeared (a link only where one was found and checked)
     module: str = ""  # the stage module; default lib.stages.<name>
     notebook: Path | None = None  # default notebooks/<name>.ipynb
 
     def __post_init__(self):
         object.__setattr__(self, "module", self.module or f"lib.stages.{self.name}")
+        object.__setattr__(self, "paper", self.paper or PAPERS.get(self.name, ""))
         object.__setattr__(self, "notebook", Path(self.notebook or REPO_ROOT / "notebooks" / f"{self.name}.ipynb"))
 
     def load(self) -> ModuleType:
@@ -68,8 +84,27 @@ class Stage:
         return importlib.import_module(self.module)
 
 
+P1_MODELS = ("base", "proposed", "min-max")  # p1's three classifiers, the columns of its curves
 P3_COLUMNS = r"^(defence|(MNIST|F-MNIST) (Original|BIM\(10\)) (paper|ours)|sec/epoch rel\. FGSM-Adv (paper|ours))$"
 P2_COLUMNS = r"^(defence|setting|attack|(W-box acc|mean L2|B-box acc|benign acc|cost vs Baseline) (paper|ours))$"
+
+PAPERS = {  # authors, title, where it appeared (a link only where one was found and checked)
+    "p1_conv_generator_ensemble": "Jung, *Adversarial Sample Generation and Training using Neural Network*",
+    "p2_pgn": (
+        "anonymous (ICLR 2020 submission), *Adversarial Training with Perturbation Generator Networks* "
+        "([OpenReview](https://openreview.net/forum?id=S1xXiREKDB); code: [ATPGN/ATPGN](https://github.com/ATPGN/ATPGN))"
+    ),
+    "p3_single_step_reuse": (
+        "Liu, Khalil, Khreishah, *Using Intuition from Empirical Properties to Simplify Adversarial Training Defense* "
+        "(DSN-W 2019; [arXiv:1906.11729](https://arxiv.org/abs/1906.11729))"
+    ),
+    "p4_resnet_transfer_augmentation": (
+        "Ali, Raza, Gan, *An adversarial training method for enhancing the robustness of deep neural networks against "
+        "adversarial attacks* (University of Essex)"
+    ),
+    "p5_mnist_gan": "Xia & Liu, *Adversarial Examples Generation and Defense Based on Generative Adversarial Network* (Stanford)",
+    "compare": "ours: the five defences and three references under one threat model",
+}
 
 _STAGES = [
     Stage(
@@ -77,6 +112,10 @@ _STAGES = [
         Table("p1 — Jung, conv-generator ensemble: Table 1 (training cost)", ("table1_time",)),
         Table(
             "p1 — accuracy (%) under AutoAttack-L2 (PGD-L2's table: `accuracy_pgd_l2.md`)", ("accuracy_autoattack_l2",)
+        ),
+        plots=tuple(
+            Plot(f"p1: accuracy under {attack} vs eps", f"curve_{key}", "eps", P1_MODELS)
+            for attack, key in (("PGD-L2", "pgd_l2"), ("AutoAttack-L2", "autoattack_l2"), ("PGD-L∞", "pgd_linf"))
         ),
     ),
     Stage(
@@ -109,7 +148,24 @@ _STAGES = [
         Table("p5 — Xia & Liu, MNIST GAN perturbations: headline", ("headline",)),
         Table("p5 — robustness of each classifier: FGSM, PGD, AutoAttack and G's images (%)", ("robustness",)),
     ),
-    Stage("compare", Table("compare — all defences under one threat model: leaderboard", ("leaderboard",))),
+    Stage(
+        "compare",
+        Table(
+            "compare — all defences under one threat model: leaderboard (RobustBench's columns; the rest in the notebook)",
+            ("leaderboard",),
+            r"^(defence|paper|setting|clean \(%\)|AutoAttack (L∞|L2) [\d.]+ \(%\)|cost \(× clean epoch\))$",
+        ),
+        plots=(
+            Plot(
+                "compare: AutoAttack L∞ accuracy of every defence",
+                "plot_leaderboard",
+                "AutoAttack L∞ (%)",
+                ("defence",),
+                "defence",
+                "bar_horizontal",
+            ),
+        ),
+    ),
 ]
 STAGES: dict[str, Stage] = {s.name: s for s in _STAGES}
 

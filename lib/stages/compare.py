@@ -46,7 +46,7 @@ from lib.methods import mnist_gan as p5
 from lib.methods import pgn as p2
 from lib.methods import resnet_transfer_augmentation as p4
 from lib.methods import single_step_reuse as p3
-from lib.report import evaluation
+from lib.report import evaluation, legend_outside
 from lib.runtime import device, seed_everything
 from lib.stages import Result
 from lib.stages.p2_pgn import perturbation_ratio
@@ -530,12 +530,29 @@ CHECKS = {
 
 
 def robust_column(cfg: Config) -> str:
-    """The leaderboard's headline column: AutoAttack at the L∞ budget."""
-    return f"AutoAttack L∞ {cfg.eps_linf:.4g}"
+    """The leaderboard's headline column: AutoAttack at the L∞ budget (%)."""
+    return f"AutoAttack L∞ {cfg.eps_linf:.4g} (%)"
+
+
+def leaderboard_plot(r: dict) -> pd.DataFrame:
+    """The leaderboard's ranking as DVC's plot data: defence, clean and AutoAttack accuracy (%)."""
+    return pd.DataFrame(
+        [
+            {
+                "defence": DEFENCES[d][0],
+                "clean (%)": 100 * r["results"][d]["clean"],
+                "AutoAttack L∞ (%)": 100 * r["results"][d]["autoattack_linf"],
+                "AutoAttack L2 (%)": 100 * r["results"][d]["autoattack_l2"],
+            }
+            for d in r["chosen"]
+        ]
+    )
 
 
 def leaderboard(r: dict, cfg: Config) -> pd.DataFrame:
-    """One row per defence: clean / robust accuracy, rho_cw, cost relative to clean training, the sanity checks."""
+    """One row per defence, RobustBench's columns first (defence, paper, setting, clean and AutoAttack accuracy in
+    %, cost relative to clean training), then our PGD beside AutoAttack, rho_cw, black-box and foolbox (the checks
+    of our attack are :func:`attack_checks`)."""
     clean_sec = r["chosen"]["clean"].result.sec_per_epoch
     rows = []
     for d, t in r["chosen"].items():
@@ -545,21 +562,20 @@ def leaderboard(r: dict, cfg: Config) -> pd.DataFrame:
                 "defence": DEFENCES[d][0],
                 "paper": DEFENCES[d][1],
                 "setting": t.setting,
+                "clean (%)": 100 * res["clean"],
+                robust_column(cfg): 100 * res["autoattack_linf"],
+                f"AutoAttack L2 {cfg.eps_l2:g} (%)": 100 * res["autoattack_l2"],
+                "cost (× clean epoch)": relative_cost(t.result.sec_per_epoch, clean_sec),
                 "benign gap to target (pt)": _points(t.benign - r["target"]) if d != "clean" else float("nan"),
-                "clean acc": res["clean"],
-                robust_column(cfg): res["autoattack_linf"],
-                f"AutoAttack L2 {cfg.eps_l2:g}": res["autoattack_l2"],
-                f"PGD-L∞ {cfg.eps_linf:.4g}": res["pgd_linf"],
+                f"PGD-L∞ {cfg.eps_linf:.4g} (%)": 100 * res["pgd_linf"],
                 "AutoAttack − PGD L∞ (pt)": _points(res["autoattack_linf"] - res["pgd_linf"]),
-                "PGD-L∞ 2x steps": res["pgd_linf_2x_steps"],
-                f"PGD-L2 {cfg.eps_l2:g}": res["pgd_l2"],
+                "PGD-L∞ 2x steps (%)": 100 * res["pgd_linf_2x_steps"],
+                f"PGD-L2 {cfg.eps_l2:g} (%)": 100 * res["pgd_l2"],
                 "AutoAttack − PGD L2 (pt)": _points(res["autoattack_l2"] - res["pgd_l2"]),
                 "rho_cw": res["rho_cw"],
-                "black-box PGD-L∞": res["black_box_linf"],
-                f"ours PGD-L∞ (first {cfg.n_foolbox})": res["ours_pgd_linf_subset"],
-                f"foolbox PGD-L∞ (first {cfg.n_foolbox})": res["foolbox_pgd_linf_subset"],
-                "cost (x clean epoch)": relative_cost(t.result.sec_per_epoch, clean_sec),
-                **{label: "pass" if res[key] else "FAIL" for key, label in CHECKS.items()},
+                "black-box PGD-L∞ (%)": 100 * res["black_box_linf"],
+                f"ours PGD-L∞, first {cfg.n_foolbox} (%)": 100 * res["ours_pgd_linf_subset"],
+                f"foolbox PGD-L∞, first {cfg.n_foolbox} (%)": 100 * res["foolbox_pgd_linf_subset"],
             }
         )
     return pd.DataFrame(rows).sort_values(robust_column(cfg), ascending=False, kind="stable").reset_index(drop=True)
@@ -573,7 +589,7 @@ def sweep_table(r: dict) -> pd.DataFrame:
                 "defence": DEFENCES[d][0],
                 "knob": DEFENCES[d][2] or "—",
                 "value": t.value,
-                "benign acc": t.benign,
+                "benign (%)": 100 * t.benign,
                 "gap to target (pt)": _points(t.benign - r["target"]),
                 "sec/epoch": t.result.sec_per_epoch,
                 "picked": t is r["chosen"][d],
@@ -597,7 +613,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 def pareto_figure(board: pd.DataFrame, cfg: Config, subtitle: str) -> plt.Figure:
     """Robust accuracy (AutoAttack L∞) vs training cost, one point per defence, the Pareto front drawn."""
     robust = robust_column(cfg)
-    pts = list(zip(board["cost (x clean epoch)"], 100 * board[robust]))
+    pts = list(zip(board["cost (× clean epoch)"], board[robust]))
     fig, ax = plt.subplots(figsize=(7, 4.6))
     for (c, a), name in zip(pts, board["defence"]):
         ax.scatter(c, a, s=40)
@@ -610,7 +626,7 @@ def pareto_figure(board: pd.DataFrame, cfg: Config, subtitle: str) -> plt.Figure
         ylabel=f"accuracy under AutoAttack ({cfg.autoattack}) L∞ eps {cfg.eps_linf:.4g} (%)",
         title=f"compare — robustness vs cost ({subtitle})",
     )
-    ax.legend(fontsize=7)
+    legend_outside(ax, 7)
     return fig
 
 
@@ -622,7 +638,7 @@ def eps_curves_figure(r: dict, cfg: Config, subtitle: str) -> plt.Figure:
             list(res["eps_curve"]), [100 * a for a in res["eps_curve"].values()], marker="o", ms=3, label=DEFENCES[d][0]
         )
     ax.set(xlabel="PGD-L∞ eps", ylabel="accuracy (%)", ylim=(-2, 102), title=f"compare — accuracy vs eps ({subtitle})")
-    ax.legend(fontsize=7)
+    legend_outside(ax, 7)
     return fig
 
 
@@ -643,22 +659,23 @@ def summary_metrics(r: dict) -> dict:
     }
 
 
-def findings(board: pd.DataFrame, cfg: Config) -> str:
-    """Markdown: what the common evaluation says, in numbers (robustness = AutoAttack at the L∞ budget)."""
+def findings(board: pd.DataFrame, checks: pd.DataFrame, cfg: Config) -> str:
+    """Markdown: what the common evaluation says, in numbers (robustness = AutoAttack at the L∞ budget);
+    ``checks``: :func:`attack_checks`."""
     robust = robust_column(cfg)
     top = board.iloc[0]
-    pts = list(zip(board["cost (x clean epoch)"], 100 * board[robust]))
+    pts = list(zip(board["cost (× clean epoch)"], board[robust]))
     front = [board["defence"][i] for i in pareto_front(pts)]
     fails = {
-        row["defence"]: [label for label in CHECKS.values() if row[label] == "FAIL"] for _, row in board.iterrows()
+        row["defence"]: [label for label in CHECKS.values() if row[label] == "FAIL"] for _, row in checks.iterrows()
     }
     lines = [
-        f"- Most robust under AutoAttack ({cfg.autoattack}) L∞ eps {cfg.eps_linf:.4g}: {top['defence']} ({100 * top[robust]:.1f}%, "
-        f"clean {100 * top['clean acc']:.1f}%, cost {top['cost (x clean epoch)']:.2f}x clean).",
+        f"- Most robust under AutoAttack ({cfg.autoattack}) L∞ eps {cfg.eps_linf:.4g}: {top['defence']} ({top[robust]:.1f}%, "
+        f"clean {top['clean (%)']:.1f}%, cost {top['cost (× clean epoch)']:.2f}x clean).",
         f"- Pareto front (AutoAttack accuracy vs cost): {', '.join(front)}.",
     ]
     lines += [f"- Checks of our attack that failed on {d}: {', '.join(f)}." for d, f in fails.items() if f]
-    gaps = board[board[CHECKS["check_autoattack_within_1pt_of_pgd"]] == "FAIL"]
+    gaps = checks[checks[CHECKS["check_autoattack_within_1pt_of_pgd"]] == "FAIL"]
     if len(gaps):
         lines.append(
             "- Where AutoAttack and our PGD differ by more than 1 point (L∞ / L2, points): "

@@ -32,7 +32,7 @@ from lib.cache import cached
 from lib.errors import require
 from lib.evaluate import accuracy, accuracy_vs_eps, adversarial_examples, correct_vs_eps, relative_cost
 from lib.methods.conv_generator_ensemble import ASSIGNMENTS, EnsembleSource, GeneratorEnsemble
-from lib.report import comparison, evaluation
+from lib.report import comparison, evaluation, legend_outside
 from lib.runtime import device, seed_everything
 from lib.stages import Result
 from lib.train import (
@@ -389,6 +389,15 @@ def accuracy_table(results: dict, key: str, unit: str) -> pd.DataFrame:
     )
 
 
+def curve(results: dict, key: str) -> pd.DataFrame:
+    """Accuracy (%) vs eps for one evaluation ``key``: one row per eps, one column per model (DVC's plot data)."""
+    return (
+        pd.DataFrame({name: {e: 100 * v for e, v in r[key].items()} for name, r in results.items()})
+        .rename_axis("eps")
+        .reset_index()
+    )
+
+
 def figure2(ensemble: GeneratorEnsemble, x: torch.Tensor, n_generators: int, subtitle: str) -> plt.Figure:
     """Fig. 2: originals (left column) and samples from several generators."""
     with torch.no_grad():
@@ -423,10 +432,9 @@ def figure3(results: dict, subtitle: str) -> plt.Figure:
     ax.set(
         xlabel="PGD-L2 eps of the test attack",
         ylabel="test accuracy (%)",
-        ylim=(-2, 102),
         title=f"Fig. 3 — accuracy vs PGD-L2 eps ({subtitle})",
     )
-    ax.legend(fontsize=7)
+    legend_outside(ax, 7)
     return fig
 
 

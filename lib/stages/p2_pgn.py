@@ -53,7 +53,7 @@ from lib.methods.pgn import (
     pgn_attack,
     train_attacker,
 )
-from lib.report import comparison, evaluation, widen
+from lib.report import comparison, evaluation, legend_outside, widen
 from lib.runtime import device, seed_everything
 from lib.stages import Result
 from lib.train import (
@@ -785,6 +785,9 @@ def paper_key(name: str) -> str:
     return name if name in PAPER else STAND_IN_FOR
 
 
+PERCENT_METRICS = ("W-box acc", "B-box acc", "benign acc")  # fractions in the measurements, % in the tables
+
+
 def results_table(r: dict) -> pd.DataFrame:
     """Table 2 / 3 in the paper's layout (defence x attack), paper vs ours vs delta; with the reference check,
     the reference-faithful PGN as one more row (beside the paper's PGN).
@@ -815,14 +818,15 @@ def results_table(r: dict) -> pd.DataFrame:
                 ("cost vs Baseline", paper[kind]["sec"] / paper["Baseline"]["sec"], relative_cost(sec, clean_sec)),
             ]
             for metric, p, o in [*((m, paper[kind][k], ours[k]) for m, k in metrics), *common]:
+                scale = 100 if metric in PERCENT_METRICS else 1  # accuracies in %, as everywhere else
                 rows.append(
                     {
                         "defence": defence,
                         "setting": _label(t),
                         "attack": attack,
                         "metric": metric,
-                        "paper": p,
-                        "ours": o,
+                        "paper": None if p is None else scale * p,
+                        "ours": None if o is None else scale * o,
                     }
                 )
     long = comparison(rows, ["defence", "setting", "attack"])
@@ -842,7 +846,7 @@ def matching_table(r: dict) -> pd.DataFrame:
             {
                 "model": _label(t),
                 "defence": t.kind,
-                "benign acc": t.benign,
+                "benign (%)": 100 * t.benign,
                 "gap to Baseline (points)": 100 * (t.benign - target),
                 "within 1 point": abs(t.benign - target) <= 0.01,
                 "rho_cw mean": t.cw["mean_l2"],
@@ -861,7 +865,7 @@ def variants_table(models: dict, key: str) -> pd.DataFrame:
         [
             {
                 key: k,
-                "benign acc": t.benign,
+                "benign (%)": 100 * t.benign,
                 "rho_cw mean": t.cw["mean_l2"],
                 "rho_cw median": t.cw["median_l2"],
                 "C&W success": t.cw["success_rate"],
@@ -958,8 +962,8 @@ def _cw_curves(ax, models: dict[str, Trained], colors: dict | None = None) -> No
             color=(colors or {}).get(label, f"C{i}"),
             label=f"{label} (benign {100 * t.benign:.1f}%, rho {t.cw['mean_l2']:.3f})",
         )
-    ax.set(xlabel="L2 budget of C&W", ylabel="accuracy (%)", ylim=(-2, 102))
-    ax.legend(fontsize=6.5)
+    ax.set(xlabel="L2 budget of C&W", ylabel="accuracy (%)")
+    legend_outside(ax, 6.5)
 
 
 def figure2(r: dict, cfg: Config, subtitle: str) -> plt.Figure:
@@ -999,7 +1003,7 @@ def figure3(r: dict, cfg: Config, subtitle: str) -> plt.Figure:
                 label=attack if attack != "PGN" else "PGN (generator vs fixed classifier)",
             )
         ax.set(xlabel="mean L2 of the perturbation", title=f"classifier: {kind} eps {cfg.fig3_eps:g}")
-        ax.legend(fontsize=7)
+    legend_outside(axes[-1], 7)
     axes[0].set_ylabel("accuracy (%)")
     fig.suptitle(f"Fig. 3 — attack strength ({subtitle})", fontsize=10)
     return fig
@@ -1021,8 +1025,10 @@ def figure4(r: dict, cfg: Config, subtitle: str) -> plt.Figure:
 
 
 def figure5(r: dict, cfg: Config, subtitle: str) -> plt.Figure:
-    """Fig. 5: robustness curves (benign accuracy vs rho_cw per method, swept hyper-parameter) and PGN's capacity panel."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    """Fig. 5: robustness curves (benign accuracy vs rho_cw per method, swept hyper-parameter) and, when the
+    profile runs it, PGN's capacity panel (otherwise one panel: no plot for an experiment that did not run)."""
+    fig, axes = plt.subplots(1, 2 if cfg.capacity else 1, figsize=(11 if cfg.capacity else 6.4, 4), squeeze=False)
+    left = axes[0][0]
     for kind in DEFENCES:
         pts = sorted((t for k, t in r["sweep"].items() if k[0] == kind), key=lambda t: t.cw["mean_l2"])
         left.plot(
@@ -1042,23 +1048,26 @@ def figure5(r: dict, cfg: Config, subtitle: str) -> plt.Figure:
         ylabel="benign accuracy (%)",
         title="robustness curves (eps / c_L annotated)",
     )
-    left.legend(fontsize=7)
-    caps = sorted(r["capacity"].items())
-    right.plot([t.cw["mean_l2"] for _, t in caps], [100 * t.benign for _, t in caps], marker="o", color=COLORS["PGN"])
-    for w, t in caps:
-        right.annotate(
-            f"width x{w / cfg.width:g}",
-            (t.cw["mean_l2"], 100 * t.benign),
-            fontsize=7,
-            xytext=(3, 3),
-            textcoords="offset points",
+    left.legend(fontsize=7, loc="best")
+    if cfg.capacity:
+        right = axes[0][1]
+        caps = sorted(r["capacity"].items())
+        right.plot(
+            [t.cw["mean_l2"] for _, t in caps], [100 * t.benign for _, t in caps], marker="o", color=COLORS["PGN"]
         )
-    title = (
-        f"PGN c_L {cfg.main_c_l:g} at several classifier widths"
-        if cfg.capacity
-        else "capacity: not run in this profile (`capacity` empty)"
-    )
-    right.set(xlabel="rho_cw", ylabel="benign accuracy (%)", title=title)
+        for w, t in caps:
+            right.annotate(
+                f"width x{w / cfg.width:g}",
+                (t.cw["mean_l2"], 100 * t.benign),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
+        right.set(
+            xlabel="rho_cw",
+            ylabel="benign accuracy (%)",
+            title=f"PGN c_L {cfg.main_c_l:g} at several classifier widths",
+        )
     fig.suptitle(f"Fig. 5 — robustness curves; the outer curve wins ({subtitle})", fontsize=10)
     return fig
 

@@ -27,7 +27,7 @@ from lib import intervals as I
 from lib.errors import require
 from lib.evaluate import accuracy_per_iteration, correct, relative_cost, robust_accuracy, robust_correct
 from lib.methods.single_step_reuse import ATDASource, StoredPerturbation
-from lib.report import comparison, evaluation, widen
+from lib.report import comparison, evaluation, legend_outside, widen
 from lib.runtime import device, seed_everything
 from lib.stages import Result
 from lib.train import (
@@ -426,10 +426,8 @@ def _curves(results: dict[str, dict], key: str, xlabel: str, title: str) -> plt.
             xs = list(series) if isinstance(series, dict) else list(range(1, len(series) + 1))
             ys = list(series.values()) if isinstance(series, dict) else series
             ax.plot(xs, [100 * v for v in ys], marker="o", ms=3, label=LABELS[defence])
-        ax.set(
-            xlabel=xlabel, ylabel="test accuracy (%)", title=f"{DATASET_LABEL.get(dataset, dataset)}", ylim=(-2, 102)
-        )
-    axes[0][-1].legend(fontsize=8)
+        ax.set(xlabel=xlabel, ylabel="test accuracy (%)", title=f"{DATASET_LABEL.get(dataset, dataset)}")
+    legend_outside(axes[0][-1], 8)
     fig.suptitle(title)
     return fig
 

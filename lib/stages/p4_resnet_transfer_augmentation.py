@@ -32,7 +32,7 @@ from lib.augment import Conventional
 from lib.errors import require
 from lib.evaluate import accuracy, robust_correct
 from lib.methods.resnet_transfer_augmentation import adversarial_training_set
-from lib.report import comparison, evaluation
+from lib.report import comparison, evaluation, legend_outside
 from lib.runtime import device, seed_everything
 from lib.stages import Result
 from lib.train import EarlyStopping, TrainConfig, TrainResult, train
@@ -533,9 +533,8 @@ def figure(results: dict, cfg: Config, subtitle: str) -> plt.Figure:
                 title=f"{LABEL[dataset]} — {arch}",
                 xlabel="eps (L∞)" + (f", the paper's x {scale:g}" if scale != 1 else ""),
                 ylabel="test accuracy (%)",
-                ylim=(-2, 102),
             )
-    axes[0][-1].legend(fontsize=7)
+    legend_outside(axes[0][-1], 7)
     fig.suptitle(f"Accuracy vs eps before and after retraining ({subtitle})")
     return fig
 

@@ -46,7 +46,7 @@ from lib.methods.mnist_gan import (
     pixel_eps,
     pixel_std,
 )
-from lib.report import comparison, evaluation, widen
+from lib.report import comparison, evaluation, legend_outside, widen
 from lib.runtime import Acceleration, DryRun, device, progress, seed_everything
 from lib.stages import Result
 from lib.train import TrainConfig, TrainResult, Validation, train, training_precision
@@ -445,10 +445,9 @@ def figure1a(curves: dict[float, list[float]], subtitle: str) -> plt.Figure:
     ax.set(
         xlabel="G epoch (D frozen)",
         ylabel="D's accuracy on G's images (%)",
-        ylim=(-2, 102),
         title=f"Fig. 1a — G vs frozen D ({subtitle})",
     )
-    ax.legend(fontsize=8)
+    legend_outside(ax, 8)
     return fig
 
 
@@ -470,10 +469,9 @@ def figure1b(histories: dict[float, list[dict]], subtitle: str) -> plt.Figure:
     ax.set(
         xlabel="alternating epoch",
         ylabel="D's test accuracy (%)",
-        ylim=(-2, 102),
         title=f"Fig. 1b — D and G alternately ({subtitle})",
     )
-    ax.legend(fontsize=8)
+    legend_outside(ax, 8)
     return fig
 
 
