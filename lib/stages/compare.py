@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
+from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullFormatter
 
 import lib.data as D
 import lib.models as M
@@ -621,6 +622,11 @@ def pareto_figure(board: pd.DataFrame, cfg: Config, subtitle: str) -> plt.Figure
     front = pareto_front(pts)
     ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], color="0.3", ls="--", lw=1, label="Pareto front")
     ax.set_xscale("log")
+    costs = [c for c, _ in pts if not math.isnan(c)]
+    ticks = [t for t in (1, 1.5, 2, 3, 4, 5, 7, 10, 15, 20, 30) if min(costs) / 1.2 <= t <= max(costs) * 1.2]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))  # plain numbers, not 2×10⁰
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%gx"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set(
         xlabel="training cost (sec/epoch relative to clean training, same run; log)",
         ylabel=f"accuracy under AutoAttack ({cfg.autoattack}) L∞ eps {cfg.eps_linf:.4g} (%)",

@@ -529,6 +529,11 @@ def figure(results: dict, cfg: Config, subtitle: str) -> plt.Figure:
                         color=color,
                         label=f"{variant}, AutoAttack",
                     )
+            if dataset in PAPER_TABLE2_AVERAGE:  # the paper's average FGSM accuracy over its eps, before and after
+                before = PAPER_TABLE2_AVERAGE[dataset][1]
+                colors = dict(zip(VARIANTS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+                for variant, level in ((VARIANTS[0], before), (VARIANTS[-1], before + PAPER_AVERAGE_GAIN[dataset])):
+                    ax.axhline(level, color=colors[variant], ls=":", lw=1.2, label=f"paper: {variant}, FGSM average")
             ax.set(
                 title=f"{LABEL[dataset]} — {arch}",
                 xlabel="eps (L∞)" + (f", the paper's x {scale:g}" if scale != 1 else ""),
