@@ -34,6 +34,7 @@ import inspect
 import json
 import random
 import re
+import textwrap
 import time
 import types
 import weakref
@@ -328,6 +329,14 @@ def _load(path: Path, modules: Mapping[str, nn.Module]) -> dict | None:
         return None
 
 
+LOG_WIDTH = 110  # characters: a notebook's output line fits a 1,300-pixel page without the browser breaking a word
+
+
+def log(line: str) -> None:
+    """One line of the run's log, wrapped between words at :data:`LOG_WIDTH`."""
+    print(textwrap.fill(line, LOG_WIDTH, subsequent_indent="    ", break_long_words=False, break_on_hyphens=False))
+
+
 def cached(
     name: str,
     modules: Mapping[str, nn.Module],
@@ -355,7 +364,8 @@ def cached(
         record = _load(path, modules)
     if record is not None:
         record["loaded"] = True
-        print(f"{name}: loaded{_outcome(record)} (trained in {record['seconds']:.0f} s on {record['device']})")
+        elsewhere = f" on {record['device']}" if record["device"] != device_name() else ""  # the first line names ours
+        log(f"{name}: loaded{_outcome(record)} (trained in {record['seconds']:.0f} s{elsewhere})")
     else:
         t0 = time.perf_counter()
         record = dict(fit() or {})
@@ -364,7 +374,7 @@ def cached(
         if path is not None:
             _save(path, modules, record)
         record["loaded"] = False
-        print(f"{name}: trained in {record['seconds']:.0f} s{_outcome(record)}")
+        log(f"{name}: trained in {record['seconds']:.0f} s{_outcome(record)}")
     _RUNS.append(
         {"name": name, "seconds": round(record["seconds"], 2), "loaded": record["loaded"], "device": record["device"]}
     )

@@ -66,6 +66,15 @@ def accuracy(correct: ArrayLike) -> Interval:
     return Interval(100 * k / n, 100 * ci.low, 100 * ci.high, "exact binomial (Clopper-Pearson)", n)
 
 
+def measured_accuracy(fraction: float, n: int) -> Interval:
+    """Accuracy (%) stored as a fraction of ``n`` test images (a curve's point): :func:`accuracy`'s exact
+    interval; NaN (not measured) stays NaN."""
+    if math.isnan(fraction):
+        return Interval(math.nan, math.nan, math.nan, "not measured", n)
+    k = round(fraction * n)
+    return accuracy(np.r_[np.ones(k), np.zeros(n - k)])
+
+
 def paired_difference(a: ArrayLike, b: ArrayLike, seed: int = 0) -> Interval:
     """Accuracy of ``a`` minus that of ``b`` (points) on the same images: per-image correctness, one
     row per training seed (``(seeds, images)``; a 1-D array is one seed). One seed: a paired BCa

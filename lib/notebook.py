@@ -59,7 +59,7 @@ class StageRun:
             else f"models in {models_dir}" + (" (retrain: store ignored)" if retrain else "")
         )
         dry = "; DRY RUN: synthetic data, every loop cut short, numbers meaningless" if dry_run else ""
-        print(f"{stage}: profile '{profile}' on {device_name()}; {stored}{dry}")
+        print(f"Profile '{profile}' on {device_name()}; {stored}{dry}")
         self._meta: dict = {}
         self._summary = display(Markdown(PENDING), display_id=True) if get_ipython() is not None else None
 
@@ -107,7 +107,7 @@ class StageRun:
                 "## Verdicts of this run",
                 f"**Paper:** {stages.get(self.stage).paper}" if self.stage in stages.STAGES else "",
                 setting_line(self._meta),
-                f"**Answer: {C.answer_line(records)}**",
+                f"**Answer:** {C.answer_line(records)}",
                 C.summary_table(claims),
                 f"{len(claims)} claims: {total}. *The answer's rule, the margins' reasons and every gate: "
                 "`claims.md`; the method, the choices where the paper is silent, tables and figures follow.*",

@@ -18,7 +18,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from lib.cache import rebuilt, runs  # noqa: E402
+from lib import intervals as I  # noqa: E402
+from lib.cache import log, rebuilt, runs  # noqa: E402
 from lib.errors import require  # noqa: E402
 from lib.runtime import attack_libraries  # noqa: E402
 
@@ -52,9 +53,29 @@ def metric_prefix(stage: str) -> str:
     return stage.split("_")[0] + "."
 
 
-def legend_outside(ax, fontsize: float = 7) -> None:
-    """The legend to the right of ``ax``, off the data."""
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=fontsize)
+def legend_outside(ax, fontsize: float = 7, title: str | None = None) -> None:
+    """The legend to the right of ``ax``, off the data; ``title``: a note above its entries (e.g. :data:`ERROR_BARS`)."""
+    ax.legend(
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        borderaxespad=0.0,
+        fontsize=fontsize,
+        title=title,
+        title_fontsize=fontsize,
+        alignment="left",
+    )
+
+
+ERROR_BARS = "error bars: 95% interval over\nthe test images (exact binomial)"
+
+
+def accuracy_curve(ax, x: Iterable[float], fractions: Iterable[float], n_images: int, **style):
+    """Accuracies (fractions of ``n_images`` test images) drawn in % with their 95% exact binomial interval
+    as error bars (:data:`ERROR_BARS`); returns matplotlib's container (``.lines[0]`` is the line)."""
+    cis = [I.measured_accuracy(f, n_images) for f in fractions]
+    y = np.array([c.estimate for c in cis])
+    err = np.nan_to_num([y - [c.low for c in cis], [c.high for c in cis] - y])
+    return ax.errorbar(list(x), y, yerr=err, capsize=2, elinewidth=0.8, **style)
 
 
 def set_style() -> None:
@@ -69,7 +90,7 @@ def evaluation(label: str) -> Iterator[None]:
     progress report in place of progress bars)."""
     t0 = time.perf_counter()
     yield
-    print(f"{label}: evaluated in {time.perf_counter() - t0:.0f} s")
+    log(f"{label}: evaluated in {time.perf_counter() - t0:.0f} s")
 
 
 def _atomic_write(path: Path, write) -> Path:
@@ -238,7 +259,12 @@ def markdown_table(data: pd.DataFrame, text: pd.DataFrame | None = None) -> str:
     right-aligned and printed exactly as formatted (tabulate would re-parse them)."""
     text = formatted(data) if text is None else text
     align = tuple("right" if pd.api.types.is_numeric_dtype(data[c]) else "left" for c in data.columns)
-    return text.to_markdown(index=False, disable_numparse=True, colalign=align)
+    escaped = text.rename(columns=_escape_pipes).map(_escape_pipes)  # a bare "|" would end the cell
+    return escaped.to_markdown(index=False, disable_numparse=True, colalign=align)
+
+
+def _escape_pipes(cell: object) -> object:
+    return cell.replace("|", "\\|") if isinstance(cell, str) else cell
 
 
 class Table:

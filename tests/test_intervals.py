@@ -19,6 +19,15 @@ def test_the_exact_binomial_interval_of_a_known_case():
     assert p1.estimate == 85.0 and p1.low < 85.0 < p1.high and p1.n_images == 500
 
 
+def test_a_curves_accuracy_stored_as_a_fraction_gets_the_same_exact_interval():
+    """A figure's error bar: 0 of 10 as the fraction 0.0 is the interval above; NaN (not measured) stays NaN."""
+    zero = I.measured_accuracy(0.0, 10)
+    assert (zero.low, zero.high) == (0.0, pytest.approx(100 * (1 - 0.025 ** (1 / 10))))
+    half = I.measured_accuracy(0.85, 500)
+    assert (half.low, half.high) == (I.accuracy(np.r_[np.ones(425), np.zeros(75)]).low, pytest.approx(88.0, abs=0.2))
+    assert np.isnan(I.measured_accuracy(float("nan"), 10).estimate)
+
+
 def test_a_paired_difference_of_one_image_in_500_is_not_a_finding():
     """p1's "proposed loses some clean accuracy" was decided on -0.2 points (1 image of 500)."""
     rng = np.random.default_rng(0)

@@ -4,6 +4,7 @@ precision, verdicts first, and DVC metrics that are headline numbers only."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 
@@ -79,10 +80,11 @@ def test_each_notebook_opens_with_its_verdicts():
         first_output = next(i for i, c in enumerate(cells) if c.get("outputs"))
         summary = "".join("".join(o.get("data", {}).get("text/markdown", "")) for o in cells[first_output]["outputs"])
         assert summary.startswith("## Verdicts of this run") and "Profile `" in summary, stage
-        assert "**Paper:**" in summary and "**Answer: " in summary, stage
+        assert "**Paper:**" in summary and "**Answer:** **" in summary, stage
         assert "| claim | paper | ours (95% interval) | verdict |" in summary, stage
         for record in json.loads((RESULTS / stage / "claims.json").read_text()):
-            row = next(line for line in summary.splitlines() if record["claim"].replace("|", "\\|") in line)
+            rows = [line for line in summary.splitlines() if line.startswith("|")]
+            row = next(line for line in rows if record["claim"].replace("|", "\\|") in line)
             assert f"**{record['verdict']}**" in row, (stage, record["claim"])
 
 
@@ -106,3 +108,46 @@ def test_dvc_metrics_hold_a_few_flat_headline_numbers_and_no_config():
         details = json.loads((RESULTS / stage / "details.json").read_text())
         assert {"meta", "config", "results"} <= details.keys(), stage
         assert not set(metrics) & set(details["config"]), stage
+
+
+def test_every_figure_file_is_the_one_its_notebook_shows():
+    """No stale figure: each PNG under figures/ is, byte for byte, an image the executed notebook displays,
+    and the notebook displays no figure that is not there."""
+    for stage in STAGES:
+        cells = json.loads((RESULTS / stage / f"{stage}.ipynb").read_text())["cells"]
+        shown = [
+            o["data"]["image/png"].strip()
+            for c in cells
+            for o in c.get("outputs", [])
+            if "image/png" in o.get("data", {})
+        ]
+        files = {f.name: base64.b64encode(f.read_bytes()).decode() for f in (RESULTS / stage / "figures").glob("*.png")}
+        assert files, stage
+        assert not [name for name, data in files.items() if data not in shown], (
+            f"{stage}: a figure file the notebook does not show"
+        )
+        assert len(shown) == len(files), f"{stage}: {len(shown)} figures shown, {len(files)} files"
+
+
+def test_printed_lines_fit_the_page_so_no_word_is_broken():
+    """The run's log lines (stdout) stay under the width a 1,300-pixel page shows without breaking a word;
+    prose is Markdown, which the browser wraps between words."""
+    for stage in STAGES:
+        cells = json.loads((RESULTS / stage / f"{stage}.ipynb").read_text())["cells"]
+        printed = "".join("".join(o["text"]) for c in cells for o in c.get("outputs", []) if o.get("name") == "stdout")
+        long = [line for line in printed.splitlines() if len(line) > 120]
+        assert not long, (stage, long[:3])
+
+
+def test_the_readme_gives_each_papers_answer_as_its_notebook_does():
+    """One formatter: the README's answer line of each paper is, character for character, its notebook's."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    for stage in STAGES:
+        cells = json.loads((RESULTS / stage / f"{stage}.ipynb").read_text())["cells"]
+        first = next(c for c in cells if c.get("outputs"))
+        summary = "".join("".join(o.get("data", {}).get("text/markdown", "")) for o in first["outputs"])
+        answer = next(line for line in summary.splitlines() if line.startswith("**Answer:**")).removeprefix(
+            "**Answer:** "
+        )
+        bullet = next(line for line in readme.splitlines() if line.startswith(f"- **{stage.split('_')[0]}** "))
+        assert bullet.endswith(f": {answer}"), (stage, bullet, answer)

@@ -13,6 +13,7 @@ from lib.errors import ConfigError
 from lib.report import (
     ResultsWriter,
     Table,
+    accuracy_curve,
     comparison,
     format_number,
     formatted,
@@ -148,3 +149,17 @@ def test_per_image_arrays_stay_out_of_details_json(tmp_path):
     ResultsWriter(tmp_path).metrics({"a": 1.0}, details, {})
     written = json.loads((tmp_path / "details.json").read_text())
     assert written["proposed"] == {"bim10": 0.85} and "flags" not in written
+
+
+def test_a_curves_error_bars_are_the_exact_interval_of_each_point():
+    """0 of 10 right: the bar runs from 0 to Clopper-Pearson's 30.85%; the line is in percent."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    bars = accuracy_curve(ax, [0.0, 1.0], [0.0, 1.0], 10, label="model")
+    line, _, (vertical,) = bars.lines
+    assert list(line.get_ydata()) == [0.0, 100.0]
+    (low0, high0), (low1, high1) = (segment[:, 1] for segment in vertical.get_segments())
+    assert (low0, high1) == (0.0, 100.0)
+    assert high0 == pytest.approx(100 * (1 - 0.025 ** (1 / 10))) and low1 == pytest.approx(100 * 0.025 ** (1 / 10))
+    plt.close(fig)

@@ -153,7 +153,7 @@ _STAGES = [
         Table(
             "compare — all defences under one threat model: leaderboard (RobustBench's columns; the rest in the notebook)",
             ("leaderboard",),
-            r"^(defence|paper|setting|clean \(%\)|AutoAttack (L∞|L2) [\d.]+ \(%\)|cost \(× clean epoch\))$",
+            r"^(defence|paper|setting|clean \(%\)|AutoAttack (L∞|L2) [\d.]+ \(%\)|cost \(× clean epoch\)|images \(AutoAttack\))$",
         ),
         plots=(
             Plot(

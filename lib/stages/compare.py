@@ -47,7 +47,7 @@ from lib.methods import mnist_gan as p5
 from lib.methods import pgn as p2
 from lib.methods import resnet_transfer_augmentation as p4
 from lib.methods import single_step_reuse as p3
-from lib.report import evaluation, legend_outside
+from lib.report import ERROR_BARS, accuracy_curve, evaluation, legend_outside
 from lib.runtime import device, seed_everything
 from lib.stages import Result
 from lib.stages.p2_pgn import perturbation_ratio
@@ -552,7 +552,7 @@ def leaderboard_plot(r: dict) -> pd.DataFrame:
 
 def leaderboard(r: dict, cfg: Config) -> pd.DataFrame:
     """One row per defence, RobustBench's columns first (defence, paper, setting, clean and AutoAttack accuracy in
-    %, cost relative to clean training), then our PGD beside AutoAttack, rho_cw, black-box and foolbox (the checks
+    %, cost relative to clean training, AutoAttack's test images), then our PGD beside AutoAttack, rho_cw, black-box and foolbox (the checks
     of our attack are :func:`attack_checks`)."""
     clean_sec = r["chosen"]["clean"].result.sec_per_epoch
     rows = []
@@ -567,6 +567,7 @@ def leaderboard(r: dict, cfg: Config) -> pd.DataFrame:
                 robust_column(cfg): 100 * res["autoattack_linf"],
                 f"AutoAttack L2 {cfg.eps_l2:g} (%)": 100 * res["autoattack_l2"],
                 "cost (× clean epoch)": relative_cost(t.result.sec_per_epoch, clean_sec),
+                "images (AutoAttack)": r["n_test"],
                 "benign gap to target (pt)": _points(t.benign - r["target"]) if d != "clean" else float("nan"),
                 f"PGD-L∞ {cfg.eps_linf:.4g} (%)": 100 * res["pgd_linf"],
                 "AutoAttack − PGD L∞ (pt)": _points(res["autoattack_linf"] - res["pgd_linf"]),
@@ -616,8 +617,8 @@ def pareto_figure(board: pd.DataFrame, cfg: Config, subtitle: str) -> plt.Figure
     robust = robust_column(cfg)
     pts = list(zip(board["cost (× clean epoch)"], board[robust]))
     fig, ax = plt.subplots(figsize=(7, 4.6))
-    for (c, a), name in zip(pts, board["defence"]):
-        ax.scatter(c, a, s=40)
+    for (c, a), name, n in zip(pts, board["defence"], board["images (AutoAttack)"]):
+        accuracy_curve(ax, [c], [a / 100], n, marker="o", ms=6)
         ax.annotate(name, (c, a), fontsize=7, xytext=(4, 3), textcoords="offset points")
     front = pareto_front(pts)
     ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], color="0.3", ls="--", lw=1, label="Pareto front")
@@ -632,19 +633,18 @@ def pareto_figure(board: pd.DataFrame, cfg: Config, subtitle: str) -> plt.Figure
         ylabel=f"accuracy under AutoAttack ({cfg.autoattack}) L∞ eps {cfg.eps_linf:.4g} (%)",
         title=f"compare — robustness vs cost ({subtitle})",
     )
-    legend_outside(ax, 7)
+    legend_outside(ax, 7, ERROR_BARS)
     return fig
 
 
 def eps_curves_figure(r: dict, cfg: Config, subtitle: str) -> plt.Figure:
-    """Accuracy vs PGD-L∞ eps per defence (the monotonicity sanity check)."""
+    """Accuracy vs PGD-L∞ eps per defence (the monotonicity sanity check), on the attacks' test images."""
     fig, ax = plt.subplots(figsize=(7, 4.4))
     for d, res in r["results"].items():
-        ax.plot(
-            list(res["eps_curve"]), [100 * a for a in res["eps_curve"].values()], marker="o", ms=3, label=DEFENCES[d][0]
-        )
-    ax.set(xlabel="PGD-L∞ eps", ylabel="accuracy (%)", ylim=(-2, 102), title=f"compare — accuracy vs eps ({subtitle})")
-    legend_outside(ax, 7)
+        curve = res["eps_curve"]
+        accuracy_curve(ax, curve, curve.values(), r["n_test"], marker="o", ms=3, label=DEFENCES[d][0])
+    ax.set(xlabel="PGD-L∞ eps", ylabel="accuracy (%)", title=f"compare — accuracy vs eps ({subtitle})")
+    legend_outside(ax, 7, ERROR_BARS)
     return fig
 
 

@@ -32,7 +32,7 @@ from lib.cache import cached
 from lib.errors import require
 from lib.evaluate import accuracy, accuracy_vs_eps, adversarial_examples, correct_vs_eps, relative_cost
 from lib.methods.conv_generator_ensemble import ASSIGNMENTS, EnsembleSource, GeneratorEnsemble
-from lib.report import comparison, evaluation, legend_outside
+from lib.report import ERROR_BARS, accuracy_curve, comparison, evaluation, legend_outside
 from lib.runtime import device, seed_everything
 from lib.stages import Result
 from lib.train import (
@@ -415,13 +415,14 @@ def figure2(ensemble: GeneratorEnsemble, x: torch.Tensor, n_generators: int, sub
     return fig
 
 
-def figure3(results: dict, subtitle: str) -> plt.Figure:
-    """Fig. 3: accuracy vs PGD-L2 eps (white-box), with the black-box transfer curves dashed."""
+def figure3(results: dict, n_images: int, subtitle: str) -> plt.Figure:
+    """Fig. 3: accuracy vs PGD-L2 eps (white-box, with the interval over the ``n_images`` test images as error
+    bars), with the black-box transfer curves dashed."""
     fig, ax = plt.subplots(figsize=(6.2, 4.2))
     for name, r in results.items():
-        line = ax.plot(
-            list(r["pgd_l2"]), [100 * v for v in r["pgd_l2"].values()], marker="o", ms=3, label=f"{name} (white-box)"
-        )[0]
+        line = accuracy_curve(
+            ax, r["pgd_l2"], r["pgd_l2"].values(), n_images, marker="o", ms=3, label=f"{name} (white-box)"
+        ).lines[0]
         ax.plot(
             list(r["transfer_l2"]),
             [100 * v for v in r["transfer_l2"].values()],
@@ -434,7 +435,7 @@ def figure3(results: dict, subtitle: str) -> plt.Figure:
         ylabel="test accuracy (%)",
         title=f"Fig. 3 — accuracy vs PGD-L2 eps ({subtitle})",
     )
-    legend_outside(ax, 7)
+    legend_outside(ax, 7, ERROR_BARS)
     return fig
 
 

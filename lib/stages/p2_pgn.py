@@ -53,7 +53,7 @@ from lib.methods.pgn import (
     pgn_attack,
     train_attacker,
 )
-from lib.report import comparison, evaluation, legend_outside, widen
+from lib.report import ERROR_BARS, accuracy_curve, comparison, evaluation, legend_outside, widen
 from lib.runtime import device, seed_everything
 from lib.stages import Result
 from lib.train import (
@@ -991,19 +991,22 @@ def figure2(r: dict, cfg: Config, subtitle: str) -> plt.Figure:
 
 
 def figure3(r: dict, cfg: Config, subtitle: str) -> plt.Figure:
-    """Fig. 3: PGN vs FGM vs PGD attacking fixed FGM-AT and PGD-AT classifiers: accuracy vs mean L2."""
+    """Fig. 3: PGN vs FGM vs PGD attacking fixed FGM-AT and PGD-AT classifiers: accuracy vs mean L2 (the interval
+    over the test images as error bars)."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, (kind, s) in zip(axes, r["strength"].items()):
         for attack, marker in (("FGM", "o"), ("PGD", "s"), ("PGN", "^")):
             pts = sorted(s[attack], key=lambda p: p["mean_l2"])
-            ax.plot(
+            accuracy_curve(
+                ax,
                 [p["mean_l2"] for p in pts],
-                [100 * p["acc"] for p in pts],
+                [p["acc"] for p in pts],
+                samples(r)["test"],
                 marker=marker,
                 label=attack if attack != "PGN" else "PGN (generator vs fixed classifier)",
             )
         ax.set(xlabel="mean L2 of the perturbation", title=f"classifier: {kind} eps {cfg.fig3_eps:g}")
-    legend_outside(axes[-1], 7)
+    legend_outside(axes[-1], 7, ERROR_BARS)
     axes[0].set_ylabel("accuracy (%)")
     fig.suptitle(f"Fig. 3 — attack strength ({subtitle})", fontsize=10)
     return fig

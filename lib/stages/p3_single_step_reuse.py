@@ -27,7 +27,7 @@ from lib import intervals as I
 from lib.errors import require
 from lib.evaluate import accuracy_per_iteration, correct, relative_cost, robust_accuracy, robust_correct
 from lib.methods.single_step_reuse import ATDASource, StoredPerturbation
-from lib.report import comparison, evaluation, legend_outside, widen
+from lib.report import ERROR_BARS, accuracy_curve, comparison, evaluation, legend_outside, widen
 from lib.runtime import device, seed_everything
 from lib.stages import Result
 from lib.train import (
@@ -418,31 +418,58 @@ def pgd_table(results: dict[str, dict], gap_points: float = C.MASKED_POINTS) -> 
     return pd.DataFrame(rows)
 
 
-def _curves(results: dict[str, dict], key: str, xlabel: str, title: str) -> plt.Figure:
+# Fig. 1's x (BIM iterations N, per-step eps/N) where Table I reports an accuracy: BIM(1) is one FGSM step.
+PAPER_CURVE_POINTS = {1: COLUMNS.index("FGSM"), 10: COLUMNS.index("BIM(10)"), 30: COLUMNS.index("BIM(30)")}
+
+
+def _curves(
+    results: dict[str, dict], samples: dict[str, int], key: str, xlabel: str, title: str, paper: bool = False
+) -> plt.Figure:
+    """One panel per dataset, one curve per defence with the interval over the test images as error bars;
+    ``paper``: Table I's accuracies at the matching x as open markers (the paper's own datasets only)."""
     fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 3.8), squeeze=False)
     for ax, (dataset, per_def) in zip(axes[0], results.items()):
         for defence, r in per_def.items():
             series = r[key]
             xs = list(series) if isinstance(series, dict) else list(range(1, len(series) + 1))
             ys = list(series.values()) if isinstance(series, dict) else series
-            ax.plot(xs, [100 * v for v in ys], marker="o", ms=3, label=LABELS[defence])
+            line = accuracy_curve(ax, xs, ys, samples[f"{dataset} test"], marker="o", ms=3, label=LABELS[defence])
+            reported = PAPER_TABLE1.get(defence, {}).get(paper_key(dataset))
+            shown = [n for n in PAPER_CURVE_POINTS if n in xs]
+            if paper and reported and shown:
+                ax.plot(
+                    shown,
+                    [reported[PAPER_CURVE_POINTS[n]] for n in shown],
+                    ls="none",
+                    marker="D",
+                    mfc="none",
+                    ms=6,
+                    color=line.lines[0].get_color(),
+                    label=f"{LABELS[defence]}: paper (Table I)",
+                )
         ax.set(xlabel=xlabel, ylabel="test accuracy (%)", title=f"{DATASET_LABEL.get(dataset, dataset)}")
-    legend_outside(axes[0][-1], 8)
+    legend_outside(axes[0][-1], 8, ERROR_BARS)
     fig.suptitle(title)
     return fig
 
 
-def figure1(results: dict[str, dict], subtitle: str) -> plt.Figure:
-    """Fig. 1: accuracy vs BIM iteration count N at per-step eps/N."""
+def figure1(results: dict[str, dict], samples: dict[str, int], subtitle: str) -> plt.Figure:
+    """Fig. 1: accuracy vs BIM iteration count N at per-step eps/N, Table I's FGSM, BIM(10), BIM(30) beside it."""
     return _curves(
-        results, "bim_curve", "BIM iterations N (per-step eps/N)", f"Fig. 1 — accuracy on BIM(N) examples ({subtitle})"
+        results,
+        samples,
+        "bim_curve",
+        "BIM iterations N (per-step eps/N)",
+        f"Fig. 1 — accuracy on BIM(N) examples ({subtitle})",
+        paper=True,
     )
 
 
-def figure2(results: dict[str, dict], subtitle: str) -> plt.Figure:
+def figure2(results: dict[str, dict], samples: dict[str, int], subtitle: str) -> plt.Figure:
     """Fig. 2: accuracy after each iteration of BIM(10) (step eps/10)."""
     return _curves(
         results,
+        samples,
         "bim10_iterates",
         "BIM(10) iteration i",
         f"Fig. 2 — accuracy on intermediate BIM(10) examples ({subtitle})",

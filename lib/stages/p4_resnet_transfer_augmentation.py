@@ -32,7 +32,7 @@ from lib.augment import Conventional
 from lib.errors import require
 from lib.evaluate import accuracy, robust_correct
 from lib.methods.resnet_transfer_augmentation import adversarial_training_set
-from lib.report import comparison, evaluation, legend_outside
+from lib.report import ERROR_BARS, accuracy_curve, comparison, evaluation, legend_outside
 from lib.runtime import device, seed_everything
 from lib.stages import Result
 from lib.train import EarlyStopping, TrainConfig, TrainResult, train
@@ -490,8 +490,8 @@ def strength(r: dict, cfg: Config) -> str:
 
 
 def figure(results: dict, cfg: Config, subtitle: str) -> plt.Figure:
-    """Accuracy vs eps per dataset and model: before / after (proposed), FGSM solid, PGD dashed,
-    AutoAttack as stars."""
+    """Accuracy vs eps per dataset and model: before / after (proposed), FGSM solid (the interval over the test
+    images as error bars), PGD dashed, AutoAttack as stars, the paper's average FGSM accuracy before and after dotted."""
     fig, axes = plt.subplots(
         len(results), len(cfg.archs), figsize=(4.2 * len(cfg.archs), 3.4 * len(results)), squeeze=False
     )
@@ -501,9 +501,11 @@ def figure(results: dict, cfg: Config, subtitle: str) -> plt.Figure:
         for ax, arch in zip(row, cfg.archs):
             for variant, color in zip(VARIANTS, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
                 m = r[variant][arch]
-                ax.plot(
+                accuracy_curve(
+                    ax,
                     eps,
-                    [100 * m["clean"], *(100 * m["fgsm"][e] for e in cfg.eps)],
+                    [m["clean"], *(m["fgsm"][e] for e in cfg.eps)],
+                    r["samples"]["test"],
                     marker="o",
                     ms=3,
                     color=color,
@@ -539,7 +541,7 @@ def figure(results: dict, cfg: Config, subtitle: str) -> plt.Figure:
                 xlabel="eps (L∞)" + (f", the paper's x {scale:g}" if scale != 1 else ""),
                 ylabel="test accuracy (%)",
             )
-    legend_outside(axes[0][-1], 7)
+    legend_outside(axes[0][-1], 7, "FGSM's " + ERROR_BARS)
     fig.suptitle(f"Accuracy vs eps before and after retraining ({subtitle})")
     return fig
 

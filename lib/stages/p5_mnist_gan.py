@@ -46,7 +46,7 @@ from lib.methods.mnist_gan import (
     pixel_eps,
     pixel_std,
 )
-from lib.report import comparison, evaluation, legend_outside, widen
+from lib.report import ERROR_BARS, accuracy_curve, comparison, evaluation, legend_outside, widen
 from lib.runtime import Acceleration, DryRun, device, progress, seed_everything
 from lib.stages import Result
 from lib.train import TrainConfig, TrainResult, Validation, train, training_precision
@@ -437,17 +437,22 @@ def convergence_finding(curves: dict[float, list[float]], tolerance: float = 0.0
     )
 
 
-def figure1a(curves: dict[float, list[float]], subtitle: str) -> plt.Figure:
-    """Fig. 1a: D's test accuracy on G's images while G trains against the frozen D, per intensity."""
+def figure1a(curves: dict[float, list[float]], n_images: int, subtitle: str) -> plt.Figure:
+    """Fig. 1a: D's test accuracy on G's images while G trains against the frozen D, per intensity (the interval
+    over the ``n_images`` test images as error bars), Table 1's accuracy under G dotted."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, c in curves.items():
-        ax.plot(range(len(c)), [100 * v for v in c], marker="o", ms=2.5, label=f"intensity {i:g}")
+        line = accuracy_curve(ax, range(len(c)), c, n_images, marker="o", ms=2.5, label=f"intensity {i:g}").lines[0]
+        if i in PAPER_TABLE1:
+            ax.axhline(
+                100 * PAPER_TABLE1[i][1], color=line.get_color(), ls=":", lw=1.2, label=f"paper (Table 1), {i:g}"
+            )
     ax.set(
         xlabel="G epoch (D frozen)",
         ylabel="D's accuracy on G's images (%)",
         title=f"Fig. 1a — G vs frozen D ({subtitle})",
     )
-    legend_outside(ax, 8)
+    legend_outside(ax, 8, ERROR_BARS)
     return fig
 
 
