@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import operator
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,13 @@ class Gate:
 
     def __str__(self) -> str:
         return f"{self.gate}: {_fmt(self.value)} (threshold {_fmt(self.threshold)}) {'pass' if self.passed else 'FAIL'}"
+
+    def short(self) -> str:
+        """The gate as a summary table names it: without its explanations in parentheses (``claims.md`` keeps them)."""
+        name, previous = self.gate, None
+        while name != previous:
+            name, previous = re.sub(r" \([^()]*\)", "", name), name
+        return f"{name}: {_fmt(self.value)} (threshold {_fmt(self.threshold)})"
 
 
 def _rounded(value: float) -> float:
@@ -406,13 +414,20 @@ def answer(verdicts: Sequence[str]) -> str:
     return "replicates" if held == testable and 2 * testable >= len(verdicts) else "replicates in part"
 
 
+OURS = re.compile(r"(^|, )ours:", re.IGNORECASE)  # a check of ours beside the paper's claims ("Ours: ...")
+
+
 def decisive(claims: Sequence[dict]) -> dict | None:
-    """The claim a paper's answer rests on (``claims.json`` records): the first decided claim (stages
-    list the paper's main claim first), else the first testable one, else None."""
+    """The claim a paper's answer rests on (``claims.json`` records): the first decided claim of the paper's
+    own (stages list the paper's main claim first; a check of ours, "Ours: ...", only when no claim of the
+    paper's was decided), else the first testable one in the same order, else None."""
     for wanted in (DECIDED, TESTABLE):
-        found = next((c for c in claims if c["verdict"] in wanted), None)
-        if found:
-            return found
+        for theirs in (True, False):
+            found = next(
+                (c for c in claims if c["verdict"] in wanted and theirs != bool(OURS.search(c["claim"]))), None
+            )
+            if found:
+                return found
     return None
 
 
@@ -481,7 +496,7 @@ def _cell(text: str) -> str:
 
 def _gates_cell(claim: Claim) -> str:
     """A claim's gates for the summary: the failing ones spelled out, the passing ones counted; the caveat."""
-    failed = [str(g) for g in claim.failed_gates]
+    failed = [g.short() for g in claim.failed_gates]
     passed = len(claim.gates) - len(failed)
     parts = ([f"**failed:** {'; '.join(failed)}"] if failed else []) + ([f"{passed} passed"] if passed else [])
     if claim.caveat:

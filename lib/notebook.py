@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from types import ModuleType
 
@@ -13,7 +15,7 @@ from IPython.display import Markdown, display
 
 from lib import cache, stages
 from lib import claims as C
-from lib.cache import open_store
+from lib.cache import log, open_store
 from lib.claims import Claim
 from lib.params import RUN_SETTINGS, build_config, check_profile, check_seed, checked_parameters, method_params
 from lib.plan import Following
@@ -59,9 +61,20 @@ class StageRun:
             else f"models in {models_dir}" + (" (retrain: store ignored)" if retrain else "")
         )
         dry = "; DRY RUN: synthetic data, every loop cut short, numbers meaningless" if dry_run else ""
-        print(f"Profile '{profile}' on {device_name()}; {stored}{dry}")
+        log(f"Profile '{profile}' on {device_name()}; {stored}{dry}")
         self._meta: dict = {}
         self._summary = display(Markdown(PENDING), display_id=True) if get_ipython() is not None else None
+
+    @contextmanager
+    def folded_log(self) -> Iterator[None]:
+        """The lines printed inside (each model loaded or trained, each evaluation) shown folded under a one-line
+        count, so that the page reads as results and the log is one click away."""
+        buffer = io.StringIO()
+        try:
+            with redirect_stdout(buffer):
+                yield
+        finally:
+            display(Markdown(folded(buffer.getvalue())))
 
     def meta(self, dataset: str, samples: dict) -> dict:
         """The metadata block (profile, dataset, samples, seed, device, torch, commit, wall time)."""
@@ -120,3 +133,15 @@ class StageRun:
             "*The verdicts are stored in `claims.md` (every gate, the margins' reasons) and `claims.json`; "
             "the summary at the top shows them.*"
         )
+
+
+def folded(log_text: str) -> str:
+    """A run's log as a folded Markdown block: what it did in one line (models loaded from the store, trained,
+    evaluations run or loaded), the lines behind a click."""
+    lines = log_text.splitlines()
+    loaded = sum(": loaded" in line for line in lines)
+    trained = sum(": trained in" in line for line in lines)
+    evaluated = sum("evaluated in" in line for line in lines)
+    counts = f"{loaded} models loaded from the store, {trained} trained, {evaluated} evaluations"
+    body = "\n".join(lines) or "(nothing printed)"
+    return f"<details><summary>Run log: {counts} (click to show)</summary>\n\n```text\n{body}\n```\n\n</details>"

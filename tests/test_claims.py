@@ -322,6 +322,9 @@ def test_the_decisive_claim_is_the_first_decided_one():
     assert C.decisive(claims)["claim"] == "b"
     assert C.decisive([*claims, {"claim": "c", "verdict": "did not hold"}])["claim"] == "c"
     assert C.decisive([{"claim": "a", "verdict": "not run"}]) is None
+    ours = [{"claim": "Ours: a", "verdict": "held"}, {"claim": "MNIST, ours: b", "verdict": "held"}]
+    assert C.decisive([*ours, {"claim": "c", "verdict": "did not hold"}])["claim"] == "c"  # the paper's claim first
+    assert C.decisive([*ours, {"claim": "c", "verdict": "inconclusive"}])["claim"] == "Ours: a"  # else a decided check
 
 
 def test_a_timing_claim_is_gated_by_the_spread_of_its_repeats_not_their_count():
@@ -341,3 +344,15 @@ def test_counts_add_to_a_metrics_file_that_holds_a_nan(tmp_path):
     out.metrics({"rho_cw_pgn": math.nan, "a": 1.0}, {}, {})
     out.add_metrics(C.counts([]))
     assert json.loads((tmp_path / "metrics.json").read_text())["rho_cw_pgn"] is None
+
+
+def test_the_summary_spells_out_failed_gates_without_their_explanations_and_counts_the_passed():
+    gates = [
+        C.at_least("Baseline converged (gain of the last two epochs (points) over the best before them)", 0.2, 0.5),
+        C.at_least("Baseline clean accuracy (%)", 90.0, 85.0),
+    ]
+    claim = C.Claim("a claim | with a pipe", 1.0, 2.0, True, gates=gates)
+    row = C.summary_table([claim]).splitlines()[-1]
+    assert "**failed:** Baseline converged: 0.2 (threshold 0.5); 1 passed" in row
+    assert "a claim \\| with a pipe" in row and "gain of" not in row
+    assert "gain of the last two epochs (points)" in claim.markdown()  # claims.md keeps the whole gate
