@@ -27,8 +27,8 @@ def _metrics(root) -> dict:
 
 def _outputs(root) -> str:
     nb = json.loads((root / STAGE / f"{STAGE}.ipynb").read_text())
-    return "".join(
-        o.get("text", "") if isinstance(o.get("text", ""), str) else "".join(o["text"])
+    return "".join(  # printed lines, and the run's log folded into a Markdown output
+        "".join(o.get("text") or o.get("data", {}).get("text/markdown", ""))
         for c in nb["cells"]
         if c["cell_type"] == "code"
         for o in c.get("outputs", [])

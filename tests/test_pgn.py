@@ -329,7 +329,7 @@ def test_paper_profile_code_path_one_batch_on_cifar_shaped_data(synthetic, monke
     assert set(r["matched"]) == set(pgn.DEFENCES) and len(r["ablation"]) == 4 and len(r["capacity"]) == 2
     assert r["sweep"][("PGN", 50.0)].source.generator.in_shape == (3, 32, 32)
     table = pgn.results_table(r)
-    assert len(table) == 16 and table["benign acc paper"].iloc[0] == pgn.PAPER["cifar10"]["Baseline"]["benign"]
+    assert len(table) == 16 and table["benign acc paper"].iloc[0] == 100 * pgn.PAPER["cifar10"]["Baseline"]["benign"]
     assert table["benign acc delta"].notna().all()  # same dataset as the paper: deltas are shown
     stand_in = pgn.results_table({**r, "name": "fashion_mnist"})
     assert stand_in["benign acc delta"].isna().all() and stand_in["cost vs Baseline delta"].notna().all()
