@@ -23,6 +23,8 @@ from lib.errors import require
 from lib.evaluate import accuracy
 from lib.runtime import Acceleration, DryRun, progress, seed_everything, synchronize
 
+LR_SCHEDULES = ("constant", "cosine")
+
 
 class Clean:
     """No perturbation: plain training.
@@ -97,6 +99,7 @@ class TrainConfig:
     ema_decay: float | None = None
     seed: int = 0
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None
+    lr_schedule: str = "constant"  # constant | cosine (annealed to 0 over ``epochs``, stepped once an epoch)
 
     def validate(self) -> None:
         require(self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}")
@@ -105,6 +108,10 @@ class TrainConfig:
         require(self.optimizer in ("adam", "sgd"), f"unknown optimizer '{self.optimizer}'; choose adam or sgd")
         require(0.0 <= self.clean_weight <= 1.0, f"clean_weight must be in [0, 1], got {self.clean_weight}")
         require(self.ema_decay is None or 0 < self.ema_decay < 1, f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        require(
+            self.lr_schedule in LR_SCHEDULES,
+            f"unknown lr_schedule '{self.lr_schedule}'; choose one of {', '.join(LR_SCHEDULES)}",
+        )
 
 
 @dataclass
@@ -138,6 +145,13 @@ class TrainResult:
 def _split_labels(out, y: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
     """A source returns x_adv, or (x_adv, y_adv) when it makes several examples per input."""
     return out if isinstance(out, tuple) else (out, y)
+
+
+def make_schedule(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The learning-rate schedule of ``cfg.lr_schedule`` (None: constant), stepped after every epoch."""
+    if cfg.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
+    return None
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -240,6 +254,7 @@ def _train(model, loader, cfg: TrainConfig, source: Clean, ema, on_epoch_end, ma
     if fast:
         model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model.parameters(), cfg)
+    schedule = make_schedule(opt, cfg)
     result = TrainResult(model, ema=ema)
     max_batches = DryRun.batches(max_batches)
     for epoch in progress(range(DryRun.epochs(cfg.epochs)), desc=desc):
@@ -270,6 +285,8 @@ def _train(model, loader, cfg: TrainConfig, source: Clean, ema, on_epoch_end, ma
                 correct += (shown.argmax(1) == shown_y).sum() * len(y) / len(shown_y)
                 seen += len(y)
         synchronize()
+        if schedule is not None:
+            schedule.step()
         record = {
             "epoch": epoch + 1,
             "seconds": time.perf_counter() - t0,

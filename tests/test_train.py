@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -16,6 +18,8 @@ from lib.train import (
     GeneratorSource,
     TrainConfig,
     Validation,
+    make_optimizer,
+    make_schedule,
     train,
     validation_hook,
 )
@@ -75,7 +79,7 @@ def test_generator_source_ascends_the_classifier_loss(mnist):
         GeneratorSource(make, torch.optim.SGD(gen.parameters(), lr=0.1))
 
 
-@pytest.mark.parametrize("bad", [dict(epochs=-1), dict(lr=0), dict(optimizer="rmsprop"), dict(clean_weight=2.0)])
+@pytest.mark.parametrize("bad", [dict(epochs=-1), dict(lr=0), dict(optimizer="rmsprop"), dict(clean_weight=2.0), dict(lr_schedule="step")])
 def test_bad_training_config_is_rejected_before_training(bad):
     with pytest.raises(ConfigError):
         TrainConfig(**bad).validate()
@@ -106,3 +110,27 @@ def test_validation_hook_stops_early_only_with_a_patience():
     hook = validation_hook(x, y, 2)
     assert isinstance(hook, EarlyStopping) and hook.patience == 2
     assert validation_hook(x, y, 2) is not hook  # a fresh hook (its own best weights) per model
+
+
+def test_cosine_schedule_anneals_the_lr_to_zero_over_the_epochs_and_constant_keeps_it():
+    """The learning rate each epoch trains at: cosine from lr towards 0 over ``epochs``; constant: lr."""
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    cosine = [0.1 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)]  # 0.1, 0.085, 0.05, 0.015
+    for schedule, expected in (("cosine", cosine), ("constant", [0.1] * 4)):
+        cfg = TrainConfig(epochs=4, lr=0.1, lr_schedule=schedule)
+        opt = make_optimizer(params, cfg)
+        steps = make_schedule(opt, cfg)
+        seen = []
+        for _ in range(cfg.epochs):
+            seen.append(opt.param_groups[0]["lr"])
+            if steps is not None:
+                steps.step()
+        assert seen == pytest.approx(expected)
+        assert (schedule == "constant") == (steps is None)
+
+
+def test_a_cosine_run_differs_from_a_constant_one_and_repeats_exactly(mnist):
+    a, b, c = _run(mnist, lr_schedule="cosine"), _run(mnist, lr_schedule="cosine"), _run(mnist)
+    assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
+    assert a.history[0]["train_loss"] == c.history[0]["train_loss"]  # the first epoch runs at the full lr
+    assert not all(torch.equal(p, q) for p, q in zip(a.model.parameters(), c.model.parameters()))

@@ -53,6 +53,7 @@ from lib.stages import Result
 from lib.stages.p2_pgn import perturbation_ratio
 from lib.stages.p3_single_step_reuse import past_one_reset
 from lib.train import (
+    LR_SCHEDULES,
     AttackSource,
     Clean,
     TrainConfig,
@@ -97,6 +98,7 @@ class Config:
     )
     batch_size: int = 128
     lr: float = 1e-3
+    lr_schedule: str = "cosine"  # constant | cosine (Adam's lr annealed to 0 over `epochs`: the last epochs settle)
     strengths: dict[str, list[float | None]] = field(
         default_factory=lambda: {
             "clean": [None],
@@ -185,6 +187,7 @@ class Config:
         require(int(self.n_val) >= 1, f"n_val must be >= 1, got {self.n_val}")
         require(int(self.seeds) >= 1, f"seeds must be >= 1, got {self.seeds}")
         require(self.patience is None or int(self.patience) >= 1, f"patience must be >= 1 or null, got {self.patience}")
+        require(self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}")
         require(
             self.n_test is None or max(self.n_rho, self.n_foolbox) <= self.n_test,
             f"n_rho {self.n_rho} and n_foolbox {self.n_foolbox} must not exceed n_test {self.n_test}",
@@ -278,6 +281,7 @@ def fit(
         lr=cfg.lr,
         clean_weight=cfg.clean_weight.get(defence, 0.0),
         seed=seed,
+        lr_schedule=cfg.lr_schedule,
     )
     loader = D.loader(split, cfg.batch_size, shuffle=True, seed=seed, with_index=True)
     desc = f"{DEFENCES[defence][0]} {'' if value is None else f'{value:.4g}'}"
