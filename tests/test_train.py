@@ -79,7 +79,9 @@ def test_generator_source_ascends_the_classifier_loss(mnist):
         GeneratorSource(make, torch.optim.SGD(gen.parameters(), lr=0.1))
 
 
-@pytest.mark.parametrize("bad", [dict(epochs=-1), dict(lr=0), dict(optimizer="rmsprop"), dict(clean_weight=2.0), dict(lr_schedule="step")])
+@pytest.mark.parametrize(
+    "bad", [dict(epochs=-1), dict(lr=0), dict(optimizer="rmsprop"), dict(clean_weight=2.0), dict(lr_schedule="step")]
+)
 def test_bad_training_config_is_rejected_before_training(bad):
     with pytest.raises(ConfigError):
         TrainConfig(**bad).validate()
