@@ -60,8 +60,9 @@ class StageRun:
             if models_dir is None
             else f"models in {models_dir}" + (" (retrain: store ignored)" if retrain else "")
         )
-        dry = "; DRY RUN: synthetic data, every loop cut short, numbers meaningless" if dry_run else ""
-        log(f"Profile '{profile}' on {device_name()}; {stored}{dry}")
+        # the DRY RUN warning first: log() wraps long lines between words, and must not split it
+        dry = "DRY RUN: synthetic data, every loop cut short, numbers meaningless. " if dry_run else ""
+        log(f"{dry}Profile '{profile}' on {device_name()}; {stored}")
         self._meta: dict = {}
         self._summary = display(Markdown(PENDING), display_id=True) if get_ipython() is not None else None
 
