@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+import lib.data as D
 from lib import claims as C
 from lib.errors import ConfigError
 from lib.params import stage_config
-from lib.stages import compare
+from lib.stages import compare, p2_pgn
 
 
 def _config(profile: str, **override) -> compare.Config:
@@ -187,3 +188,26 @@ def test_a_comparison_is_decided_by_its_interval_over_seeds_and_images(pgn, fgsm
     assert not claim.failed_gates, [str(g) for g in claim.failed_gates]
     assert claim.interval.n_seeds == 3 and claim.interval.n_images == 300
     assert claim.verdict == verdict, (claim.interval, claim.verdict)
+
+
+def test_the_reference_faithful_pgn_trains_as_the_atpgn_code_does():
+    cfg = _config("smoke")
+    split = D.Split(torch.rand(640, 1, 28, 28), torch.randint(0, 10, (640,)))
+    source = compare._new_source("p2_pgn_reference", 0.03, _Shape(), split, cfg)
+    steps = 640 // cfg.batch_size
+    assert source.shared and source.optimizer is None  # one Adam: G joins the classifier's optimiser
+    assert source.average is not None  # the moving average covers the generator too
+    assert source.generator.leaky  # the reference generator: leaky ReLU, He init, image in [-1, 1]
+    training = compare.reference_training("p2_pgn_reference", split, cfg)
+    assert training["ema_decay"] == pytest.approx(p2_pgn.reference_decay(steps))  # and the classifier's weights
+    x = torch.rand(8, 1, 28, 28)
+    torch.manual_seed(0)
+    assert not torch.equal(training["augment"](x), x)  # flip + shift of every batch
+    assert compare.reference_training("p2_pgn", split, cfg) == {}  # ours: none of it
+    ours = compare._new_source("p2_pgn", 0.03, _Shape(), split, cfg)
+    assert not ours.shared and ours.average is None
+    assert not ours.generator.leaky
+
+
+class _Shape:
+    shape, num_classes = (1, 28, 28), 10

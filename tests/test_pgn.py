@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -172,12 +174,23 @@ def test_paper_profile_is_the_papers_setting():
     assert all(getattr(cfg, k) for k in pgn.REFERENCE_CHOICES)
 
 
-def test_cpu_profile_checks_the_reference_choices_from_the_papers_protocol():
+def test_cpu_profile_checks_each_reference_choice_its_protocol_does_not_make():
     cfg = _config("cpu")
-    assert cfg.reference_check and not any(getattr(cfg, k) for k in pgn.REFERENCE_CHOICES)
-    for choice in pgn.REFERENCE_CHOICES:
-        with pytest.raises(ConfigError, match="reference_check retrains"):
-            _config("cpu", **{choice: True})
+    off = [k for k in pgn.REFERENCE_CHOICES if not getattr(cfg, k)]
+    assert cfg.reference_check and cfg.leaky_classifier and off  # the cpu protocol takes the reference's classifier
+    variants = pgn.reference_variants(cfg, 70)
+    rows = [opts for name, opts in variants.items() if name != pgn.OURS and not name.startswith("all of them")]
+    assert not any("leaky_classifier" in opts for opts in rows)  # a choice already made is no difference: no row
+    assert {k for opts in rows for k in opts if k in pgn.REFERENCE_CHOICES} == set(off)
+    assert all(variants["all of them (reference-faithful PGN)"].get(k) for k in off)
+    with pytest.raises(ConfigError, match="reference_check retrains"):
+        _config("cpu", **{choice: True for choice in pgn.REFERENCE_CHOICES})
+
+
+def test_a_reference_variant_keeps_the_choices_the_protocol_makes():
+    cfg = _config("cpu")
+    merged = replace(pgn.Choices.of(cfg), shared_adam=True)
+    assert merged.leaky_classifier and merged.shared_adam and not merged.augment
 
 
 def test_leaky_generator_is_he_initialised_and_leaky():
@@ -202,9 +215,7 @@ def _robust(fgm: float, mim: float, aa: float, sec: float = 1.0, n: int = 1000) 
 
 def test_reference_finding_names_the_choices_that_close_the_gap_and_those_that_do_not():
     variants = list(pgn.reference_variants(_config("cpu"), 30))
-    assert (
-        variants[0] == "ours (the paper's protocol)" and variants[-1].startswith("all of them") and len(variants) == 8
-    )
+    assert variants[0] == pgn.OURS and variants[-1].startswith("all of them") and len(variants) == 7
     ref = {"FGM-AT": _robust(0.60, 0.50, 0.40), variants[0]: _robust(0.40, 0.30, 0.20, sec=2.0)}
     ref |= {v: _robust(0.40, 0.30, 0.20, sec=2.0) for v in variants[1:]}
     ref[variants[1]] = _robust(0.50, 0.40, 0.25, sec=2.0)  # c_L: +10 points under FGM and MIM
@@ -396,6 +407,9 @@ def test_an_ablation_not_run_is_one_not_testable_claim(synthetic, monkeypatch):
         dict(ema_decay=1.5),
         dict(c_l=[-1.0]),
         dict(ablation_min_drop=1.0),
+        dict(pgd_epochs=0),
+        dict(lr_schedule="step"),
+        dict(n_clean_test=0),
     ],
 )
 def test_bad_config_is_rejected(bad):
@@ -415,3 +429,14 @@ def test_the_cl_curve_reads_the_perturbation_size_against_the_matched_budget():
     assert table["× FGM-AT eps 0.5"].round(6).tolist() == [4.8, 2.0, 0.2]
     assert table["MIM %"].round(6).tolist() == [10.0, 30.0, 40.0]
     pgn.figure_cl(r, _config("cpu"), "test")
+
+
+def test_pgd_at_alone_trains_its_own_epochs_and_benign_accuracy_reads_every_clean_test_image(synthetic, monkeypatch):
+    ds = synthetic("fashion_mnist", (1, 28, 28), 120)
+    monkeypatch.setattr(D, "load", lambda name, prepared_dir=None: ds)
+    cfg = _config("smoke", pgd_epochs=3, n_train=None, n_test=30, n_val=20, n_rho=8, track_n=8, n_examples=4)
+    assert [cfg.epochs_of(k) for k in pgn.DEFENCES] == [cfg.epochs, cfg.epochs, 3, cfg.epochs]
+    data = pgn.load_data("fashion_mnist", cfg, None)
+    assert len(data.test[1]) == 30 and len(data.clean[1]) == 120  # benign accuracy: every test image
+    runs = {k: pgn.train_defence(k, 0.5, data, cfg, desc=f"test {k}")[0] for k in ("PGD-AT", "FGM-AT")}
+    assert len(runs["PGD-AT"].history) == 3 and len(runs["FGM-AT"].history) == cfg.epochs

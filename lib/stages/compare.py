@@ -50,7 +50,7 @@ from lib.methods import single_step_reuse as p3
 from lib.report import ERROR_BARS, accuracy_curve, evaluation, legend_outside
 from lib.runtime import device, seed_everything
 from lib.stages import Result
-from lib.stages.p2_pgn import perturbation_ratio
+from lib.stages.p2_pgn import perturbation_ratio, reference_decay, reference_flip_shift
 from lib.stages.p3_single_step_reuse import past_one_reset
 from lib.train import (
     LR_SCHEDULES,
@@ -70,6 +70,7 @@ DEFENCES = {
     "pgd_at": ("PGD-AT, 10 steps", "reference (Madry et al.)", "eps (L∞)"),
     "p1_generator_ensemble": ("p1 conv-generator ensemble", "Jung", "box s (L∞)"),
     "p2_pgn": ("p2 PGN", "PGN (ICLR-2020 submission)", "c_L (L2 penalty)"),
+    "p2_pgn_reference": ("p2 PGN, reference-faithful", "PGN as its public code (ATPGN) trains it", "c_L (L2 penalty)"),
     "p3_single_step_reuse": ("p3 single-step reuse", "Liu, Khalil, Khreishah", "eps (L∞)"),
     "p4_transfer_augmentation": ("p4 transfer augmentation", "Ali, Raza, Gan", "eps (L∞) of the FGSM set"),
     "p5_alternating_gan": ("p5 alternating GAN", "Xia & Liu", "eps (L∞ bound of G)"),
@@ -106,6 +107,7 @@ class Config:
             "pgd_at": [4 / 255, 8 / 255],
             "p1_generator_ensemble": [0.03, 0.06],
             "p2_pgn": [0.005, 0.016],
+            "p2_pgn_reference": [0.005, 0.016],
             "p3_single_step_reuse": [4 / 255, 8 / 255],
             "p4_transfer_augmentation": [0.01, 0.03],
             "p5_alternating_gan": [4 / 255, 8 / 255],
@@ -231,6 +233,14 @@ def _new_source(defence: str, value, ds: D.Dataset, train_split: D.Split, cfg: C
             return p2.PGNSource(
                 p2.PGNGenerator(shape, k, cfg.gen_width, cfg.gen_dense).to(device()), c_l=value, lr=cfg.lr
             )
+        if defence == "p2_pgn_reference":  # its generator (leaky, He init), one Adam, the average of both networks
+            return p2.PGNSource(
+                p2.PGNGenerator(shape, k, cfg.gen_width, cfg.gen_dense, leaky=True).to(device()),
+                c_l=value,
+                lr=cfg.lr,
+                shared=True,
+                ema_decay=reference_ema(train_split, cfg),
+            )
         if defence == "p3_single_step_reuse":
             return p3.StoredPerturbation(len(train_split), shape, value, value * cfg.step_fraction, cfg.reset_every)
         if defence == "p5_alternating_gan":
@@ -254,6 +264,21 @@ class Trained:
     def setting(self) -> str:
         knob = DEFENCES[self.defence][2]
         return "—" if self.value is None else f"{knob.split(' ')[0]} {self.value:.4g}"
+
+
+def reference_ema(train_split: D.Split, cfg: Config) -> float:
+    """The reference-faithful PGN's moving-average decay: ATPGN's 0.998 a step, scaled to this run's steps
+    per epoch (the same half-life in epochs; p2's :func:`~lib.stages.p2_pgn.reference_decay`)."""
+    return reference_decay(math.ceil(len(train_split) / cfg.batch_size))
+
+
+def reference_training(defence: str, train_split: D.Split, cfg: Config) -> dict:
+    """What the reference-faithful PGN changes in the classifier's training: the moving average of its weights
+    and ATPGN's random flip + shift of every batch (none for the other defences). The classifier stays the
+    common architecture, so the reference's leaky ReLU and He init do not apply here."""
+    if defence != "p2_pgn_reference":
+        return {}
+    return {"ema_decay": reference_ema(train_split, cfg), "augment": reference_flip_shift()}
 
 
 def fit(
@@ -282,6 +307,7 @@ def fit(
         clean_weight=cfg.clean_weight.get(defence, 0.0),
         seed=seed,
         lr_schedule=cfg.lr_schedule,
+        **reference_training(defence, split, cfg),
     )
     loader = D.loader(split, cfg.batch_size, shuffle=True, seed=seed, with_index=True)
     desc = f"{DEFENCES[defence][0]} {'' if value is None else f'{value:.4g}'}"
@@ -840,6 +866,7 @@ def plan(cfg: Config) -> P.StagePlan:
         "pgd_at": 11,
         "p1_generator_ensemble": 3,
         "p2_pgn": 3,
+        "p2_pgn_reference": 3,
         "p3_single_step_reuse": 2,
         "p4_transfer_augmentation": 1,
         "p5_alternating_gan": 2,

@@ -15,7 +15,7 @@ that its benign accuracy is closest to the baseline's before rho is compared.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypedDict
 
@@ -57,6 +57,7 @@ from lib.report import ERROR_BARS, accuracy_curve, comparison, evaluation, legen
 from lib.runtime import device, seed_everything
 from lib.stages import Result
 from lib.train import (
+    LR_SCHEDULES,
     AttackSource,
     Clean,
     TrainConfig,
@@ -110,15 +111,18 @@ class Config:
     profile: str = "smoke"
     datasets: list[str] = field(default_factory=lambda: ["cifar100", "cifar10"])
     n_train: int | None = None
-    n_test: int | None = None  # FGM, MIM, black-box and benign accuracy
+    n_test: int | None = None  # FGM, MIM, AutoAttack and black-box accuracy
+    n_clean_test: int | None = None  # benign accuracy (None: every test image; it is cheap and the matching reads it)
     n_val: int = 5000  # validation images held out of the training split (the convergence gates read them)
     n_rho: int = 1000  # DeepFool and C&W (the paper does not say how many; C&W is costly)
     width: float = 1.0  # ConvPool-CNN width multiplier
     gen_width: int = 128
     gen_dense: int = 1024
     epochs: int = 200
+    pgd_epochs: int | None = None  # PGD-AT's epochs (None: ``epochs``): it converges slower than the other defences
     batch_size: int = 128
     lr: float = 5e-4
+    lr_schedule: str = "constant"  # the classifier's Adam lr: constant (the paper) or cosine-annealed over `epochs`
     gen_lr: float | None = None  # the generator's Adam lr; None = lr (the paper gives one lr)
     ema_decay: float = 0.998
     clean_weight: float = 0.0  # the reference trains the classifier on adversarial examples only
@@ -191,6 +195,11 @@ class Config:
             "n_examples",
         ):
             require(int(getattr(self, name)) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        require(self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}")
+        require(
+            self.pgd_epochs is None or int(self.pgd_epochs) >= 1,
+            f"pgd_epochs must be >= 1 or null, got {self.pgd_epochs}",
+        )
         require(self.gen_lr is None or self.gen_lr > 0, f"gen_lr must be > 0 or null, got {self.gen_lr}")
         require(0 <= self.ablation_min_drop < 1, f"ablation_min_drop must be in [0, 1), got {self.ablation_min_drop}")
         for name in ("lr", "width", "fgm_eps", "mim_eps", "cw_initial_const", "cw_lr"):
@@ -211,12 +220,12 @@ class Config:
         require(
             self.grad_reduction in ("mean", "sum"), f"grad_reduction must be mean or sum, got '{self.grad_reduction}'"
         )
-        for name in ("n_train", "n_test", "n_rho"):
+        for name in ("n_train", "n_test", "n_clean_test", "n_rho"):
             require(getattr(self, name) is None or getattr(self, name) > 0, f"{name} must be positive")
         require(int(self.n_val) >= 1, f"n_val must be >= 1, got {self.n_val}")
         require(
-            not (self.reference_check and any(getattr(self, k) for k in REFERENCE_CHOICES)),
-            "reference_check retrains with the reference's choices one at a time: it needs "
+            not (self.reference_check and all(getattr(self, k) for k in REFERENCE_CHOICES)),
+            "reference_check retrains with each reference choice the protocol does not make: it needs at least one of "
             + ", ".join(REFERENCE_CHOICES)
             + " false",
         )
@@ -224,6 +233,10 @@ class Config:
         S.check_autoattack_settings(self.autoattack, self.autoattack_iterations, targets=self.autoattack_targets)
         require(0 <= self.reference_shift < 0.5, f"reference_shift must be in [0, 0.5), got {self.reference_shift}")
         return self
+
+    def epochs_of(self, kind: str) -> int:
+        """The epochs ``kind`` trains: ``pgd_epochs`` for PGD-AT when set, else ``epochs``."""
+        return self.pgd_epochs if kind == "PGD-AT" and self.pgd_epochs is not None else self.epochs
 
     @property
     def generator_lr(self) -> float:
@@ -283,6 +296,12 @@ def reference_classifier(model: nn.Module, seed: int) -> nn.Module:
     return model
 
 
+def reference_flip_shift(shift: float = 0.125) -> Conventional:
+    """ATPGN's augmentation of every training batch: a random horizontal flip and a random shift of up to
+    ``shift`` of the image size (4 of CIFAR's 32 pixels)."""
+    return Conventional(degrees=0.0, flip=True, scale=(1.0, 1.0), shift=shift, brightness=0.0, noise_std=0.0)
+
+
 def reference_decay(steps_per_epoch: int) -> float:
     """The reference's EMA decay (0.998 a step, 391 steps an epoch) scaled to ``steps_per_epoch``: the same
     half-life in epochs (0.998 ** (391 / steps)), so the average spans the same share of training."""
@@ -291,14 +310,15 @@ def reference_decay(steps_per_epoch: int) -> float:
 
 @dataclass
 class Data:
-    """One dataset's splits: training, validation (held out of training), the accuracy test set and its
-    first ``n_rho`` images for the minimal attacks."""
+    """One dataset's splits: training, validation (held out of training), the attacks' test set, its
+    first ``n_rho`` images for the minimal attacks, and the benign-accuracy test set."""
 
     ds: D.Dataset
     train: D.Split
     val: tuple[torch.Tensor, torch.Tensor]
     test: tuple[torch.Tensor, torch.Tensor]
     rho: tuple[torch.Tensor, torch.Tensor]
+    clean: tuple[torch.Tensor, torch.Tensor]
 
 
 def load_data(name: str, cfg: Config, data_dir) -> Data:
@@ -311,7 +331,8 @@ def load_data(name: str, cfg: Config, data_dir) -> Data:
     train_split, val_split = D.hold_out(
         D.subset(ds.train, cfg.n_train, cfg.seed, f"{name} train"), cfg.n_val, cfg.seed, f"{name} train"
     )
-    return Data(ds, train_split, D.tensors(val_split), (x, y), (x[:n_rho], y[:n_rho]))
+    clean = D.tensors(D.subset(ds.test, cfg.n_clean_test, cfg.seed + 1, f"{name} test"))
+    return Data(ds, train_split, D.tensors(val_split), (x, y), (x[:n_rho], y[:n_rho]), clean)
 
 
 def build_generator(
@@ -373,18 +394,16 @@ def train_defence(
         model = reference_classifier(model, seed)
     model = model.to(device())
     source = defence_source(kind, value, data, cfg, use, choices, ema_decay)
-    flip_shift = Conventional(
-        degrees=0.0, flip=True, scale=(1.0, 1.0), shift=cfg.reference_shift, brightness=0.0, noise_std=0.0
-    )
     tc = TrainConfig(
-        epochs=cfg.epochs,
+        epochs=cfg.epochs_of(kind),
         batch_size=cfg.batch_size,
         lr=cfg.lr,
+        lr_schedule=cfg.lr_schedule,
         optimizer="adam",
         clean_weight=cfg.clean_weight if kind != "Baseline" else 0.0,
         ema_decay=ema_decay,
         seed=seed,
-        augment=flip_shift if choices.augment else None,
+        augment=reference_flip_shift(cfg.reference_shift) if choices.augment else None,
     )
     loader = D.loader(data.train, cfg.batch_size, shuffle=True, seed=seed, with_index=True)
     desc = desc or f"{kind} {value if value is not None else ''}"
@@ -432,7 +451,7 @@ def fit(kind: str, value: float | None, data: Data, cfg: Config, **kw) -> Traine
         kind,
         value,
         result,
-        accuracy(model, *data.test),
+        accuracy(model, *data.clean),
         minimal_norms(model, *data.rho, A.cw_l2, **cfg.cw),
         source,
         kw.get("width") or cfg.width,
@@ -520,7 +539,8 @@ def attack_strength(model: nn.Module, data: Data, cfg: Config) -> dict:
 
 def reference_variants(cfg: Config, steps_per_epoch: int) -> dict[str, dict]:
     """The reference code's (ATPGN) choices that our protocol does not make, one at a time, then all
-    together: each a change of PGN's training (its c_L, or :class:`Choices` fields)."""
+    together: each a change of PGN's training (its c_L, or :class:`Choices` fields). A choice the
+    protocol already makes (``cfg``) is no difference, so it has no row."""
     scaled = {"ema_both": True, "ema_decay": round(reference_decay(steps_per_epoch), 4)}
     one_at_a_time = {
         f"c_L {cfg.reference_c_l:g} (the reference's default)": {"c_l": cfg.reference_c_l},
@@ -530,11 +550,17 @@ def reference_variants(cfg: Config, steps_per_epoch: int) -> dict[str, dict]:
         "reference generator (leaky ReLU, He init, image in [-1, 1])": {"leaky_generator": True},
         "random flip + shift": {"augment": True},
     }
+    new = {
+        k: v
+        for k, v in one_at_a_time.items()
+        if "c_l" in v or any(not getattr(cfg, c) for c in v if c in REFERENCE_CHOICES)
+    }
     together = {k: v for opts in one_at_a_time.values() for k, v in opts.items()}
-    return {"ours (the paper's protocol)": {}, **one_at_a_time, "all of them (reference-faithful PGN)": together}
+    return {OURS: {}, **new, "all of them (reference-faithful PGN)": together}
 
 
 REFERENCE_ATTACKS = ("fgm", "mim", "autoattack")
+OURS = "ours (this profile's protocol)"  # the reference check's row of the PGN it retrains
 
 
 def cl_curve(pgns: dict[float, Trained], data: Data, cfg: Config) -> list[dict]:
@@ -610,7 +636,7 @@ def reference_check(matched: dict[str, Trained], data: Data, cfg: Config, transf
     out = {"FGM-AT": _robust(matched["FGM-AT"], data, cfg)}
     for variant, opts in reference_variants(cfg, steps).items():
         c_l = opts.get("c_l", pgn.value)
-        choices = Choices(**{k: v for k, v in opts.items() if k != "c_l"})
+        choices = replace(Choices.of(cfg), **{k: v for k, v in opts.items() if k != "c_l"})
         t = pgn if not opts else fit("PGN", c_l, data, cfg, desc=reference_desc(opts, f"{c_l:g}"), choices=choices)
         out[variant] = {**_robust(t, data, cfg), "c_l": c_l, "sec_per_epoch": t.result.sec_per_epoch}
         if variant.startswith("all of them"):
@@ -708,7 +734,7 @@ def run_dataset(name: str, cfg: Config, data_dir) -> DatasetMeasurements:
         "capacity": capacity,
         "strength": strength,
         "track": [h for h in sweep[("FGM-AT", cfg.track_eps)].result.history if "benign" in h],
-        "surrogate_accuracy": accuracy(surrogate, *data.test),
+        "surrogate_accuracy": accuracy(surrogate, *data.clean),
     }
 
 
@@ -747,7 +773,8 @@ def samples(r: dict) -> dict[str, int]:
     return {
         "train": len(d.train),
         "validation": len(d.val[1]),
-        "test": len(d.test[1]),
+        "test (attacks)": len(d.test[1]),
+        "test (benign accuracy)": len(d.clean[1]),
         "rho (DeepFool, C&W)": len(d.rho[1]),
     }
 
@@ -887,7 +914,7 @@ def reference_table(r: dict) -> pd.DataFrame:
     accuracy under FGM, MIM and AutoAttack-L2 (%), its change against our PGN (points, 95% paired interval
     over the test images) and its cost (time per epoch over ours); the matched FGM-AT's row for the gap."""
     ref = r["reference"]
-    ours = ref["ours (the paper's protocol)"]
+    ours = ref[OURS]
     rows = []
     for variant, v in ref.items():
         row = {"difference": variant, "benign %": 100 * v["benign"]}
@@ -910,11 +937,11 @@ ATTACK_NAMES = {"fgm": "FGM", "mim": "MIM", "autoattack": "AutoAttack-L2"}
 def reference_effects(r: dict) -> dict[str, dict[str, I.Interval]]:
     """Per reference choice, the change of PGN's accuracy under each attack against our PGN (points, paired)."""
     ref = r["reference"]
-    ours = ref["ours (the paper's protocol)"]["correct"]
+    ours = ref[OURS]["correct"]
     return {
         variant: {a: I.paired_difference(v["correct"][a], ours[a]) for a in REFERENCE_ATTACKS}
         for variant, v in ref.items()
-        if variant not in ("FGM-AT", "ours (the paper's protocol)")
+        if variant not in ("FGM-AT", OURS)
     }
 
 
@@ -924,7 +951,7 @@ def reference_finding(r: dict) -> str:
     if not r["reference"]:
         return "The reference-code check was not run (`reference_check` false)."
     ref = r["reference"]
-    ours, fgm_at = ref["ours (the paper's protocol)"]["correct"], ref["FGM-AT"]["correct"]
+    ours, fgm_at = ref[OURS]["correct"], ref["FGM-AT"]["correct"]
     gap = {a: I.paired_difference(fgm_at[a], ours[a]) for a in ("fgm", "mim")}
     text = f"With our protocol, FGM-AT's accuracy minus PGN's: {gap['fgm']} points under FGM, {gap['mim']} under MIM (95%). "
     verdicts: dict[str, list[str]] = {"closes part of the gap": [], "widens it": [], "no clear effect": []}
@@ -1001,7 +1028,7 @@ def figure3(r: dict, cfg: Config, subtitle: str) -> plt.Figure:
                 ax,
                 [p["mean_l2"] for p in pts],
                 [p["acc"] for p in pts],
-                samples(r)["test"],
+                samples(r)["test (attacks)"],
                 marker=marker,
                 label=attack if attack != "PGN" else "PGN (generator vs fixed classifier)",
             )
@@ -1396,7 +1423,9 @@ def plan(cfg: Config) -> P.StagePlan:
         n, width, epochs = P.train_size(name, cfg.n_train, cfg.n_val), cfg.width, cfg.epochs
         runs = [("Baseline (clean)", 1, width, epochs), ("independent network (black-box source)", 1, width, epochs)]
         runs += [(f"FGM-AT eps {eps:g}", 1 + both, width, epochs) for eps in cfg.at_eps]
-        runs += [(f"PGD-AT eps {eps:g}", cfg.pgd_train_steps + both, width, epochs) for eps in cfg.pgd_eps]
+        runs += [
+            (f"PGD-AT eps {eps:g}", cfg.pgd_train_steps + both, width, cfg.epochs_of("PGD-AT")) for eps in cfg.pgd_eps
+        ]
         runs += [(f"PGN c_L {c_l:g}", pgn, width, epochs) for c_l in cfg.c_l]
         runs += [
             (f"PGN ablation: no {drop}", pgn, width, epochs) for drop in ("label", "image", "gradient") if cfg.ablation
