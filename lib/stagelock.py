@@ -40,6 +40,15 @@ def _read_owner(path: Path) -> dict | None:
     return owner if isinstance(owner, dict) else None
 
 
+def _owner_once_written(path: Path, wait_s: float = 3.0) -> dict | None:
+    """The owner record of the run holding the lock, waiting up to ``wait_s`` for it: the holder writes it just
+    after taking the lock, and on a loaded machine a second run can look in between."""
+    deadline = time.monotonic() + wait_s
+    while (owner := _read_owner(path)) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return owner
+
+
 def _describe(owner: dict | None) -> str:
     if owner is None:
         return "PID unknown"
@@ -59,13 +68,15 @@ def stage_lock(results_root: Path, stage: str) -> Iterator[dict | None]:
         lock.acquire()
     except Timeout:
         raise StageBusy(
-            f"{stage} is already running ({_describe(_read_owner(owner_file))}); wait for it to "
+            f"{stage} is already running ({_describe(_owner_once_written(owner_file))}); wait for it to "
             "finish, or stop it, before starting another run of this stage"
         ) from None
     try:
         stale = _read_owner(owner_file) if owner_file.exists() else None
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
-        owner_file.write_text(json.dumps({"pid": os.getpid(), "started": started}) + "\n")
+        written = owner_file.with_name(owner_file.name + ".tmp")  # whole or absent: a reader never sees half
+        written.write_text(json.dumps({"pid": os.getpid(), "started": started}) + "\n")
+        os.replace(written, owner_file)
         yield stale
     finally:
         owner_file.unlink(missing_ok=True)
