@@ -42,8 +42,8 @@ SAME_ARCH_POINTS = 3.0  # or within this of the same architecture's converged cl
 PERTURBATION_RATIO = 2.0  # a generator's mean L2 perturbation within this factor of the matched budget
 REGIME_POINTS = 10.0  # the undefended model's accuracy under the claim's attack within this of the paper's
 MASKED_POINTS = 5.0  # an attack is masked on a model when AutoAttack is more than this below it
-TIMING_REPEATS = 5  # a timing claim reads the median of at least this many timed repeats (in one process)
-TIMING_SPREAD = 0.25  # and its repeats agree: (max - min) / median at most this
+TIMING_REPEATS = 5  # a timing claim reads the median of at least this many interleaved rounds (in one process)
+TIMING_SPREAD = 0.25  # and its per-round ratios agree: interquartile range / median at most this
 
 
 @dataclass(frozen=True)
@@ -358,17 +358,17 @@ def evaluate(specs: Iterable[Spec], result: Any) -> list[Claim]:
     return [s.evaluate(result) for s in specs if s.applies is None or s.applies(result)]
 
 
-def epoch_seconds(history: Sequence[dict]) -> list[float]:
-    """The timed repeats of a training run: each epoch's wall time but the first (its warm-up)."""
-    return [h["seconds"] for h in history[1:]]
-
-
-def steady(name: str, repeats: Sequence[float]) -> list[Gate]:
-    """A timing claim's gates on one side: at least ``TIMING_REPEATS`` repeats, and they agree (their spread,
-    (max - min) / median, at most ``TIMING_SPREAD``: a loaded machine or a warm-up in the repeats fails it)."""
+def steady(name: str, numerator: Sequence[float], denominator: Sequence[float]) -> list[Gate]:
+    """A timing ratio's gates (``numerator`` and ``denominator`` timed in the same interleaved rounds, see
+    :mod:`lib.timing`): at least ``TIMING_REPEATS`` rounds, and the per-round ratios agree (their spread,
+    interquartile range / median, at most ``TIMING_SPREAD``: the claim reads their median, which one disturbed
+    round does not move, so one disturbed round does not fail it; a machine disturbed in many rounds does)."""
+    ratios = [a / b for a, b in zip(numerator, denominator, strict=True)]
     return [
-        at_least(f"{name}: timed repeats", len(repeats), TIMING_REPEATS),
-        at_most(f"{name}: spread of its timed repeats ((max - min) / median)", spread(repeats), TIMING_SPREAD),
+        at_least(f"{name}: interleaved timing rounds", len(ratios), TIMING_REPEATS),
+        at_most(
+            f"{name}: spread of the per-round ratios (interquartile range / median)", spread(ratios), TIMING_SPREAD
+        ),
     ]
 
 

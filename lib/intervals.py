@@ -4,8 +4,8 @@
 - the difference of two models' accuracies on the same images: a paired bootstrap (BCa) over the
   images; with several training seeds per model, a two-level bootstrap (seeds, then images, the
   same images for both models) so that the interval covers training variance as well;
-- a ratio of timings: the ratio of the medians of repeated measurements, its interval by a
-  bootstrap over the repeats;
+- a ratio of timings taken in interleaved rounds (:mod:`lib.timing`): the median of the per-round
+  ratios, its interval by a bootstrap over the rounds;
 - an exact McNemar test of two models on the same images (the discordant pairs, binomial).
 
 Accuracies and differences are in percent (points); :meth:`lib.claims.Rule.decide` reads an
@@ -118,22 +118,24 @@ def mcnemar(a: ArrayLike, b: ArrayLike) -> float:
     return 1.0 if only_a + only_b == 0 else stats.binomtest(only_a, only_a + only_b).pvalue
 
 
-def ratio_of_medians(numerator: ArrayLike, denominator: ArrayLike, seed: int = 0) -> Interval:
-    """The median of ``numerator``'s repeated timings over the median of ``denominator``'s, with a
-    percentile bootstrap interval over the repeats (each side resampled on its own)."""
-    num, den = np.asarray(numerator, dtype=float), np.asarray(denominator, dtype=float)
+def paired_ratio(numerator: ArrayLike, denominator: ArrayLike, seed: int = 0) -> Interval:
+    """The median of the per-round ratios ``numerator[i] / denominator[i]`` of timings taken in the same
+    interleaved rounds (a drift of the machine cancels in each), with a percentile bootstrap over the rounds."""
+    ratios = np.asarray(numerator, dtype=float) / np.asarray(denominator, dtype=float)
     rng = np.random.default_rng(seed)
-    boot_num = np.median(num[rng.integers(0, len(num), size=(RESAMPLES, len(num)))], axis=1)
-    boot_den = np.median(den[rng.integers(0, len(den), size=(RESAMPLES, len(den)))], axis=1)
-    low, high = np.quantile(boot_num / boot_den, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
-    repeats = min(len(num), len(den))
-    return Interval(float(np.median(num) / np.median(den)), float(low), float(high), f"median of {repeats} repeats", 0)
+    boot = np.median(ratios[rng.integers(0, len(ratios), size=(RESAMPLES, len(ratios)))], axis=1)
+    low, high = np.quantile(boot, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
+    return Interval(float(np.median(ratios)), float(low), float(high), f"median of {len(ratios)} interleaved rounds", 0)
 
 
 def spread(repeats: ArrayLike) -> float:
-    """How much repeated timings disagree: (max - min) / median (the gate of a timing claim)."""
+    """How much repeated measurements disagree, robustly: their interquartile range over their median (the
+    companion of a median: one disturbed repeat moves neither; the gate of a timing claim)."""
     r = np.asarray(repeats, dtype=float)
-    return float((r.max() - r.min()) / np.median(r)) if len(r) else math.nan
+    if not len(r):
+        return math.nan
+    q1, median, q3 = np.quantile(r, [0.25, 0.5, 0.75])
+    return float((q3 - q1) / median)
 
 
 def highest(intervals: list[Interval]) -> Interval:

@@ -327,13 +327,19 @@ def test_the_decisive_claim_is_the_first_decided_one():
     assert C.decisive([*ours, {"claim": "c", "verdict": "inconclusive"}])["claim"] == "Ours: a"  # else a decided check
 
 
-def test_a_timing_claim_is_gated_by_the_spread_of_its_repeats_not_their_count():
-    steady = C.steady("PGN's epochs", [10.0, 10.4, 9.9, 10.1, 10.2])
-    assert all(g.passed for g in steady) and steady[1].value == pytest.approx(0.05, abs=1e-3)
-    loaded = C.steady("PGN's epochs", [10.0, 14.0, 9.9, 10.1, 10.2])  # one repeat slowed by another process
-    assert loaded[0].passed and not loaded[1].passed
-    assert not C.steady("PGN's epochs", [10.0, 10.1])[0].passed  # two repeats: no median to trust
-    assert C.epoch_seconds([{"seconds": 30.0}, {"seconds": 10.0}, {"seconds": 10.5}]) == [10.0, 10.5]  # warm-up dropped
+def test_a_timing_claim_is_gated_by_the_spread_of_its_per_round_ratios_not_their_count():
+    pgn, fgm = [10.0, 10.4, 9.9, 10.1, 10.2], [5.0, 5.2, 5.0, 5.0, 5.1]
+    steady = C.steady("PGN / FGM-AT", pgn, fgm)
+    assert all(g.passed for g in steady) and steady[1].value == pytest.approx(0.01, abs=1e-2)
+    drifted = C.steady("PGN / FGM-AT", [10.0, 14.0, 9.9, 13.0, 10.2], [5.0, 7.0, 4.95, 6.5, 5.1])  # both slowed alike
+    assert all(g.passed for g in drifted)
+    once = C.steady("PGN / FGM-AT", [10.0, 14.0, 9.9, 10.1, 10.2], fgm)  # one round slowed on one side: the median
+    assert all(g.passed for g in once)  # the claim reads is not moved by it, and neither is the gate
+    often = C.steady("PGN / FGM-AT", [10.0, 14.0, 9.9, 13.5, 10.2, 14.2, 10.0], [5.0] * 7)  # a loaded machine
+    assert often[0].passed and not often[1].passed and often[1].value > C.TIMING_SPREAD
+    assert not C.steady("PGN / FGM-AT", [10.0, 10.1], [5.0, 5.0])[0].passed  # two rounds: no median to trust
+    with pytest.raises(ValueError):
+        C.steady("PGN / FGM-AT", [10.0, 10.1, 10.0], [5.0, 5.0])  # rounds must pair up
 
 
 def test_counts_add_to_a_metrics_file_that_holds_a_nan(tmp_path):

@@ -62,11 +62,15 @@ def test_seeds_widen_the_interval_of_a_difference():
     assert three.high - three.low > one.high - one.low
 
 
-def test_the_ratio_of_median_timings_and_its_spread():
-    r = I.ratio_of_medians([1.0, 1.1, 0.9, 1.0, 1.05], [2.0, 2.1, 1.9, 2.0, 2.2])
-    assert r.estimate == pytest.approx(0.5) and r.low < 0.5 < r.high and r.high < 0.9
-    assert C.below(0.9).decide(r.low, r.high) == "held"
-    assert I.spread([1.0, 1.1, 0.9, 1.0, 1.05]) == pytest.approx(0.2)
+def test_the_median_per_round_ratio_cancels_a_drift_that_hits_both_sides():
+    drift = np.array([1.0, 1.3, 1.0, 0.9, 1.25, 1.0, 1.1])  # the machine's speed, round by round
+    r = I.paired_ratio(0.5 * drift, 1.0 * drift)
+    assert (r.estimate, r.low, r.high) == pytest.approx((0.5, 0.5, 0.5))  # every round's ratio is exactly 0.5
+    noisy = I.paired_ratio([1.0, 1.1, 0.9, 1.0, 1.05], [2.0, 2.1, 1.9, 2.0, 2.2])
+    assert noisy.low < noisy.estimate < noisy.high < 0.9 and C.below(0.9).decide(noisy.low, noisy.high) == "held"
+    assert noisy.method == "median of 5 interleaved rounds"
+    assert I.spread([1.0, 1.1, 0.9, 1.0, 1.05]) == pytest.approx(0.05)  # interquartile range / median
+    assert I.spread([1.0, 1.1, 0.9, 1.0, 9.0]) == pytest.approx(0.1)  # one wild repeat barely moves it
 
 
 @pytest.mark.parametrize(

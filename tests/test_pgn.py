@@ -338,9 +338,12 @@ def test_paper_profile_code_path_one_batch_on_cifar_shaped_data(synthetic, monke
         attack_eps=[0.5],
         attack_pgd_steps=2,
         n_examples=2,
+        timing_rounds=2,
+        timing_batches=1,
     )
     r = pgn.run_dataset("cifar10", cfg, None)
     assert set(r["matched"]) == set(pgn.DEFENCES) and len(r["ablation"]) == 4 and len(r["capacity"]) == 2
+    assert {k: len(v) for k, v in r["timing"].items()} == {"FGM-AT": 2, "PGN": 2, "PGD-AT": 2}  # interleaved rounds
     assert r["sweep"][("PGN", 50.0)].source.generator.in_shape == (3, 32, 32)
     table = pgn.results_table(r)
     assert len(table) == 16 and table["benign acc paper"].iloc[0] == 100 * pgn.PAPER["cifar10"]["Baseline"]["benign"]
