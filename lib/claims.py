@@ -532,7 +532,9 @@ def _number(v):
 
 
 def _fmt(v) -> str:
-    if isinstance(v, bool) or v is None:
+    if v is None:  # a claim not run has no number of ours
+        return "—"
+    if isinstance(v, bool):
         return str(v)
     if isinstance(v, float):
         return "n/a" if math.isnan(v) else f"{v:.4g}"

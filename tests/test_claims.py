@@ -222,6 +222,7 @@ def test_a_claim_not_run_is_listed_as_not_run_with_no_constant_gate():
     )
     assert c.verdict == "not run" and c.ours is None and c.gates == []
     assert "Not run: the ablation is not in this profile" in c.markdown()
+    assert "ours —" in c.markdown() and "| no gradient | — | **not run** |" in C.summary_table([c])  # no "None"
     assert C.counts([c])["claims_not_run"] == 1 and C.counts([c])["claims_not_testable"] == 0
 
 

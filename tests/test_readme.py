@@ -72,7 +72,7 @@ def test_verdict_counts_per_stage_and_in_total(tmp_path):
     assert (
         "- **p3** Liu, Khalil, Khreishah, *Using Intuition from Empirical Properties to Simplify Adversarial "
         "Training Defense* (DSN-W 2019; [arXiv:1906.11729](https://arxiv.org/abs/1906.11729)): **replicates in part** "
-        "— decisive claim: c: ours None (did not hold)"
+        "— decisive claim: c: ours — (did not hold)"
     ) in text
     assert "No `claims.json` yet: p1_conv_generator_ensemble, p2_pgn, p4_resnet_transfer_augmentation, compare." in text
     assert readme.render(tmp_path).index("### Answers") < readme.render(tmp_path).index("### p1")
