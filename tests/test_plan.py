@@ -32,8 +32,14 @@ def test_units_follow_epochs_examples_and_attack_steps():
     plan = {m.name.split()[-1]: m for m in P.plan_stage("p3_single_step_reuse", p).models}
     assert plan["vanilla"].units == p["epochs"]  # one clean epoch per epoch
     assert plan["bim10_adv"].units == p["epochs"] * (10 + 2)  # ten attack steps + adversarial and clean passes
+    assert plan["runs"].epochs == 1  # the cost claims' timing: a fixed number of batches, whatever the epochs
     doubled = P.plan_stage("p3_single_step_reuse", {**p, "epochs": 2 * p["epochs"]})
-    assert doubled.units == 2 * P.plan_stage("p3_single_step_reuse", p).units
+    timing = plan["runs"].units
+    assert doubled.units - timing == pytest.approx(
+        2 * (P.plan_stage("p3_single_step_reuse", p).units - timing), abs=0.1
+    )
+    rounds = P.plan_stage("p3_single_step_reuse", {**p, "timing_rounds": 2 * p["timing_rounds"] + 1})
+    assert {m.name: m.units for m in rounds.models}["timing runs"] == pytest.approx(2 * timing)  # (1 + rounds) runs
     cpu = load_stage_params("p3_single_step_reuse", "cpu")
     assert (
         cpu["n_train"] - cpu["n_val"] == P.plan_stage("p3_single_step_reuse", p).train_examples

@@ -177,7 +177,7 @@ class Config:
     seed: int = 0
     max_batches: int | None = None  # cap batches per epoch (tests only)
     timing_rounds: int = 7  # the cost claim: interleaved rounds of the matched defences' training (lib.timing)
-    timing_batches: int = 10  # batches per defence per round
+    timing_batches: int = 20  # batches per defence per round
 
     def validate(self) -> Config:
         require(len(self.datasets) >= 1, "datasets must not be empty")

@@ -100,7 +100,7 @@ class Config:
     seeded: list[str] = field(default_factory=lambda: ["proposed", "atda"])  # the two sides of the gain claims
     max_batches: int | None = None  # cap batches per epoch (tests only)
     timing_rounds: int = 7  # the cost claims: interleaved rounds of the timed defences' training (lib.timing)
-    timing_batches: int = 20  # batches per defence per round
+    timing_batches: int = 50  # batches per defence per round
 
     def validate(self) -> Config:
         require(int(self.timing_rounds) >= 1, f"timing_rounds must be >= 1, got {self.timing_rounds}")
