@@ -6,7 +6,11 @@
   same images for both models) so that the interval covers training variance as well;
 - a ratio of timings taken in interleaved rounds (:mod:`lib.timing`): the median of the per-round
   ratios, its interval by a bootstrap over the rounds;
-- an exact McNemar test of two models on the same images (the discordant pairs, binomial).
+- an exact McNemar test of two models on the same images (the discordant pairs, binomial);
+- the difference of two models' mean minimal perturbations (C&W norms) on the same images: a paired
+  BCa bootstrap over the images, each mean over the images where its attack succeeded;
+- any other statistic of per-image measurements (an epoch read off accuracy curves): a percentile
+  bootstrap over the images.
 
 Accuracies and differences are in percent (points); :meth:`lib.claims.Rule.decide` reads an
 interval against a claim's margin.
@@ -15,6 +19,8 @@ interval against a claim's margin.
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,6 +114,59 @@ def paired_difference(a: ArrayLike, b: ArrayLike, seed: int = 0) -> Interval:
     low, high = np.quantile(100 * (mean_a - mean_b), [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
     method = "two-level bootstrap (seeds, then images; percentile)"
     return Interval(estimate, float(low), float(high), method, n, min(a.shape[0], b.shape[0]))
+
+
+def mean_difference(a: ArrayLike, b: ArrayLike, seed: int = 0) -> Interval:
+    """Mean of ``a`` minus mean of ``b``, per-image measurements of two models on the same images (e.g.
+    C&W minimal norms), each mean over its finite values (NaN: nothing measured on that image, e.g. a
+    failed attack): a paired BCa bootstrap over the images."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"a paired mean difference needs one value per image of each: {a.shape} vs {b.shape}")
+
+    def statistic(x: np.ndarray, y: np.ndarray, axis: int) -> np.ndarray:
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a resample without one finite value: NaN
+            return np.nanmean(x, axis=axis) - np.nanmean(y, axis=axis)
+
+    estimate = float(statistic(a, b, axis=0))
+    method = "paired bootstrap (BCa), images"
+    if math.isnan(estimate):
+        return Interval(estimate, estimate, estimate, method, len(a))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)  # no spread: handled below
+        warnings.simplefilter("ignore", RuntimeWarning)  # BCa's acceleration of a resample without spread
+        res = stats.bootstrap(
+            (a, b),
+            statistic,
+            paired=True,
+            vectorized=True,
+            method="BCa",
+            confidence_level=CONFIDENCE,
+            n_resamples=RESAMPLES,
+            rng=np.random.default_rng(seed),
+        )
+    boot = res.bootstrap_distribution
+    if np.nanmax(boot) - np.nanmin(boot) <= 1e-9 * max(1.0, abs(estimate)):  # every resample alike: no spread
+        return Interval(estimate, estimate, estimate, method, len(a))
+    ci = res.confidence_interval
+    return Interval(estimate, float(ci.low), float(ci.high), method, len(a))
+
+
+def over_images(statistic: Callable[[np.ndarray], float], n: int, seed: int = 0) -> Interval:
+    """A statistic of per-image measurements, given the indices of the images it reads (``np.arange(n)``
+    for the run's own value), with a percentile bootstrap over the ``n`` images (for statistics that
+    are not means, e.g. an epoch read off accuracy curves, where BCa's smoothness does not hold)."""
+    ci = stats.bootstrap(
+        (np.arange(n),),
+        statistic,
+        vectorized=False,
+        method="percentile",
+        confidence_level=CONFIDENCE,
+        n_resamples=RESAMPLES,
+        rng=np.random.default_rng(seed),
+    ).confidence_interval
+    return Interval(float(statistic(np.arange(n))), float(ci.low), float(ci.high), "percentile bootstrap, images", n)
 
 
 def mcnemar(a: ArrayLike, b: ArrayLike) -> float:

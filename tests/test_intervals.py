@@ -93,3 +93,36 @@ def test_each_verdict_of_an_interval_against_a_margin(rule, low, high, verdict):
 def test_a_list_rule_has_no_interval_verdict():
     with pytest.raises(ValueError, match="ordered margin"):
         C.NONE_FLAGGED.decide(0.0, 1.0)
+
+
+def test_a_mean_difference_of_minimal_norms_reads_each_model_on_its_successful_images():
+    """C&W norms of two models on the same images; NaN (the attack failed, or nothing to attack) leaves
+    the image out of that model's mean only, as rho_cw does."""
+    a = np.array([1.0, 2.0, 3.0, np.nan])
+    b = np.array([1.0, 1.0, np.nan, 1.0])
+    d = I.mean_difference(a, b)
+    assert d.estimate == pytest.approx(2.0 - 1.0) and d.n_images == 4
+    shifted = I.mean_difference(b + 0.5, b)  # every image 0.5 apart: nothing to resample
+    assert (shifted.estimate, shifted.low, shifted.high) == pytest.approx((0.5, 0.5, 0.5))
+
+
+def test_a_clear_mean_difference_is_decided_and_noise_is_not():
+    rng = np.random.default_rng(3)
+    b = rng.lognormal(0.0, 0.4, 60)
+    clear = I.mean_difference(1.5 * b, b)
+    assert clear.low > 0 and C.not_below(0.0).decide(clear.low, clear.high) == "held"
+    assert C.not_below(0.0).decide(-clear.high, -clear.low) == "did not hold"
+    noise = I.mean_difference(b * rng.lognormal(0.0, 0.3, 60), b)
+    assert noise.low < 0 < noise.high and C.not_below(0.0).decide(noise.low, noise.high) == "inconclusive"
+
+
+def test_a_statistic_over_images_gets_a_percentile_interval_around_its_own_value():
+    """The bootstrap over images of a mean of 0/1 agrees with the exact binomial interval within a point;
+    a statistic that every resample gives alike has a point interval."""
+    right = np.r_[np.ones(300), np.zeros(700)]
+    boot = I.over_images(lambda idx: 100 * right[idx].mean(), len(right))
+    exact = I.accuracy(right)
+    assert boot.estimate == exact.estimate == 30.0
+    assert boot.low == pytest.approx(exact.low, abs=1.0) and boot.high == pytest.approx(exact.high, abs=1.0)
+    constant = I.over_images(lambda idx: 3.0, 50)
+    assert (constant.estimate, constant.low, constant.high) == (3.0, 3.0, 3.0)
