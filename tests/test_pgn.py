@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,7 +12,9 @@ import torch.nn.functional as F
 
 import lib.data as D
 import lib.models as M
+from lib import claims as C
 from lib.errors import ConfigError
+from lib.evaluate import rho_stats
 from lib.methods import pgn as method
 from lib.params import stage_config
 from lib.stages import p2_pgn as pgn
@@ -97,7 +100,11 @@ def test_the_minmax_step_moves_both_players_and_the_penalty_reaches_only_the_gen
     ],
 )
 def test_ablation_verdict_needs_the_largest_and_a_meaningful_drop(drops, held):
-    assert pgn.gradient_matters_most(0.533, drops, min_drop=0.05) is held
+    """Each ablated PGN's C&W norms are the full PGN's minus its drop on every image: the leads are exact."""
+    full = 0.533 + np.linspace(-0.1, 0.1, 60)
+    ablation = {"all inputs": _model(0.88, list(full))} | {k: _model(0.88, list(full - d)) for k, d in drops.items()}
+    lead = pgn.gradient_lead(ablation, min_drop=0.05)
+    assert C.above(0.0).decide(lead.low, lead.high) == ("held" if held else "did not hold"), lead
 
 
 @pytest.mark.parametrize("bad", [dict(use=("colour",)), dict(in_shape=(1, 30, 30))])
@@ -446,3 +453,76 @@ def test_pgd_at_alone_trains_its_own_epochs_and_benign_accuracy_reads_every_clea
     assert len(data.test[1]) == 30 and len(data.clean[1]) == 120  # benign accuracy: every test image
     runs = {k: pgn.train_defence(k, 0.5, data, cfg, desc=f"test {k}")[0] for k in ("PGD-AT", "FGM-AT")}
     assert len(runs["PGD-AT"].history) == 3 and len(runs["FGM-AT"].history) == cfg.epochs
+
+
+def _model(benign: float, norms: list[float]) -> SimpleNamespace:
+    """A trained defence as the claims read it: benign accuracy and per-image C&W norms (0: misclassified, inf: failed)."""
+    cw = torch.tensor(norms)
+    return SimpleNamespace(benign=benign, cw_norms=cw, cw=rho_stats(cw))
+
+
+def test_rho_cw_leads_read_each_model_on_its_successful_c_and_w_images():
+    """rho_cw's interval: a misclassified image (0) and a failed attack (inf) leave that model's mean only."""
+    pgn_model = _model(0.88, [0.0, 1.0, 2.0, float("inf")])
+    rival = _model(0.88, [1.0, 0.5, 0.5, 0.5])
+    assert list(np.isnan(pgn.successful_norms(pgn_model))) == [True, False, False, True]
+    assert pgn.rho_lead(pgn_model, rival).estimate == pytest.approx(1.5 - 0.625)
+
+
+def test_the_outer_curve_compares_each_pgn_level_with_each_rival_closest_in_benign_accuracy():
+    rng = np.random.default_rng(0)
+    base = list(rng.lognormal(0.0, 0.3, 60))
+    sweep = {
+        ("FGM-AT", 0.2): _model(0.88, base),
+        ("FGM-AT", 0.5): _model(0.80, [2 * v for v in base]),
+        ("PGD-AT", 0.2): _model(0.87, base),
+        ("PGN", 0.15): _model(0.86, [1.5 * v for v in base]),  # far above both of its closest rivals
+        ("PGN", 0.5): _model(0.81, [1.1 * v for v in base]),  # below FGM-AT eps 0.5 (0.80), closest to it
+    }
+    r = {"sweep": sweep}
+    pairs = pgn.outer_pairs(r)
+    assert [(level, rival is sweep[("FGM-AT", 0.5)]) for level, _, rival in pairs] == [
+        ("c_L 0.15", False),
+        ("c_L 0.15", False),
+        ("c_L 0.5", True),
+        ("c_L 0.5", False),
+    ]
+    assert pgn.outer_curve(r)[0] == ["c_L 0.5"]
+    spec = next(s for s in pgn.claim_specs("test", _config("cpu")) if "outer robustness curve" in s.claim)
+    interval = spec.interval(r)
+    assert interval.high < 0 and spec.rule.decide(interval.low, interval.high) == "did not hold"
+    del sweep[("FGM-AT", 0.5)]
+    interval = spec.interval(r)
+    assert interval.low > 0 and spec.rule.decide(interval.low, interval.high) == "held"
+
+
+def test_pgn_attackers_are_compared_with_pgd_interpolated_per_image_at_the_same_mean_l2():
+    """PGD at mean L2 1.0 (80% right) and 2.0 (40%); a PGN attacker at 1.5 reads PGD's 60%: per image, the
+    first 80% right weighted 0.5, the first 40% 0.5. A PGN attacker outside PGD's range is not comparable."""
+
+    def point(l2: float, acc: float, n: int = 500) -> dict:
+        return {"mean_l2": l2, "acc": acc, "correct": (np.arange(n) < round(acc * n)).astype(np.int8)}
+
+    r = {"strength": {"FGM-AT": {"PGD": [point(2.0, 0.4), point(1.0, 0.8)], "PGN": [point(1.5, 0.5), point(3.0, 0.1)]}}}
+    (lead,) = pgn.pgn_minus_pgd(r)
+    assert lead.estimate == pytest.approx(-10.0) and lead.high < 0
+    assert pgn.weaker_than_pgd(r) == (1, 1)
+    r["strength"]["FGM-AT"]["PGN"][0] = point(1.5, 0.7)
+    assert pgn.pgn_minus_pgd(r)[0].low > 0 and pgn.weaker_than_pgd(r) == (0, 1)
+
+
+def test_white_box_minus_black_box_is_paired_per_defence_and_attack():
+    def correct(acc: float, n: int = 300) -> np.ndarray:
+        return (np.arange(n) < round(acc * n)).astype(np.int8)
+
+    table = {
+        k: {
+            "correct": {"fgm": correct(0.5), "mim": correct(0.4)},
+            "bb_correct": {"fgm": correct(0.8), "mim": correct(0.7)},
+        }
+        for k in pgn.DEFENCES
+    }
+    r = {"table": table}
+    assert max(d.high for d in pgn.white_minus_black(r).values()) < 0 and pgn.white_box_above_black_box(r) == []
+    table["PGN"]["bb_correct"]["mim"] = correct(0.3)  # MIM's transfer stronger than MIM itself, by 10 points
+    assert pgn.white_minus_black(r)[("PGN", "mim")].low > 1 and pgn.white_box_above_black_box(r) == ["PGN"]

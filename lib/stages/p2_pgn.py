@@ -41,6 +41,7 @@ from lib.evaluate import (
     accuracy_vs_norm,
     adversarial_examples,
     closest_benign,
+    correct,
     mean_perturbation,
     minimal_norms,
     predict,
@@ -547,6 +548,7 @@ def protocol(model: nn.Module, data: Data, cfg: Config, cw_norms: torch.Tensor, 
         "cw_median": cw["median_l2"],
         "cw_success": cw["success_rate"],
         **{f"bb_{a}": accuracy(model, x_adv, y_adv) for a, (x_adv, y_adv) in transfers.items()},
+        "bb_correct": {a: correct(model, *transfers[a]).numpy().astype(np.int8) for a in ("fgm", "mim")},
     }
 
 
@@ -561,14 +563,27 @@ def transfer_examples(surrogate: nn.Module, data: Data, cfg: Config) -> dict:
     }
 
 
+def strength_point(param: float, model: nn.Module, x_adv: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """One point of Fig. 3: the attack's setting, its mean L2 perturbation, the model's accuracy and per-image correctness."""
+    right = correct(model, x_adv, y)
+    acc = float(right.float().mean())
+    return {
+        "param": param,
+        "mean_l2": mean_perturbation(x_adv, x),
+        "acc": acc,
+        "correct": right.numpy().astype(np.int8),
+    }
+
+
 def attack_strength(model: nn.Module, data: Data, cfg: Config) -> dict:
-    """Fig. 3 for one fixed classifier: (mean L2, accuracy) for FGM and PGD-L2 over ``attack_eps`` and for PGN attackers over ``attack_c_l``."""
+    """Fig. 3 for one fixed classifier: (mean L2, accuracy) for FGM and PGD-L2 over ``attack_eps`` and for PGN attackers
+    over ``attack_c_l``; each point keeps its per-image correctness (``correct``) for the claim's interval."""
     x, y = data.test
     out: dict = {"FGM": [], "PGD": [], "PGN": [], "generators": {}}
     for eps in cfg.attack_eps:
         for name, attack, params in (("FGM", A.fgm, {}), ("PGD", A.pgd, {"steps": cfg.attack_pgd_steps, "norm": "l2"})):
             x_adv = adversarial_examples(model, x, y, attack, eps=eps, **params)
-            out[name].append({"param": eps, "mean_l2": mean_perturbation(x_adv, x), "acc": accuracy(model, x_adv, y)})
+            out[name].append(strength_point(eps, model, x_adv, x, y))
     loader = D.loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed)
     for c_l in cfg.attack_c_l:
         g = train_attacker(
@@ -583,7 +598,7 @@ def attack_strength(model: nn.Module, data: Data, cfg: Config) -> dict:
             desc=f"PGN attacker c_L {c_l:g}",
         )
         x_adv = adversarial_examples(model, x, y, pgn_attack, generator=g, reduction=cfg.grad_reduction)
-        out["PGN"].append({"param": c_l, "mean_l2": mean_perturbation(x_adv, x), "acc": accuracy(model, x_adv, y)})
+        out["PGN"].append(strength_point(c_l, model, x_adv, x, y))
         out["generators"][c_l] = g
     return out
 
@@ -1197,10 +1212,16 @@ def example_grid(r: dict, cfg: Config, subtitle: str) -> plt.Figure:
 # Claims and metrics
 
 
-def gradient_matters_most(full: float, drops: dict[str, float], min_drop: float) -> bool:
-    """The paper's ablation claim: removing the gradient input lowers rho_cw the most, by at least ``min_drop`` x ``full``."""
-    worst = max(drops, key=drops.get)
-    return worst == "no gradient" and drops[worst] >= min_drop * full
+def gradient_lead(ablation: dict[str, Trained], min_drop: float) -> I.Interval:
+    """The paper's ablation claim (Fig. 8): removing the gradient input lowers rho_cw the most, by at least
+    ``min_drop`` x the full PGN's. The least of its leads on the same C&W images (each with its paired bootstrap
+    interval): over removing each other input (rho_cw without that input minus without the gradient), and over
+    ``min_drop`` x the full rho_cw ((1 - min_drop) x the full PGN's minus without the gradient); held above 0."""
+    no_gradient = successful_norms(ablation["no gradient"])
+    others = [t for k, t in ablation.items() if k not in ("all inputs", "no gradient")]
+    leads = [I.mean_difference(successful_norms(t), no_gradient) for t in others]
+    leads.append(I.mean_difference((1 - min_drop) * successful_norms(ablation["all inputs"]), no_gradient))
+    return I.lowest(leads)
 
 
 def converged(t: Trained) -> C.Gate:
@@ -1241,40 +1262,79 @@ def perturbation_ratio(baseline: str, ratio: float, setting: str = "") -> C.Gate
     )
 
 
+def successful_norms(t: Trained) -> np.ndarray:
+    """Per rho-set image, ``t``'s C&W L2 norm where the attack succeeded on a correctly classified image, else
+    NaN: the images rho_cw averages."""
+    norms = t.cw_norms.double().numpy().copy()
+    norms[(norms <= 0) | ~np.isfinite(norms)] = np.nan
+    return norms
+
+
+def rho_lead(pgn: Trained, rival: Trained) -> I.Interval:
+    """PGN's rho_cw minus a rival's on the same C&W images, with its paired bootstrap interval."""
+    return I.mean_difference(successful_norms(pgn), successful_norms(rival))
+
+
+def outer_pairs(r: dict) -> list[tuple[str, Trained, Trained]]:
+    """Fig. 4/5's outer robustness curve: each PGN level (c_L) with each rival (FGM-AT, PGD-AT) closest to it in
+    benign accuracy."""
+    sweep = r["sweep"]
+    return [
+        (
+            f"c_L {k[1]:g}",
+            p,
+            sweep[closest_benign({kk: t.benign for kk, t in sweep.items() if kk[0] == kind}, p.benign)[0]],
+        )
+        for k, p in sweep.items()
+        if k[0] == "PGN"
+        for kind in ("FGM-AT", "PGD-AT")
+    ]
+
+
 def outer_curve(r: dict) -> tuple[list[str], list[Trained]]:
-    """Fig. 4/5's outer robustness curve: the PGN levels (c_L) whose rho_cw falls below that of a rival
-    (FGM-AT, PGD-AT) closest to it in benign accuracy, and every model compared (for their gates)."""
-    sweep, behind, compared = r["sweep"], [], []
-    for k, p in sweep.items():
-        if k[0] != "PGN":
-            continue
-        rivals = [
-            sweep[closest_benign({kk: t.benign for kk, t in sweep.items() if kk[0] == kind}, p.benign)[0]]
-            for kind in ("FGM-AT", "PGD-AT")
-        ]
-        if not all(p.cw["mean_l2"] >= t.cw["mean_l2"] for t in rivals):
-            behind.append(f"c_L {k[1]:g}")
-        compared += [t for t in (p, *rivals) if all(t is not c for c in compared)]
+    """The PGN levels whose rho_cw falls below a rival's closest in benign accuracy (point values), and every
+    model compared (for their gates)."""
+    pairs = outer_pairs(r)
+    behind = list(dict.fromkeys(level for level, p, t in pairs if p.cw["mean_l2"] < t.cw["mean_l2"]))
+    compared: list[Trained] = []
+    for _, *models in pairs:
+        compared += [t for t in models if all(t is not c for c in compared)]
     return behind, compared
+
+
+def pgn_minus_pgd(r: dict) -> list[I.Interval]:
+    """Fig. 3: for each PGN attacker whose mean L2 falls inside PGD's range, its accuracy minus PGD's at the same
+    mean L2 (points; PGD's per-image correctness interpolated linearly between its two neighbouring budgets,
+    the mean L2 taken as measured), with a paired bootstrap interval over the test images."""
+    return [
+        I.paired_difference(pt["correct"], pgd)
+        for res in r["strength"].values()
+        for pt in res["PGN"]
+        if (pgd := _interpolate(res["PGD"], pt["mean_l2"], "correct")) is not None
+    ]
 
 
 def weaker_than_pgd(r: dict) -> tuple[int, int]:
     """Fig. 3: of the PGN attackers whose mean L2 falls inside PGD's range, how many reach an accuracy
     at most PGD's at the same mean L2; and how many are comparable."""
-    stronger = []
-    for res in r["strength"].values():
-        for pgn_pt in res["PGN"]:
-            pgd_at = _interpolate(res["PGD"], pgn_pt["mean_l2"])
-            if not math.isnan(pgd_at):
-                stronger.append(pgn_pt["acc"] <= pgd_at)
-    return sum(stronger), len(stronger)
+    leads = pgn_minus_pgd(r)
+    return sum(d.estimate <= 0 for d in leads), len(leads)
+
+
+def white_minus_black(r: dict) -> dict[tuple[str, str], I.Interval]:
+    """Per matched defence and attack (FGM, MIM): its white-box accuracy minus its accuracy on the transferred
+    black-box examples (points), paired on the same test images."""
+    tab = r["table"]
+    return {
+        (k, a): I.paired_difference(tab[k]["correct"][a], tab[k]["bb_correct"][a])
+        for k in DEFENCES
+        for a in ("fgm", "mim")
+    }
 
 
 def white_box_above_black_box(r: dict) -> list[str]:
-    """Defences more accurate (by over a point) under a white-box attack than under its black-box transfer."""
-    tab = r["table"]
-    pairs = (("fgm", "fgm_acc"), ("mim", "mim_acc"))
-    return [k for k in DEFENCES if any(tab[k][f"bb_{a}"] < tab[k][w] - 0.01 for a, w in pairs)]
+    """Defences more accurate (by over a point, point values) under a white-box attack than under its black-box transfer."""
+    return list(dict.fromkeys(k for (k, _), d in white_minus_black(r).items() if d.estimate > 1.0))
 
 
 def pgn_lead(r: dict, key: str, scale: float = 1.0) -> float:
@@ -1304,10 +1364,9 @@ def ablation_claim(label: str, cfg: Config) -> C.Spec:
 
     return C.Spec(
         claim,
-        quantity=lambda r: gradient_matters_most(
-            r["ablation"]["all inputs"].cw["mean_l2"], drops(r), cfg.ablation_min_drop
-        ),
-        rule=C.Rule("==", True),
+        quantity=lambda r: gradient_lead(r["ablation"], cfg.ablation_min_drop).estimate,
+        rule=C.above(0.0),
+        interval=lambda r: gradient_lead(r["ablation"], cfg.ablation_min_drop),
         gates=lambda r: [converged(t) for t in r["ablation"].values()],
         paper="no gradient",
         shown=lambda r: ", ".join(f"{k} {v:+.3f}" for k, v in drops(r).items()),
@@ -1330,6 +1389,7 @@ def matched_claims(label: str) -> list[C.Spec]:
             quantity=lambda r: pgn_lead(r, "cw_mean"),
             rule=C.not_below(0.0),
             gates=lambda r: [*matched_gates(r), finite_rho(r)],
+            interval=lambda r: I.lowest([rho_lead(r["matched"]["PGN"], r["matched"][k]) for k in ("FGM-AT", "PGD-AT")]),
             paper="PGN highest",
             shown=lambda r: ", ".join(f"{k} {r['table'][k]['cw_mean']:.3f}" for k in rivals),
         ),
@@ -1383,19 +1443,22 @@ def claim_specs(label: str, cfg: Config) -> list[C.Spec]:
         *matched_claims(label),
         C.Spec(
             f"{label}: on the outer robustness curve (Fig. 4/5) PGN's rho_cw is at least its rivals' closest in benign "
-            "accuracy (levels where it is)",
-            quantity=lambda r: outer_curve(r)[0],
-            rule=C.NONE_FLAGGED,
+            "accuracy (PGN minus the rival, the least over levels and rivals; levels where it is)",
+            quantity=lambda r: min(p.cw["mean_l2"] - t.cw["mean_l2"] for _, p, t in outer_pairs(r)),
+            rule=C.not_below(0.0),
             gates=lambda r: [converged(t) for t in outer_curve(r)[1]],
+            interval=lambda r: I.lowest([rho_lead(p, t) for _, p, t in outer_pairs(r)]),
             paper=f"{levels} of {levels}",
             shown=lambda r: f"{levels - len(outer_curve(r)[0])} of {levels}",
         ),
         cost_claim(label),
         ablation_claim(label, cfg),
         C.Spec(
-            f"{label}: PGN attackers reach lower accuracy than PGD at the same mean L2 (Fig. 3; comparable points where they do)",
-            quantity=lambda r: weaker_than_pgd(r)[1] - weaker_than_pgd(r)[0] if weaker_than_pgd(r)[1] else None,
-            rule=C.Rule("==", 0),
+            f"{label}: PGN attackers reach lower accuracy than PGD at the same mean L2 (Fig. 3; PGN's accuracy minus "
+            "PGD's, points, the most over comparable points; comparable points where they do)",
+            quantity=lambda r: max((d.estimate for d in pgn_minus_pgd(r)), default=None),
+            rule=C.not_above(0.0),
+            interval=lambda r: I.highest(pgn_minus_pgd(r)) if pgn_minus_pgd(r) else None,
             gates=lambda r: [
                 C.at_least("comparable points (PGN's mean L2 inside PGD's range)", weaker_than_pgd(r)[1], 1),
                 *(converged(r["sweep"][(kind, cfg.fig3_eps)]) for kind in r["strength"]),
@@ -1404,9 +1467,11 @@ def claim_specs(label: str, cfg: Config) -> list[C.Spec]:
             shown=lambda r: "{} of {}".format(*weaker_than_pgd(r)),
         ),
         C.Spec(
-            f"{label}, ours: no defence is more accurate under white-box attack than under black-box (defences flagged)",
-            quantity=white_box_above_black_box,
-            rule=C.NONE_FLAGGED,
+            f"{label}, ours: no defence is more accurate under white-box attack than under black-box (white-box minus "
+            "black-box accuracy, points, the most over defences and attacks, at most 1; defences flagged)",
+            quantity=lambda r: max(d.estimate for d in white_minus_black(r).values()),
+            rule=C.not_above(1.0),
+            interval=lambda r: I.highest(list(white_minus_black(r).values())),
             gates=lambda r: [converged(t) for t in r["matched"].values()],
             shown=lambda r: C.join(white_box_above_black_box(r)),
         ),
@@ -1418,14 +1483,15 @@ def claims(r: dict, cfg: Config) -> list[C.Claim]:
     return C.evaluate(claim_specs(r["name"], cfg), r)
 
 
-def _interpolate(points: list[dict], at: float) -> float:
-    """Accuracy of an attack curve at mean L2 ``at`` (linear; nan outside the measured range)."""
+def _interpolate(points: list[dict], at: float, key: str = "acc"):
+    """An attack curve's ``key`` (its accuracy, or per-image correctness) at mean L2 ``at``: linear between the
+    two neighbouring points; None outside the measured range."""
     pts = sorted(points, key=lambda p: p["mean_l2"])
     for a, b in zip(pts, pts[1:]):
         if a["mean_l2"] <= at <= b["mean_l2"]:
             w = (at - a["mean_l2"]) / max(b["mean_l2"] - a["mean_l2"], 1e-12)
-            return a["acc"] + w * (b["acc"] - a["acc"])
-    return float("nan")
+            return a[key] + w * (b[key] - a[key])
+    return None
 
 
 def summary_metrics(r: dict) -> dict:
@@ -1441,7 +1507,10 @@ def summary_metrics(r: dict) -> dict:
         },
         "ablation": {k: {"benign": t.benign, "rho_cw": t.cw["mean_l2"]} for k, t in r["ablation"].items()},
         "capacity": {f"{w:g}": {"benign": t.benign, "rho_cw": t.cw["mean_l2"]} for w, t in r["capacity"].items()},
-        "attack_strength": {k: {a: v[a] for a in ("FGM", "PGD", "PGN")} for k, v in r["strength"].items()},
+        "attack_strength": {
+            k: {a: [{f: p[f] for f in ("param", "mean_l2", "acc")} for p in v[a]] for a in ("FGM", "PGD", "PGN")}
+            for k, v in r["strength"].items()
+        },
         "surrogate_accuracy": r["surrogate_accuracy"],
     }
 
