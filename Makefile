@@ -39,7 +39,7 @@ test: setup lint
 	$(PYTHON) -m pytest
 
 lint: setup
-	$(VENV)/bin/ruff check lib tests
+	$(VENV)/bin/ruff check lib tests notebooks
 	$(VENV)/bin/ruff format --check lib tests
 
 bench: setup

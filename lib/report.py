@@ -146,9 +146,10 @@ WIDTH_CHARS = 120  # what fits a 1,300 px window at the notebook's table font, i
 
 
 def printed_decimals(values: Iterable) -> int:
-    """How many decimals the paper prints: the most among ``values`` (1 when none, at most 3)."""
+    """How many decimals the paper prints: the most among ``values`` (1 when none, at most 3); a value
+    scaled to percent keeps the paper's decimals (100 x 0.2934 is 29.340000000000003 in floats)."""
     places = [
-        len(repr(float(v)).split(".")[1].rstrip("0"))
+        len(repr(round(float(v), 6)).split(".")[1].rstrip("0"))
         for v in values
         if isinstance(v, (int, float)) and math.isfinite(v)
     ]

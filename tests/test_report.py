@@ -79,6 +79,8 @@ def test_numbers_display_at_the_papers_precision():
         printed_decimals([93.3, 99.08, None, float("nan")]) == 2
         and printed_decimals([]) == 1
         and printed_decimals([70.0]) == 1
+        and printed_decimals([100 * 0.2934, 100 * 0.0939])
+        == 2  # a paper's fraction in percent: 29.34, not 29.340000000000003
     )
     assert [format_number(v) for v in (95.800000001, 2.4841, 0.0313725, 400.0, float("nan"), 1e-7)] == [
         "95.8",

@@ -125,6 +125,7 @@ def test_cosine_schedule_anneals_the_lr_to_zero_over_the_epochs_and_constant_kee
         seen = []
         for _ in range(cfg.epochs):
             seen.append(opt.param_groups[0]["lr"])
+            opt.step()  # an epoch's training (zero gradients: the parameter stays), then the schedule's step
             if steps is not None:
                 steps.step()
         assert seen == pytest.approx(expected)

@@ -677,8 +677,8 @@ def headline_metrics(r: dict, cfg: Config) -> dict[str, float]:
         )
     split = next(v for k, v in r["per_batch"].items() if "split" in k)
     minmax = next(v for k, v in r["per_batch"].items() if k.startswith("min-max"))
-    out["epoch_time_proposed_over_minmax"] = round(split / minmax, 3)
-    out["epoch_time_proposed_over_clean"] = round(split / r["per_batch"]["clean"], 3)
+    out["batch_time_proposed_over_minmax"] = round(split / minmax, 3)
+    out["batch_time_proposed_over_clean"] = round(split / r["per_batch"]["clean"], 3)
     return out
 
 
