@@ -212,10 +212,17 @@ class Claim:
             "gates": [g.to_json() for g in self.gates],
         }
 
+    def ours_text(self) -> str:
+        """Ours as a verdict line shows it: the interval and its margin, then what the claim measured when that
+        says more than the interval's number (each model's value, a count of levels) and can sit beside the
+        paper's."""
+        if self.interval is None:
+            return _fmt(self.ours)
+        text = str(self.interval) + (f" (margin {self.rule})" if self.rule is not None else "")
+        return f"{text}; {self.ours}" if isinstance(self.ours, str) and self.ours else text
+
     def markdown(self) -> str:
-        ours = str(self.interval) if self.interval is not None else _fmt(self.ours)
-        head = f"- **{self.verdict}** — {self.claim}: ours {ours}"
-        head += f" (margin {self.rule})" if self.interval is not None and self.rule is not None else ""
+        head = f"- **{self.verdict}** — {self.claim}: ours {self.ours_text()}"
         head += f", paper {_fmt(self.paper)}" if self.paper is not None else ""
         head += f" — {self.caveat}" if self.caveat else ""
         head += f". {self.detail}" if self.detail else "."
@@ -454,11 +461,12 @@ MARGINS = (
 
 def evidence(record: dict) -> str:
     """A ``claims.json`` record as its answer line quotes it: the claim, paper vs ours (± its interval), the verdict."""
-    interval = record.get("interval")
+    interval, measured = record.get("interval"), record.get("ours")
     ours = (
-        _fmt(record.get("ours"))
+        _fmt(measured)
         if not interval
         else f"{interval['estimate']:.2f} [{interval['low']:.2f}, {interval['high']:.2f}]"
+        + (f"; {measured}" if isinstance(measured, str) and measured else "")
     )
     paper = f"paper {_fmt(record['paper'])}, " if record.get("paper") is not None else ""
     caveat = f"; {record['caveat']}" if record.get("caveat") else ""
@@ -510,10 +518,8 @@ def summary_table(claims: Sequence[Claim]) -> str:
     header = "| claim | paper | ours (95% interval) | verdict | gates; caveat |\n|:--|--:|:--|:--|:--|"
     rows = []
     for c in claims:
-        ours = str(c.interval) if c.interval is not None else _fmt(c.ours)
-        margin = f" (margin {c.rule})" if c.interval is not None and c.rule is not None else ""
         paper = "—" if c.paper is None else _fmt(c.paper)
-        cells = [c.claim, paper, ours + margin, f"**{c.verdict}**", _gates_cell(c)]
+        cells = [c.claim, paper, c.ours_text(), f"**{c.verdict}**", _gates_cell(c)]
         rows.append("| " + " | ".join(_cell(x) for x in cells) + " |")
     return "\n".join([header, *rows])
 

@@ -244,6 +244,24 @@ def test_the_interval_decides_the_verdict_against_the_margin(low, high, verdict)
     assert (blob["n_images"], blob["n_seeds"]) == (500, 3)
 
 
+def test_a_verdict_line_shows_the_interval_and_what_the_claim_measured_beside_the_paper():
+    """A claim whose measurement is more than the interval's number (each model's value, a count) shows both:
+    the interval decides, the measurement sits beside the paper's value; a plain number shows the interval only."""
+    counted = C.Claim(
+        "PGN is on the outer curve",
+        "2 of 2",
+        "0 of 2",
+        held=False,
+        interval=_interval(-1.2, -0.8),
+        rule=C.not_below(0.0),
+    )
+    assert counted.ours_text() == "-1.00 [-1.20, -0.80] (margin >= 0); 0 of 2"
+    assert "ours -1.00 [-1.20, -0.80] (margin >= 0); 0 of 2, paper 2 of 2" in counted.markdown()
+    assert "| -1.00 [-1.20, -0.80] (margin >= 0); 0 of 2 |" in C.summary_table([counted])
+    plain = C.Claim("A beats B (points)", 3.0, 1.35, held=True, interval=_interval(1.5, 4.0), rule=C.above(1.0))
+    assert plain.ours_text() == "2.75 [1.50, 4.00] (margin > 1)"
+
+
 def test_a_failed_gate_wins_over_an_interval():
     bad = C.at_least("A converged (1 = yes)", 0, 1)
     claim = C.Claim("A beats B", 3.0, 5.0, held=True, gates=[bad], interval=_interval(4.0, 6.0), rule=C.above(1.0))
@@ -326,6 +344,20 @@ def test_the_decisive_claim_is_the_first_decided_one():
     ours = [{"claim": "Ours: a", "verdict": "held"}, {"claim": "MNIST, ours: b", "verdict": "held"}]
     assert C.decisive([*ours, {"claim": "c", "verdict": "did not hold"}])["claim"] == "c"  # the paper's claim first
     assert C.decisive([*ours, {"claim": "c", "verdict": "inconclusive"}])["claim"] == "Ours: a"  # else a decided check
+
+
+def test_the_answer_line_quotes_the_interval_and_the_measurement_beside_the_papers():
+    record = {
+        "claim": "PGN has the highest rho_cw",
+        "verdict": "did not hold",
+        "paper": "PGN highest",
+        "ours": "FGM-AT 1.331, PGN 0.884",
+        "interval": {"estimate": -0.4876, "low": -0.612, "high": -0.3733},
+    }
+    assert C.evidence(record) == (
+        "PGN has the highest rho_cw: paper PGN highest, ours -0.49 [-0.61, -0.37]; FGM-AT 1.331, PGN 0.884 (did not hold)"
+    )
+    assert C.evidence(record | {"ours": -0.49}).endswith("ours -0.49 [-0.61, -0.37] (did not hold)")
 
 
 def test_a_timing_claim_is_gated_by_the_spread_of_its_per_round_ratios_not_their_count():
