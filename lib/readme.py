@@ -115,9 +115,9 @@ def verdict_counts(results: Path) -> str:
     """Each stage's answer (from its ``claims.json``: the rule of :data:`lib.claims.ANSWER_RULE`, and the
     claim it rests on), then how many claims had each verdict, per stage and in total; a stage
     without one is named."""
-    from lib.claims import ANSWER_RULE, VERDICTS, answer, answer_line
+    from lib.claims import ANSWER_RULE, TESTABLE, VERDICTS, answer, answer_line
 
-    rows, lines, missing, with_interval = [], [], [], 0
+    rows, lines, missing, testable, with_interval = [], [], [], 0, 0
     for stage in stages.STAGES:
         path = results / stage / "claims.json"
         if not path.exists():
@@ -125,7 +125,9 @@ def verdict_counts(results: Path) -> str:
             continue
         records = json.loads(path.read_text())
         verdicts = [c["verdict"] for c in records]
-        with_interval += sum(c.get("interval") is not None for c in records)
+        tested = [c for c in records if c["verdict"] in TESTABLE]
+        testable += len(tested)
+        with_interval += sum(c.get("interval") is not None for c in tested)
         entry = stages.get(stage)
         rows.append(
             {
@@ -146,13 +148,15 @@ def verdict_counts(results: Path) -> str:
     }
     df = pd.concat([df, pd.DataFrame([total])], ignore_index=True)
     note = f" No `claims.json` yet: {', '.join(missing)}." if missing else ""
+    point_estimates = " (the others on their point estimate)" if with_interval < testable else ""
     return (
         "### Answers and verdicts per paper\n\n"
         f"The answer's rule: {ANSWER_RULE}. A claim is `not testable` when one of its validity gates failed (the models "
         "it compares had not converged, their clean accuracy was too low, or the method's own mechanism did not run), "
         "`inconclusive` when its 95% interval straddles its margin, `not run` when this profile does not run its "
-        f"experiment; each stage's `claims.md` names the gate and its number. Claims decided on a 95% interval: "
-        f"{with_interval} of {int(df['claims'].iloc[-1])} (the others on their point estimate).{note}\n\n"
+        f"experiment; each stage's `claims.md` names the gate and its number. Testable claims (held, did not hold, "
+        f"inconclusive) read on a 95% interval against their margin: {with_interval} of {testable}{point_estimates}; the other "
+        f"{int(df['claims'].iloc[-1]) - testable} were not testable or not run.{note}\n\n"
         + markdown_table(df)
         + "\n\n"
         + "\n".join(lines)
