@@ -218,8 +218,7 @@ class Claim:
         paper's."""
         if self.interval is None:
             return _fmt(self.ours)
-        text = str(self.interval) + (f" (margin {self.rule})" if self.rule is not None else "")
-        return f"{text}; {self.ours}" if isinstance(self.ours, str) and self.ours else text
+        return _beside(str(self.interval) + (f" (margin {self.rule})" if self.rule is not None else ""), self.ours)
 
     def markdown(self) -> str:
         head = f"- **{self.verdict}** — {self.claim}: ours {self.ours_text()}"
@@ -459,14 +458,19 @@ MARGINS = (
 )
 
 
+def _beside(interval: str, measured: Any) -> str:
+    """An interval as a verdict line shows it, followed by what the claim measured when that is text (each
+    model's value, a count of levels) rather than the interval's own number."""
+    return f"{interval}; {measured}" if isinstance(measured, str) and measured else interval
+
+
 def evidence(record: dict) -> str:
     """A ``claims.json`` record as its answer line quotes it: the claim, paper vs ours (± its interval), the verdict."""
     interval, measured = record.get("interval"), record.get("ours")
     ours = (
         _fmt(measured)
         if not interval
-        else f"{interval['estimate']:.2f} [{interval['low']:.2f}, {interval['high']:.2f}]"
-        + (f"; {measured}" if isinstance(measured, str) and measured else "")
+        else _beside(f"{interval['estimate']:.2f} [{interval['low']:.2f}, {interval['high']:.2f}]", measured)
     )
     paper = f"paper {_fmt(record['paper'])}, " if record.get("paper") is not None else ""
     caveat = f"; {record['caveat']}" if record.get("caveat") else ""

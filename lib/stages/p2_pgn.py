@@ -1458,7 +1458,7 @@ def claim_specs(label: str, cfg: Config) -> list[C.Spec]:
             "PGD's, points, the most over comparable points; comparable points where they do)",
             quantity=lambda r: max((d.estimate for d in pgn_minus_pgd(r)), default=None),
             rule=C.not_above(0.0),
-            interval=lambda r: I.highest(pgn_minus_pgd(r)) if pgn_minus_pgd(r) else None,
+            interval=lambda r: I.highest(leads) if (leads := pgn_minus_pgd(r)) else None,
             gates=lambda r: [
                 C.at_least("comparable points (PGN's mean L2 inside PGD's range)", weaker_than_pgd(r)[1], 1),
                 *(converged(r["sweep"][(kind, cfg.fig3_eps)]) for kind in r["strength"]),
@@ -1483,9 +1483,9 @@ def claims(r: dict, cfg: Config) -> list[C.Claim]:
     return C.evaluate(claim_specs(r["name"], cfg), r)
 
 
-def _interpolate(points: list[dict], at: float, key: str = "acc"):
-    """An attack curve's ``key`` (its accuracy, or per-image correctness) at mean L2 ``at``: linear between the
-    two neighbouring points; None outside the measured range."""
+def _interpolate(points: list[dict], at: float, key: str):
+    """An attack curve's ``key`` (e.g. its per-image correctness) at mean L2 ``at``: linear between the two
+    neighbouring points; None outside the measured range."""
     pts = sorted(points, key=lambda p: p["mean_l2"])
     for a, b in zip(pts, pts[1:]):
         if a["mean_l2"] <= at <= b["mean_l2"]:

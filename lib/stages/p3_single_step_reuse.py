@@ -647,16 +647,25 @@ def dataset_claims(dataset: str, cfg: Config) -> list[C.Spec]:
 TIMED = ("proposed", "atda", "fgsm_adv")
 
 
+def cost_ratio(R: dict, other: str) -> I.Interval:
+    """Proposed's time per training batch over ``other``'s on the first dataset, timed in the same interleaved
+    rounds (:func:`time_defences`): the median of the per-round ratios, its interval by a bootstrap over the rounds."""
+    return I.paired_ratio(first(R)["proposed"]["timing"], first(R)[other]["timing"])
+
+
+def timed(R: dict, defences: tuple[str, ...] = TIMED) -> bool:
+    """Whether the first dataset's run timed each of ``defences`` (the cost claims and metrics need them)."""
+    return all("timing" in first(R).get(d, {}) for d in defences)
+
+
 def cost_claim(claim: str, other: str, rule: C.Rule) -> C.Spec:
-    """One of the paper's cost claims: Proposed's time per training batch over ``other``'s on the first dataset,
-    timed in the same interleaved rounds (:func:`time_defences`): the median of the per-round ratios, its
-    interval by a bootstrap over the rounds."""
+    """One of the paper's cost claims: :func:`cost_ratio` against the paper's, gated by the rounds' spread."""
 
     def seconds(R: dict, d: str) -> list[float]:
         return first(R)[d]["timing"]
 
     def ratio(R: dict) -> I.Interval:
-        return I.paired_ratio(seconds(R, "proposed"), seconds(R, other))
+        return cost_ratio(R, other)
 
     return C.Spec(
         claim,
@@ -664,7 +673,7 @@ def cost_claim(claim: str, other: str, rule: C.Rule) -> C.Spec:
         rule=rule,
         gates=lambda R: C.steady(f"Proposed / {LABELS[other]}", seconds(R, "proposed"), seconds(R, other)),
         paper=round(PAPER_TABLE1["proposed"]["sec"] / PAPER_TABLE1[other]["sec"], 2),
-        applies=lambda R: all("timing" in first(R).get(d, {}) for d in TIMED),
+        applies=timed,
         interval=ratio,
     )
 
@@ -718,11 +727,9 @@ def headline_metrics(results: dict[str, dict]) -> dict[str, float]:
             if defence in r:
                 out[f"{short}_pgd_acc_{defence}"] = round(100 * r[defence]["pgd"], 2)
                 out[f"{short}_autoattack_acc_{defence}"] = round(100 * r[defence]["autoattack"], 2)
-    first = next(iter(results.values()))
     for rival in ("atda", "fgsm_adv"):  # the cost claims' ratio: per training batch, interleaved rounds
-        if all("timing" in first.get(d, {}) for d in ("proposed", rival)):
-            ratio = I.paired_ratio(first["proposed"]["timing"], first[rival]["timing"])
-            out[f"batch_time_proposed_over_{rival}"] = round(ratio.estimate, 3)
+        if timed(results, ("proposed", rival)):
+            out[f"batch_time_proposed_over_{rival}"] = round(cost_ratio(results, rival).estimate, 3)
     return out
 
 
