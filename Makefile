@@ -27,12 +27,12 @@ system-deps:
 		echo "skipped: installing Debian's dataset-fashion-mnist needs root on Debian (sudo apt-get install dataset-fashion-mnist); Fashion-MNIST will be downloaded by torchvision instead"; \
 	fi
 
-# Data first (its files are not in git, a fresh clone rebuilds them); then every stage whose
-# inputs changed. --allow-missing: a stage whose only change is a missing model store
-# (models/<stage>/, DVC-cached, absent from a fresh clone without a DVC remote) is not re-run.
+# Every stage whose inputs changed, in order: data (its files are not in git: a fresh clone rebuilds them),
+# train (every model the stores lack, by one worker process per core; it prints the expected time first and a
+# line per model with the ETA), then each paper's notebook (loading the models) and the README's results.
+# A fresh clone has no model store, so it trains everything (the README gives the time).
 repro: setup
-	$(VENV)/bin/dvc repro data
-	$(VENV)/bin/dvc repro --allow-missing
+	$(VENV)/bin/dvc repro
 
 # Lint first (ruff check + ruff format --check), then the tests: CI's one command covers both.
 test: setup lint

@@ -27,6 +27,7 @@ pipeline prints on the terminal) and computed again, never silently used.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -38,12 +39,13 @@ import textwrap
 import time
 import types
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
+from filelock import FileLock
 
 from lib import checkpoint
 from lib.errors import ConfigError
@@ -77,13 +79,24 @@ class ModelStore:
     retrain: bool = False
 
     def path(self, name: str, key: str) -> Path:
-        slug = re.sub(r"[^A-Za-z0-9.]+", "-", name).strip("-").lower()[:60] or "model"
-        return Path(self.root) / f"{slug}-{key}.pt"
+        return Path(self.root) / f"{slug(name)}-{key}.pt"
+
+    def lock(self, path: Path) -> FileLock:
+        """The lock of one entry (``models/.locks/<stage>/``, outside the store DVC tracks): whoever holds it
+        trains the entry, and a second process that wants the same entry waits, then loads it."""
+        folder = Path(self.root).parent / ".locks" / Path(self.root).name
+        folder.mkdir(parents=True, exist_ok=True)
+        return FileLock(folder / f"{path.stem}.lock")
 
     @property
     def evaluations(self) -> Path | None:
         """The local evaluation store beside the model store: ``models/.evaluations/<stage>``."""
         return None if self.root is None else Path(self.root).parent / ".evaluations" / Path(self.root).name
+
+
+def slug(name: str) -> str:
+    """A model's name as its store files spell it."""
+    return re.sub(r"[^A-Za-z0-9.]+", "-", name).strip("-").lower()[:60] or "model"
 
 
 _store = ModelStore()
@@ -95,6 +108,7 @@ def open_store(root: str | Path | None, retrain: bool = False) -> ModelStore:
     _RUNS.clear()
     _REBUILT.clear()
     _ON_TRAIN.clear()  # a new run: whoever opens the store sets its own check
+    _UNITS.clear()
     _store = ModelStore(Path(root) if root is not None else None, retrain)
     if _store.root is not None:
         for folder in (_store.root, _store.evaluations):
@@ -354,14 +368,26 @@ def cached(
     ``loaded`` (whether it came from the store); every call is also listed in :func:`runs`.
     """
     caller = caller or inspect.currentframe().f_back.f_code
+    name = _in_unit(name, seeded)
     for check in _ON_TRAIN:
         check(name)
     k = key_of(name, modules, key, caller, seeded)
     st = store()
     path = st.path(name, k) if st.root is not None else None
-    record = None
-    if path is not None and path.exists() and not st.retrain:
-        record = _load(path, modules)
+    if _PROBE and _PROBE[-1] == name:
+        raise Probed(name, path is not None and path.exists())
+    record = _load(path, modules) if path is not None and path.exists() and not st.retrain else None
+    if record is None and _LOAD_ONLY:
+        raise NotStored(name)
+    if record is None and path is not None:
+        with st.lock(path):  # one trainer per entry: whoever waited here loads what the other one trained
+            record = _load(path, modules) if path.exists() and not st.retrain else None
+            return _train_or_load(name, modules, fit, path, record)
+    return _train_or_load(name, modules, fit, path, record)
+
+
+def _train_or_load(name: str, modules: Mapping[str, nn.Module], fit: Callable, path: Path | None, record):
+    """``record`` (the entry just loaded) or, when None, ``fit()``'s, after training (and saving to ``path``)."""
     if record is not None:
         record["loaded"] = True
         elsewhere = f" on {record['device']}" if record["device"] != device_name() else ""  # the first line names ours
@@ -384,6 +410,88 @@ def cached(
 _RUNS: list[dict] = []
 _REBUILT: list[dict] = []
 _ON_TRAIN: list[Callable[[str], None]] = []  # called with each model's name before it is trained or loaded
+_UNIT: list[dict] = []  # the unit being obtained (lib.units): its name, and whether it stored its entry yet
+_UNITS: list[str] = []  # the units obtained since the store was opened
+_PROBE: list[str] = []  # the unit whose key is probed (:func:`probing`)
+_LOAD_ONLY: list[bool] = []  # inside :func:`load_only`
+
+
+class UnitError(RuntimeError):
+    """A unit that does not follow the contract of :mod:`lib.units` (one seeded entry)."""
+
+
+class Probed(Exception):
+    """Raised by :func:`cached` inside :func:`probing`: the unit's entry ``name`` is stored or not."""
+
+    def __init__(self, name: str, stored: bool):
+        super().__init__(name)
+        self.name, self.stored = name, stored
+
+
+class NotStored(LookupError):
+    """Raised by :func:`cached` inside :func:`load_only` for an entry the store lacks."""
+
+    def __init__(self, name: str):
+        super().__init__(f"'{name}' is not in the model store")
+        self.name = name
+
+
+@contextlib.contextmanager
+def unit_scope(name: str) -> Iterator[None]:
+    """Within: the training of the unit ``name`` (:mod:`lib.units`). Its one :func:`cached` call stores the entry
+    under the unit's name and must be seeded; the unit joins :func:`units_obtained`."""
+    _UNIT.append({"name": name, "stored": False})
+    try:
+        yield
+        if not _UNIT[-1]["stored"]:
+            raise UnitError(f"unit '{name}' trained no model through the store (its fit must call lib.cache.cached)")
+    finally:
+        _UNIT.pop()
+    _UNITS.append(name)
+
+
+def _in_unit(name: str, seeded: bool) -> str:
+    """The store name of a :func:`cached` call: inside a unit, the unit's (once, and seeded)."""
+    if not _UNIT:
+        return name
+    unit = _UNIT[-1]
+    if unit["stored"]:
+        raise UnitError(f"unit '{unit['name']}' stores a second model ('{name}'): one entry per unit")
+    if not seeded:
+        raise UnitError(f"unit '{unit['name']}' trains unseeded ('{name}'): a unit seeds its training itself")
+    unit["stored"] = True
+    return unit["name"]
+
+
+def units_obtained() -> list[str]:
+    """The units obtained (trained or loaded) since the store was opened."""
+    return list(_UNITS)
+
+
+def in_unit() -> bool:
+    return bool(_UNIT)
+
+
+@contextlib.contextmanager
+def probing(name: str) -> Iterator[None]:
+    """Within: obtaining the unit ``name`` stops at its key, raising :class:`Probed` (stored or not); the units
+    it builds on are loaded as usual."""
+    _PROBE.append(name)
+    try:
+        yield
+    finally:
+        _PROBE.pop()
+
+
+@contextlib.contextmanager
+def load_only() -> Iterator[None]:
+    """Within: :func:`cached` loads what the store has and raises :class:`NotStored` for anything else (a worker
+    loading the units a unit builds on never trains them)."""
+    _LOAD_ONLY.append(True)
+    try:
+        yield
+    finally:
+        _LOAD_ONLY.pop()
 
 
 def on_train(check: Callable[[str], None] | None) -> None:

@@ -18,9 +18,10 @@ from lib import claims as C
 from lib.cache import log, open_store
 from lib.claims import Claim
 from lib.params import RUN_SETTINGS, build_config, check_profile, check_seed, checked_parameters, method_params
-from lib.plan import Following
 from lib.report import ResultsWriter, markdown_table, metric_prefix, set_style, setting_line
 from lib.runtime import Acceleration, DryRun, device_name, metadata, repo_path, seed_everything
+from lib.train_units import training_threads
+from lib.units import PlanDrift, Threads
 
 PENDING = "*The verdicts of this run appear here when it finishes.*"
 
@@ -48,8 +49,9 @@ class StageRun:
         DryRun.configure(dry_run)
         self.cfg, self.settings = build_config(module.Config, params), params
         self.models = open_store(repo_path(models_dir) if models_dir is not None else None, retrain)
-        self.schedule = Following(module.plan(self.cfg))  # the run is held to its plan (checked in write_claims)
-        cache.on_train(self.schedule.take)
+        self.plan = module.plan(self.cfg)  # the run is held to its plan's units (checked in write_claims)
+        Threads.count = training_threads(profile)  # a unit trained here comes out as a worker's would
+        cache.on_train(self._only_units)
         self.stage, self.profile, self.seed = stage, profile, seed
         self.started = time.time()
         seed_everything(seed)
@@ -65,6 +67,17 @@ class StageRun:
         log(f"{dry}Profile '{profile}' on {device_name()}; {stored}")
         self._meta: dict = {}
         self._summary = display(Markdown(PENDING), display_id=True) if get_ipython() is not None else None
+
+    def _only_units(self, name: str) -> None:
+        """Every model of the run is a unit of its plan: one trained or loaded outside a unit stops the run."""
+        if not cache.in_unit():
+            raise PlanDrift(f"{self.stage} trains '{name}' outside the units of its plan(cfg): obtain it as a unit")
+
+    def check_complete(self) -> None:
+        """The run obtained every unit its plan lists."""
+        missing = [m.name for m in self.plan.models if m.name not in cache.units_obtained()]
+        if missing:
+            raise PlanDrift(f"{self.stage}'s plan(cfg) lists units the run did not obtain: {', '.join(missing)}")
 
     @contextmanager
     def folded_log(self) -> Iterator[None]:
@@ -109,7 +122,7 @@ class StageRun:
         """Store the verdicts (``claims.json``, ``claims.md``), add their counts to ``metrics.json``
         and show them in the summary at the notebook's top (the cell :class:`StageRun` displayed);
         returns a pointer to it for the last cell. First, the run must have trained every model its plan lists."""
-        self.schedule.check_complete()
+        self.check_complete()
         C.write(claims, self.out.root)
         self.out.add_metrics(C.counts(claims))
         records = [c.to_json() for c in claims]

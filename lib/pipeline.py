@@ -147,7 +147,15 @@ def _add_training(folder: Path, plan: dict, seconds: float) -> None:
     path = folder / "training.json"
     blob = json.loads(path.read_text()) if path.exists() else {"models": []}
     trained_s = sum(m["seconds"] for m in blob["models"] if not m["loaded"])
-    _write_json(path, {"wall_time_s": round(seconds, 1), "training_s": round(trained_s, 1), "plan": plan, **blob})
+    threads = training_threads(plan["profile"])  # every unit trained with these torch threads, wherever it was trained
+    blob = {"wall_time_s": round(seconds, 1), "training_s": round(trained_s, 1), "threads_per_unit": threads, **blob}
+    _write_json(path, {**blob, "plan": plan})
+
+
+def training_threads(profile: str) -> int | None:
+    from lib.train_units import training_threads
+
+    return training_threads(profile)
 
 
 def stage_plan(stage: str, params: dict) -> dict:

@@ -16,74 +16,58 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
-from collections import Counter
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
 from lib import dryrun, stages
-from lib.errors import ConfigError
+from lib.errors import ConfigError, require
 from lib.params import PARAMS_FILE, build_config, checked_parameters, config_class
+from lib.units import Job, Model, Unit, check, makespan
 
 IMAGE_SIZES = dryrun.SIZES  # train, test, shape, classes of every dataset at its real size
 
 
-@dataclass(frozen=True)
-class Model:
-    """A network architecture as the probe builds it."""
-
-    arch: str
-    shape: tuple
-    classes: int
-    options: tuple = ()  # (name, value) pairs
-
-    def label(self) -> str:
-        opts = ", ".join(f"{k}={v}" for k, v in self.options)
-        return f"{self.arch}({opts}) {'x'.join(map(str, self.shape))}"
-
-
-@dataclass
-class Planned:
-    """One training run of a stage."""
-
-    name: str
-    model: Model
-    epochs: int
-    examples: int
-    passes: float
-    batch_size: int
-    units: float = 0.0  # clean-epoch units, set by the stage plan
-
-
 @dataclass
 class StagePlan:
+    """A stage's plan: its units (:class:`lib.units.Unit`), in a training order (each after those it builds on)."""
+
     stage: str
     profile: str
     train_examples: int  # the stage's training set, the unit's denominator
-    models: list[Planned] = field(default_factory=list)
+    models: list[Unit] = field(default_factory=list)
 
-    def add(self, name: str, model: Model, epochs: int, examples: int, passes: float, batch_size: int) -> None:
-        self.models.append(
-            Planned(
-                name,
-                model,
-                epochs,
-                examples,
-                passes,
-                batch_size,
-                round(epochs * examples / self.train_examples * passes, 2),
-            )
-        )
+    def add(
+        self,
+        name: str,
+        model: Model,
+        epochs: int,
+        examples: int,
+        passes: float,
+        batch_size: int,
+        fit: Callable | None = None,
+        deps: tuple[str, ...] = (),
+        exclusive: bool = False,
+    ) -> None:
+        """One unit: its store name, the network, epochs x examples x passes (its cost), how it is trained and
+        the units it builds on (listed before it)."""
+        cost = round(epochs * examples / self.train_examples * passes, 2)
+        self.models.append(Unit(name, model, epochs, examples, passes, batch_size, cost, fit, tuple(deps), exclusive))
+        check(self.models, self.stage)
 
     @property
     def units(self) -> float:
         return round(sum(m.units for m in self.models), 1)
 
+    def seconds(self, throughput: dict[Model, float]) -> dict[str, float]:
+        """Each unit's estimated training seconds on this device, from the probe's images/s."""
+        return {m.name: m.epochs * m.examples * m.passes / throughput[m.model] for m in self.models}
+
     def eta_s(self, throughput: dict[Model, float]) -> float:
-        return sum(m.epochs * m.examples * m.passes / throughput[m.model] for m in self.models)
+        return sum(self.seconds(throughput).values())
 
     def as_dict(self) -> dict:
         return {
@@ -91,45 +75,8 @@ class StagePlan:
             "profile": self.profile,
             "train_examples": self.train_examples,
             "clean_epoch_units": self.units,
-            "models": [{**asdict(m), "model": m.model.label()} for m in self.models],
+            "models": [m.as_dict() for m in self.models],
         }
-
-
-def _masked(name: str) -> str:
-    """A model's name with its numbers masked: p5's eps in pixel units come from the data, not the plan."""
-    return re.sub(r"\d+(\.\d+)?", "#", name)
-
-
-class PlanDrift(RuntimeError):
-    """A stage trained a model its ``plan(cfg)`` does not list, or did not train one it lists."""
-
-
-class Following:
-    """A run held to its plan: :meth:`take` each model as it is trained or loaded (it must be listed,
-    names compared up to their numbers); :meth:`check_complete` at the end (every listed one taken).
-    The plan is the stage's schedule, not a description kept beside it: a stage whose ``run`` and
-    ``plan`` disagree stops, in every profile."""
-
-    def __init__(self, plan: StagePlan):
-        self.plan = plan
-        self.left = Counter(_masked(m.name) for m in plan.models)
-
-    def take(self, name: str) -> None:
-        masked = _masked(name)
-        if self.left[masked] <= 0:
-            raise PlanDrift(
-                f"{self.plan.stage} trains '{name}', which its plan(cfg) does not list (or lists fewer times): "
-                f"add it to plan() in lib/stages/{self.plan.stage}.py"
-            )
-        self.left[masked] -= 1
-
-    def check_complete(self) -> None:
-        missing = sorted(n for n, k in self.left.items() for _ in range(k))
-        if missing:
-            raise PlanDrift(
-                f"{self.plan.stage}'s plan(cfg) lists models the run did not train: {', '.join(missing)} "
-                f"(lib/stages/{self.plan.stage}.py)"
-            )
 
 
 def train_size(name: str, n: int | None, held_out: int = 0) -> int:
@@ -208,6 +155,41 @@ def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
 
+def jobs(stage_plans: list[StagePlan], seconds: dict[str, dict[str, float]]) -> list[Job]:
+    """Every unit of the plans as a scheduler sees it (``seconds``: stage -> unit -> estimated seconds)."""
+    return [
+        Job(f"{p.stage}/{m.name}", seconds[p.stage][m.name], tuple(f"{p.stage}/{d}" for d in m.deps), m.exclusive)
+        for p in stage_plans
+        for m in p.models
+    ]
+
+
+def recorded_seconds(plan: StagePlan, results_root=None) -> dict[str, float]:
+    """Each unit's training seconds as the committed run recorded them (``results/<stage>/training.json``), where
+    it trained a model of that name; empty otherwise."""
+    from lib.runtime import REPO_ROOT
+
+    path = (results_root or REPO_ROOT / "results") / plan.stage / "training.json"
+    if not path.exists():
+        return {}
+    trained = {m["name"]: m["seconds"] for m in json.loads(path.read_text()).get("models", [])}
+    return {m.name: trained[m.name] for m in plan.models if m.name in trained}
+
+
+def _print_makespan(stage_plans: list[StagePlan], seconds: dict, workers: list[int], source: str) -> list[dict]:
+    rows = makespan(jobs(stage_plans, seconds), workers)
+    print(f"\nmakespan ({source}): longest dependency chain vs total work / N")
+    print(f"  {'workers':>7s} {'makespan':>10s} {'longest chain':>14s} {'work / N':>10s} {'efficiency':>10s}")
+    total = rows[0]["work_over_n_s"] * rows[0]["workers"]
+    for r in rows:
+        eff = total / (r["workers"] * r["makespan_s"]) if r["makespan_s"] else 1.0
+        print(
+            f"  {r['workers']:7d} {_hours(r['makespan_s']):>10s} {_hours(r['critical_path_s']):>14s} "
+            f"{_hours(r['work_over_n_s']):>10s} {100 * eff:9.0f}%"
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stages", nargs="*", help="stages (default: all)")
@@ -215,6 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default=str(PARAMS_FILE))
     ap.add_argument("--json", action="store_true", help="print the plan as JSON")
     ap.add_argument("--no-probe", action="store_true", help="skip the throughput probe (no ETA)")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="print the makespan for N workers (e.g. --workers 1 2 8 16): from the probe's estimates, and from the "
+        "committed run's recorded training times where it has them",
+    )
     args = ap.parse_args(argv)
     from lib.runtime import device_name
 
@@ -223,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    require(not (args.workers and args.no_probe), "--workers needs the probe's estimates (drop --no-probe)")
+    require(all(n >= 1 for n in args.workers or []), f"--workers must be >= 1, got {args.workers}")
     throughput = {} if args.no_probe else throughputs(stage_plans)
     out = {"device": device_name(), "stages": []}
     for plan in stage_plans:
@@ -230,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
         if throughput:
             blob["eta_s"] = round(plan.eta_s(throughput), 1)
         out["stages"].append(blob)
+    if args.workers:
+        probed = {p.stage: p.seconds(throughput) for p in stage_plans}
+        recorded = {p.stage: probed[p.stage] | recorded_seconds(p) for p in stage_plans}
+        out["makespan"] = makespan(jobs(stage_plans, probed), args.workers)
+        out["makespan_recorded"] = makespan(jobs(stage_plans, recorded), args.workers)
     out["clean_epoch_units"] = round(sum(p.units for p in stage_plans), 1)
     if throughput:
         out["throughput_images_per_s"] = {m.label(): round(v, 1) for m, v in throughput.items()}
@@ -253,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
         for label, v in out["throughput_images_per_s"].items():
             print(f"  {label:50s} {v:10.1f}")
         print(f"\ntotal: {out['clean_epoch_units']:g} clean-epoch units, ETA {_hours(out['eta_s'])} on this device")
+        if args.workers:
+            _print_makespan(stage_plans, probed, args.workers, "the probe's estimates")
+            n = sum(len(recorded_seconds(p)) for p in stage_plans)
+            source = f"recorded training times of {n} of {sum(len(p.models) for p in stage_plans)} units, the probe's for the rest"
+            _print_makespan(stage_plans, recorded, args.workers, source)
     else:
         print(f"\ntotal: {out['clean_epoch_units']:g} clean-epoch units")
     return 0

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-from collections import Counter
 
 import pytest
 import torch
@@ -37,11 +35,6 @@ def _tree_digest(folder) -> str:
     return h.hexdigest()
 
 
-def _masked(names) -> Counter:
-    """Names with their numbers masked (p5's eps in pixel units depend on the data)."""
-    return Counter(re.sub(r"\d+(\.\d+)?", "#", n) for n in names)
-
-
 STAGES = ["p5_mnist_gan", "p1_conv_generator_ensemble", "compare"]
 
 
@@ -57,7 +50,7 @@ def test_the_paper_profile_runs_end_to_end_on_full_size_synthetic_data(stage):
     training = json.loads((out / "training.json").read_text())
     trained = [m["name"] for m in training["models"]]
     assert not any(m["loaded"] for m in training["models"])  # a dry run trains from scratch
-    assert _masked(trained) == _masked(m["name"] for m in training["plan"]["models"])  # the plan lists what runs
+    assert sorted(trained) == sorted(m["name"] for m in training["plan"]["models"])  # the plan's units: what runs
     assert training["plan"]["profile"] == "paper" and training["wall_time_s"] > 0
     meta = json.loads((out / "details.json").read_text())["meta"]
     assert meta["profile"] == "paper"

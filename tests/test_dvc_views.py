@@ -108,11 +108,12 @@ def test_the_readmes_remote_recipe_shares_a_model_store(tmp_path):
     stage = "p5_mnist_gan"
     _run(["git", "clone", "-q", str(REPO_ROOT), str(first)], tmp_path)
     (first / "data" / "prepared").mkdir(parents=True)
-    (first / "models" / stage).mkdir(parents=True)
+    for name in stages.names():  # the train stage's outputs: every stage's store
+        (first / "models" / name).mkdir(parents=True)
     (first / "models" / stage / "d-0123.pt").write_bytes(b"trained weights")
-    _run([DVC, "commit", "-f", "-q", stage], first)  # what `dvc repro` records when it trains
+    _run([DVC, "commit", "-f", "-q", "train"], first)  # what `dvc repro` records when it trains
     _run([DVC, "remote", "add", "-d", "store", str(remote)], first)
-    _run([DVC, "push", "-q", stage], first)
+    _run([DVC, "push", "-q", "train"], first)
     shutil.copytree(first, second, ignore=shutil.ignore_patterns("models", "cache"))
-    _run([DVC, "pull", "-q", stage], second)
+    _run([DVC, "pull", "-q", "train"], second)
     assert (second / "models" / stage / "d-0123.pt").read_bytes() == b"trained weights"

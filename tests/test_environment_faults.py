@@ -37,7 +37,7 @@ def _leftovers(results: Path) -> list[str]:
 
 def _store_entries_verified(models: Path) -> int:
     """Every entry of a model and evaluation store loads and matches its digest; no temporary file."""
-    files = [f for f in models.rglob("*") if f.is_file()]
+    files = [f for f in models.rglob("*") if f.is_file() and not {".locks", ".logs"} & set(f.parts)]
     assert not [f for f in files if f.name.endswith(".tmp")], "a partial store entry was left"
     for f in files:
         fields = ("modules", "record", "random_state") if ".evaluations" not in f.parts else ("value", "random_state")
@@ -290,7 +290,7 @@ IN_A_FULL_DISK = textwrap.dedent("""
     run = subprocess.run([sys.executable, "-m", "lib.pipeline", committed.name, "--params", str(params),
                           "--results", str(results), "--models", str(models)], capture_output=True, text=True)
     entries = []
-    for f in sorted(p for p in models.rglob("*") if p.is_file()):
+    for f in sorted(p for p in models.rglob("*") if p.is_file() and ".locks" not in p.parts):
         fields = ("value", "random_state") if ".evaluations" in f.parts else ("modules", "record", "random_state")
         try:
             cache._read_entry(f, fields, "retrain")

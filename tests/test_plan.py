@@ -61,40 +61,37 @@ def test_an_unknown_stage_is_one_clear_error(capsys):
     assert capsys.readouterr().err.count("error:") == 1
 
 
-def test_a_run_is_held_to_its_plan():
-    """A model the plan does not list stops the run at once; a listed one never trained stops it at the end;
-    names are compared up to their numbers (p5's eps in pixel units come from the data)."""
-    from lib.plan import Following, Model, PlanDrift, StagePlan
-
-    plan = StagePlan("p9", "smoke", 100)
-    model = Model("mnist_cnn", (1, 28, 28), 10)
-    for name in ("phase 1: D", "phase 2: G at intensity 0.1", "phase 2: G at intensity 0.3"):
-        plan.add(name, model, 2, 100, 1, 50)
-    run = Following(plan)
-    run.take("phase 1: D")
-    run.take("phase 2: G at intensity 0.1")
-    with pytest.raises(PlanDrift, match="lists models the run did not train: phase #: G at intensity #"):
-        run.check_complete()
-    run.take("phase 2: G at intensity 0.7")  # numbers masked: the third listed G
-    run.check_complete()
-    with pytest.raises(PlanDrift, match="trains 'phase 1: D', which its plan\\(cfg\\) does not list"):
-        run.take("phase 1: D")  # listed once, trained twice
-    with pytest.raises(PlanDrift, match="trains 'surrogate'"):
-        Following(plan).take("surrogate")
-
-
-def test_a_stage_run_stops_on_a_model_its_plan_does_not_list(tmp_path):
-    """Through the store, as every stage trains: StageRun holds the notebook's run to the stage's plan."""
+def test_a_stage_run_stops_on_a_model_outside_its_units(tmp_path):
+    """Through the store, as every stage trains: StageRun holds the notebook's run to the stage's units."""
     from lib import cache
     from lib.notebook import StageRun
-    from lib.plan import PlanDrift
     from lib.stages import p5_mnist_gan as p5
+    from lib.units import PlanDrift
 
     run = StageRun(p5, "smoke", {}, tmp_path / "out")
     try:
-        with pytest.raises(PlanDrift, match="p5_mnist_gan trains 'an unplanned model'"):
+        with pytest.raises(PlanDrift, match="p5_mnist_gan trains 'an unplanned model' outside the units of its plan"):
             cache.cached("an unplanned model", {}, lambda: {})
-        with pytest.raises(PlanDrift, match="lists models the run did not train"):
+        with pytest.raises(PlanDrift, match="lists units the run did not obtain: phase 1: D"):
             run.write_claims([])
     finally:
         cache.on_train(None)
+
+
+@pytest.mark.parametrize("profile", ["smoke", "cpu", "paper"])
+def test_every_unit_can_be_trained_and_lists_what_it_builds_on(profile):
+    """The plan is the list of units: each has a fit, its dependencies come before it, its name is its store name."""
+    for stage in stages.names():
+        plan = P.plan_stage(stage, _params(stage, profile))
+        names = [m.name for m in plan.models]
+        assert len(set(names)) == len(names)
+        for i, m in enumerate(plan.models):
+            assert callable(m.fit) and set(m.deps) <= set(names[:i]), (stage, m.name)
+
+
+def test_the_makespan_of_the_cpu_profile_falls_with_workers(capsys):
+    assert P.main(["p5_mnist_gan", "compare", "--profile", "cpu", "--workers", "1", "2", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "makespan (the probe's estimates)" in out and "longest chain" in out
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith(("1 ", "2 ", "8 "))]
+    assert len(rows) == 6  # two tables (probe, recorded) of three rows

@@ -21,7 +21,9 @@ DVC = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
 
 def test_dvc_yaml_is_the_one_generated_from_the_registry():
     assert (REPO_ROOT / "dvc.yaml").read_text() == dvcfile.render(), "run `python -m lib.dvcfile` and commit dvc.yaml"
-    assert list(DVC) == ["data", *stages.names(), "readme"]
+    assert list(DVC) == ["data", "train", *stages.names(), "readme"]
+    assert {f"models/{name}" for name in stages.names()} == {next(iter(o)) for o in DVC["train"]["outs"]}
+    assert "models/p5_mnist_gan" in DVC["p5_mnist_gan"]["deps"]  # the notebook loads what train trained
 
 
 def test_a_stage_depends_on_the_modules_its_code_imports_and_no_other_paper():
@@ -71,6 +73,7 @@ import torch
 import lib.data as D
 import lib.models as M
 import lib.plan as P
+import lib.units as U
 from lib import attacks as A
 from lib import claims as C
 from lib.cache import cached
@@ -95,17 +98,13 @@ class Config:
         return self
 
 
-def plan(cfg: Config) -> P.StagePlan:
-    n = P.train_size(cfg.dataset, cfg.n_train)
-    out = P.StagePlan("p6_toy", cfg.profile, n)
-    out.add("FGSM-AT", P.Model("mnist_cnn", P.shape_of(cfg.dataset), 10, (("width", 4),)), cfg.epochs, n, 2, 50)
-    return out
-
-
-def run(cfg: Config, data_dir: str) -> Result:
+def prepare(cfg: Config, data_dir: str):
     ds = D.load(cfg.dataset, data_dir)
-    x, y = D.tensors(D.subset(ds.train, cfg.n_train, cfg.seed))
-    x_test, y_test = D.tensors(D.subset(ds.test, cfg.n_test, cfg.seed + 1))
+    return ds, D.tensors(D.subset(ds.train, cfg.n_train, cfg.seed)), D.tensors(D.subset(ds.test, cfg.n_test, cfg.seed + 1))
+
+
+def fgsm_at(units: U.Units) -> torch.nn.Module:
+    cfg, (ds, (x, y), _) = units.cfg, units.data
     model = M.build("mnist_cnn", ds.shape, ds.num_classes, seed=cfg.seed, width=4)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
@@ -114,8 +113,21 @@ def run(cfg: Config, data_dir: str) -> Result:
             for i in range(0, len(y), 50):
                 toy_method.fgsm_step(model.train(), opt, x[i : i + 50], y[i : i + 50], cfg.eps)
 
-    cached("FGSM-AT", {"model": model}, fit, key=(cfg, x))  # every model through the store, as its plan lists
-    model.eval()
+    cached("FGSM-AT", {"model": model}, fit, key=(cfg, x), seeded=True)  # every model a unit, through the store
+    return model.eval()
+
+
+def plan(cfg: Config) -> P.StagePlan:
+    n = P.train_size(cfg.dataset, cfg.n_train)
+    out = P.StagePlan("p6_toy", cfg.profile, n)
+    out.add("FGSM-AT", P.Model("mnist_cnn", P.shape_of(cfg.dataset), 10, (("width", 4),)), cfg.epochs, n, 2, 50, fgsm_at)
+    return out
+
+
+def run(cfg: Config, data_dir: str) -> Result:
+    units = U.Units("p6_toy", plan(cfg).models, cfg, lambda: prepare(cfg, data_dir))
+    model = units.get("FGSM-AT")
+    _, (x, y), (x_test, y_test) = units.data
     r = {"clean": accuracy(model, x_test, y_test), "fgsm": robust_accuracy(model, x_test, y_test, A.fgsm, eps=cfg.eps)}
     return Result(r, cfg.dataset, {"train": len(y), "test": len(y_test)})
 

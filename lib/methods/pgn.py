@@ -17,7 +17,7 @@ import lib.data as D
 from lib.attacks import eval_mode
 from lib.cache import cached
 from lib.errors import require
-from lib.runtime import Acceleration, DryRun, progress
+from lib.runtime import Acceleration, DryRun, progress, seed_everything
 from lib.train import Clean, training_precision
 
 INPUTS = ("label", "image", "gradient")
@@ -216,14 +216,17 @@ def train_attacker(
     reduction: str = "mean",
     max_batches: int | None = None,
     desc: str = "PGN attacker",
+    seed: int = 0,
 ) -> PGNGenerator:
-    """G alone against a FIXED classifier (Fig. 3, the example grid): ascends CE - c_L ||delta||^2; the classifier's weights never change."""
+    """G alone against a FIXED classifier (Fig. 3, the example grid): ascends CE - c_L ||delta||^2; the classifier's
+    weights never change. Seeded with ``seed``."""
     require(c_l >= 0, f"c_L must be >= 0, got {c_l}")
     dev = next(classifier.parameters()).device
     opt = torch.optim.Adam(generator.parameters(), lr=lr, maximize=True)
     params = list(generator.parameters())
 
     def fit() -> None:
+        seed_everything(seed)
         cap = DryRun.batches(max_batches)
         for _ in progress(range(DryRun.epochs(epochs)), desc=desc):
             generator.train()
@@ -237,5 +240,6 @@ def train_attacker(
                 objective.backward(inputs=params)
                 opt.step()
 
-    cached(desc, {"generator": generator}, fit, key=(classifier, loader, c_l, opt, epochs, reduction, max_batches))
+    key = (classifier, loader, c_l, opt, epochs, reduction, max_batches, seed)
+    cached(desc, {"generator": generator}, fit, key=key, seeded=True)
     return generator.eval()

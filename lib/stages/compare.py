@@ -26,6 +26,7 @@ from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullFormatter
 import lib.data as D
 import lib.models as M
 import lib.plan as P
+import lib.units as U
 from lib import attack_settings as S
 from lib import attacks as A
 from lib import claims as C
@@ -206,16 +207,9 @@ def build_model(ds: D.Dataset, cfg: Config, seed: int) -> nn.Module:
     return M.build(cfg.model, ds.shape, ds.num_classes, seed=seed, **cfg.model_options).to(device())
 
 
-SOURCES: dict[
-    tuple, Clean
-] = {}  # (defence, value) -> the source of the last fit: a generator there holds the trained weights
-
-
 def make_source(defence: str, value, ds: D.Dataset, train_split: D.Split, cfg: Config) -> Clean:
-    """The training source of ``defence`` at strength ``value``, built from its paper module's classes
-    (and kept in ``SOURCES``, where the mechanism gates read the trained generators)."""
-    SOURCES[(defence, value)] = source = _new_source(defence, value, ds, train_split, cfg)
-    return source
+    """The training source of ``defence`` at strength ``value``, built from its paper module's classes."""
+    return _new_source(defence, value, ds, train_split, cfg)
 
 
 def _new_source(defence: str, value, ds: D.Dataset, train_split: D.Split, cfg: Config) -> Clean:
@@ -255,6 +249,7 @@ class Trained:
     value: float | None
     result: TrainResult
     benign: float
+    source: Clean  # its training source (a generator there holds the trained weights)
 
     @property
     def model(self) -> nn.Module:
@@ -312,17 +307,18 @@ def fit(
     loader = D.loader(split, cfg.batch_size, shuffle=True, seed=seed, with_index=True)
     desc = f"{DEFENCES[defence][0]} {'' if value is None else f'{value:.4g}'}"
     hook = validation_hook(val.x_val, val.y_val, cfg.patience)
+    source = make_source(defence, value, ds, split, cfg)
     result = train(
         model,
         loader,
         tc,
-        make_source(defence, value, ds, split, cfg),
+        source,
         on_epoch_end=hook,
         max_batches=cfg.max_batches,
         desc=desc,
-        cache_as=f"{desc} seed {seed}",
+        cache_as=unit_name(defence, value, seed),
     )
-    return Trained(defence, value, result, accuracy(result.final, *clean_test))
+    return Trained(defence, value, result, accuracy(result.final, *clean_test), source)
 
 
 def training_perturbation_l2(chosen: dict, test: tuple) -> dict[str, float]:
@@ -330,7 +326,7 @@ def training_perturbation_l2(chosen: dict, test: tuple) -> dict[str, float]:
     each against its own trained classifier (PGN's mechanism gate: within 2x of the baseline's)."""
     x, y = test
     pgn, fgsm = chosen["p2_pgn"], chosen["fgsm_at"]
-    generator = SOURCES[("p2_pgn", pgn.value)].generator.eval()
+    generator = pgn.source.generator.eval()
     x_pgn = adversarial_examples(pgn.model, x, y, p2.pgn_attack, generator=generator)
     x_fgsm = adversarial_examples(fgsm.model, x, y, A.fgsm, eps=fgsm.value)
     return {"p2_pgn": mean_perturbation(x_pgn, x), "fgsm_at": mean_perturbation(x_fgsm, x)}
@@ -458,8 +454,9 @@ class Measurements(TypedDict):
 
 
 def run(cfg: Config, data_dir: str | Path) -> Result[Measurements]:
-    """The stage: every defence trained and evaluated alike (:func:`measure`)."""
-    r = measure(cfg, data_dir)
+    """The stage: every defence trained (its units) and evaluated alike (:func:`measure`)."""
+    seed_everything(cfg.seed)
+    r = measure(U.Units("compare", plan(cfg).models, cfg, lambda: prepare(cfg, data_dir)))
     samples = {
         "train": r["n_train"],
         "validation": r["n_val"],
@@ -471,60 +468,90 @@ def run(cfg: Config, data_dir: str | Path) -> Result[Measurements]:
     return Result(r, f"{cfg.dataset} ({r['dataset'].source})", samples)
 
 
-def measure(cfg: Config, data_dir: str | Path) -> Measurements:
-    """Train every defence (its strength sweep), pick the strength nearest the benign target, evaluate all alike."""
-    seed_everything(cfg.seed)
+@dataclass
+class Prepared:
+    """The data a run reads: the dataset, training and validation splits, the clean-accuracy and attack test sets."""
+
+    ds: D.Dataset
+    train: D.Split
+    val_split: D.Split
+    val: Validation
+    clean_test: tuple
+    test: tuple
+
+
+def prepare(cfg: Config, data_dir: str | Path) -> Prepared:
+    """The data every unit and the evaluation read."""
     ds = D.load(cfg.dataset, data_dir)
     train_split, val_split = D.hold_out(
         D.subset(ds.train, cfg.n_train, cfg.seed, f"{ds.name} train"), cfg.n_val, cfg.seed, f"{ds.name} train"
     )
-    val = Validation(*D.tensors(val_split))
     clean_split = D.subset(ds.test, cfg.n_clean_test, cfg.seed + 1, f"{ds.name} test")
-    clean_test, test = (
-        D.tensors(clean_split),
-        D.tensors(
-            D.subset(clean_split, cfg.n_test, cfg.seed + 2, f"the {len(clean_split)} clean-accuracy test images")
-        ),
+    test = D.tensors(
+        D.subset(clean_split, cfg.n_test, cfg.seed + 2, f"the {len(clean_split)} clean-accuracy test images")
     )
     require(
         max(cfg.n_rho, cfg.n_foolbox) <= len(test[1]),
         f"n_rho {cfg.n_rho} and n_foolbox {cfg.n_foolbox} must not exceed the {len(test[1])} test images",
     )
-    clean = fit("clean", None, ds, train_split, val, clean_test, cfg)
-    target = cfg.target_benign if cfg.target_benign is not None else clean.benign - cfg.target_drop
-    swept: dict[str, dict] = {"clean": {None: clean}}
-    for defence, values in cfg.strengths.items():
-        if defence != "clean":
-            swept[defence] = {
-                v: fit(defence, v, ds, train_split, val, clean_test, cfg, source_model=clean.model) for v in values
-            }
-    chosen = {d: runs[closest_benign({v: t.benign for v, t in runs.items()}, target)[0]] for d, runs in swept.items()}
-    surrogate = fit("clean", None, ds, train_split, val, clean_test, cfg, seed=cfg.seed + 100).model
+    return Prepared(ds, train_split, val_split, Validation(*D.tensors(val_split)), D.tensors(clean_split), test)
+
+
+def unit_name(defence: str, value, seed: int) -> str:
+    """The unit (and store name) of ``defence`` at strength ``value`` trained with ``seed``."""
+    return f"{DEFENCES[defence][0]} {'' if value is None else f'{value:.4g} '}seed {seed}"
+
+
+def target_of(clean: Trained, cfg: Config) -> float:
+    """The benign accuracy every defence's strength is matched to."""
+    return cfg.target_benign if cfg.target_benign is not None else clean.benign - cfg.target_drop
+
+
+def chosen_of(units: U.Units) -> dict[str, Trained]:
+    """Per defence, the strength of its sweep nearest the benign target (the clean model for "clean")."""
+    cfg = units.cfg
+    clean = units.get(unit_name("clean", None, cfg.seed))
+    target = target_of(clean, cfg)
+    swept = {d: {v: units.get(unit_name(d, v, cfg.seed)) for v in values} for d, values in cfg.strengths.items()}
+    return {d: runs[closest_benign({v: t.benign for v, t in runs.items()}, target)[0]] for d, runs in swept.items()}
+
+
+def measure(units: U.Units) -> Measurements:
+    """Every defence's strength sweep (its units), the strength nearest the benign target, all evaluated alike."""
+    cfg, data = units.cfg, units.data
+    test, clean_test = data.test, data.clean_test
+    clean = units.get(unit_name("clean", None, cfg.seed))
+    target = target_of(clean, cfg)
+    swept = {d: {v: units.get(unit_name(d, v, cfg.seed)) for v in values} for d, values in cfg.strengths.items()}
+    chosen = chosen_of(units)
+    surrogate = units.get(unit_name("clean", None, cfg.seed + 100)).model
     transfer = pgd(surrogate, *test, "linf", cfg.eps_linf, cfg.pgd_steps, cfg.pgd_restarts)
     perturbation_l2 = training_perturbation_l2(chosen, test) if {"p2_pgn", "fgsm_at"} <= set(chosen) else {}
     results = {}
     for d, t in chosen.items():
         with evaluation(f"{d} (PGD-L∞, PGD-L2, C&W, black-box, foolbox)"):
             results[d] = evaluate(t, transfer, test, cfg)
-    reseeded = {
-        d: [fit(d, chosen[d].value, ds, train_split, val, clean_test, cfg, clean.model, s) for s in extra_seeds(cfg)]
-        for d in claimed(chosen)
-    }
+    reseeded = {d: [units.get(reseeded_unit(d, s)) for s in extra_seeds(cfg)] for d in claimed(chosen)}
     return {
         "chosen": chosen,
         "swept": swept,
         "results": results,
         "target": target,
         "perturbation_l2": perturbation_l2,
-        "dataset": ds,
-        "n_train": len(train_split),
-        "n_val": len(val_split),
+        "dataset": data.ds,
+        "n_train": len(data.train),
+        "n_val": len(data.val_split),
         "n_test": len(test[1]),
         "n_clean_test": len(clean_test[1]),
         "surrogate_accuracy": accuracy(surrogate, *clean_test),
         "reseeded": reseeded,
         "correct": {d: autoattack_correct([chosen[d], *reseeded[d]], test, cfg) for d in reseeded},
     }
+
+
+def reseeded_unit(defence: str, seed: int) -> str:
+    """The unit of a claimed defence at its chosen strength (matched when the run knows it) with another seed."""
+    return f"{DEFENCES[defence][0]} at the matched strength seed {seed}"
 
 
 def claimed(defences) -> list[str]:
@@ -854,7 +881,7 @@ def headline_metrics(r: dict) -> dict[str, float]:
 
 
 def plan(cfg: Config) -> P.StagePlan:
-    """What this stage trains under ``cfg`` and its cost (:mod:`lib.plan`)."""
+    """The stage's units under ``cfg`` (what it trains, what each builds on, how) and their cost (:mod:`lib.plan`)."""
     name = cfg.dataset
     n = P.train_size(name, cfg.n_train, cfg.n_val)
     plan = P.StagePlan("compare", cfg.profile, n)
@@ -871,24 +898,40 @@ def plan(cfg: Config) -> P.StagePlan:
         "p4_transfer_augmentation": 1,
         "p5_alternating_gan": 2,
     }
-    seed = cfg.seed
+    clean = unit_name("clean", None, cfg.seed)
+
+    def trained(defence: str, value, seed: int):
+        def train_unit(units: U.Units) -> Trained:
+            d = units.data
+            source = units.get(clean).model if defence == "p4_transfer_augmentation" else None
+            return fit(defence, value, d.ds, d.train, d.val, d.clean_test, cfg, source, seed)
+
+        return train_unit
+
+    def reseeded(defence: str, seed: int):
+        def train_unit(units: U.Units) -> Trained:
+            d, value = units.data, chosen_of(units)[defence].value
+            source = units.get(clean).model if defence == "p4_transfer_augmentation" else None
+            return fit(defence, value, d.ds, d.train, d.val, d.clean_test, cfg, source, seed)
+
+        return train_unit
+
+    def add(defence: str, unit: str, train_unit, deps=()) -> None:
+        examples = n * (2 if defence == "p4_transfer_augmentation" else 1)  # clean + one FGSM set
+        cost = passes[defence] - 1 + both.get(defence, 1)
+        plan.add(unit, model, cfg.epochs, examples, cost, cfg.batch_size, train_unit, deps)
+
+    add("clean", clean, trained("clean", None, cfg.seed))
+    sweep = [clean]
     for defence, values in cfg.strengths.items():
         for v in values:
-            label = DEFENCES[defence][0]
-            examples = n * (2 if defence == "p4_transfer_augmentation" else 1)  # clean + one FGSM set
-            plan.add(
-                f"{label} {'' if v is None else f'{v:.4g}'} seed {seed}",
-                model,
-                cfg.epochs,
-                examples,
-                passes[defence] - 1 + both.get(defence, 1),
-                cfg.batch_size,
-            )
-    plan.add(f"{DEFENCES['clean'][0]}  seed {seed + 100}", model, cfg.epochs, n, 1, cfg.batch_size)
+            unit = unit_name(defence, v, cfg.seed)
+            if unit != clean:
+                deps = (clean,) if defence == "p4_transfer_augmentation" else ()  # its FGSM set: the clean model's
+                add(defence, unit, trained(defence, v, cfg.seed), deps)
+                sweep.append(unit)
+    add("clean", unit_name("clean", None, cfg.seed + 100), trained("clean", None, cfg.seed + 100))
     for defence in claimed(cfg.strengths):
-        v, label = cfg.strengths[defence][0], DEFENCES[defence][0]
-        examples = n * (2 if defence == "p4_transfer_augmentation" else 1)
-        for s in extra_seeds(cfg):  # the chosen strength's other seeds (numbers are masked: any strength matches)
-            passes_ = passes[defence] - 1 + both.get(defence, 1)
-            plan.add(f"{label} {v:.4g} seed {s}", model, cfg.epochs, examples, passes_, cfg.batch_size)
+        for s in extra_seeds(cfg):  # the chosen strength's other seeds: the choice reads the whole sweep
+            add(defence, reseeded_unit(defence, s), reseeded(defence, s), tuple(sweep))
     return plan

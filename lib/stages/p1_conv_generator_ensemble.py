@@ -24,6 +24,7 @@ import torch.nn as nn
 import lib.data as D
 import lib.models as M
 import lib.plan as P
+import lib.units as U
 from lib import attack_settings as S
 from lib import attacks as A
 from lib import claims as C
@@ -291,7 +292,7 @@ def time_per_batch(base: nn.Module, train_split: D.Split, cfg: Config) -> dict[s
         f"min-max (PGD-L2, {cfg.timing_minmax_steps} it.)": minmax,
     }
     # stored like a model: a stage re-run from the store reports the timing of the run that measured
-    return cached("table 1 timing runs", {"base": base}, measure, key=(cfg, train_split))["repeats"]
+    return cached(TIMING, {"base": base}, measure, key=(cfg, train_split), seeded=True)["repeats"]
 
 
 def table1(
@@ -600,35 +601,58 @@ class Measurements(TypedDict):
     examples: torch.Tensor  # test images for Fig. 2
 
 
-def run(cfg: Config, data_dir: str | Path) -> Result[Measurements]:
-    """The stage: the data, pre-training, both fine-tunings, timing and evaluation."""
+@dataclass
+class Prepared:
+    """The data a run reads: the dataset, its splits, the test tensors and the validation hook's data."""
+
+    ds: D.Dataset
+    train: D.Split
+    val_split: D.Split
+    test_split: D.Split
+    test: tuple
+    val: Validation
+
+    def hook(self, cfg: Config) -> Validation:
+        """A fresh validation hook for one model (early stopping keeps that model's best weights)."""
+        return validation_hook(self.val.x_val, self.val.y_val, cfg.patience)
+
+
+def prepare(cfg: Config, data_dir: str | Path) -> Prepared:
+    """The data every unit and the evaluation read."""
     ds, train_split, val_split, test_split = load_data(cfg, data_dir)
-    r = measure(ds, train_split, val_split, test_split, cfg)
-    stand_in = "" if cfg.dataset == "cifar10" else " — STAND-IN for the paper's CIFAR-10"
-    samples = {"train": len(train_split), "validation": len(val_split), "test": len(test_split)}
-    return Result(r, f"{cfg.dataset} ({ds.source}){stand_in}", samples)
+    return Prepared(ds, train_split, val_split, test_split, D.tensors(test_split), Validation(*D.tensors(val_split)))
 
 
-def measure(ds: D.Dataset, train_split: D.Split, val_split: D.Split, test_split: D.Split, cfg: Config) -> Measurements:
-    """Base and surrogate pre-training, both fine-tunings, timing and evaluation."""
+def run(cfg: Config, data_dir: str | Path) -> Result[Measurements]:
+    """The stage: the data, pre-training, both fine-tunings, timing (its units) and evaluation."""
     seed_everything(cfg.seed)
-    test, val = D.tensors(test_split), Validation(*D.tensors(val_split))
+    units = U.Units("p1_conv_generator_ensemble", plan(cfg).models, cfg, lambda: prepare(cfg, data_dir))
+    r = measure(units, cfg)
+    data = units.data
+    stand_in = "" if cfg.dataset == "cifar10" else " — STAND-IN for the paper's CIFAR-10"
+    samples = {"train": len(data.train), "validation": len(data.val_split), "test": len(data.test_split)}
+    return Result(r, f"{cfg.dataset} ({data.ds.source}){stand_in}", samples)
 
-    def hook() -> Validation:
-        return validation_hook(val.x_val, val.y_val, cfg.patience)
 
-    base = pretrain(ds, train_split, cfg, cfg.seed, "base (clean pre-training)", hook())
-    surrogate = pretrain(
-        ds, train_split, cfg, cfg.seed + 100, "black-box surrogate (independent clean model)", hook()
-    ).final
-    (proposed, source), (minmax, _) = (
-        fine_tune(base.final, train_split, cfg, m, cache_as=f"fine-tune {m}", validation=hook())
-        for m in ("proposed", "min-max")
-    )
+BASE = "base (clean pre-training)"
+SURROGATE = "black-box surrogate (independent clean model)"
+TIMING = "table 1 timing runs"
+
+
+def fine_tuned(method: str) -> str:
+    return f"fine-tune {method}"
+
+
+def measure(units: U.Units, cfg: Config) -> Measurements:
+    """Base and surrogate pre-training, both fine-tunings and timing (``units``), then the evaluation."""
+    data = units.data
+    base = units.get(BASE)
+    surrogate = units.get(SURROGATE).final
+    (proposed, source), (minmax, _) = (units.get(fine_tuned(m)) for m in ("proposed", "min-max"))
     trained = {"proposed": proposed, "min-max": minmax}
     models = {"base": base.final, "min-max": trained["min-max"].final, "proposed": trained["proposed"].final}
-    timing = time_per_batch(base.final, train_split, cfg)
-    results = evaluate(models, surrogate, test, cfg)
+    timing = units.get(TIMING)
+    results = evaluate(models, surrogate, data.test, cfg)
     return {
         "models": models,
         "trained": trained,
@@ -637,9 +661,9 @@ def measure(ds: D.Dataset, train_split: D.Split, val_split: D.Split, test_split:
         "timing_repeats": timing,
         "results": results,
         "ensemble": source.ensemble,
-        "batches_per_epoch": math.ceil(len(train_split) / cfg.batch_size),
-        "surrogate_accuracy": accuracy(surrogate, *test),
-        "examples": D.examples(test_split, cfg.n_examples, cfg.seed)[0],
+        "batches_per_epoch": math.ceil(len(data.train) / cfg.batch_size),
+        "surrogate_accuracy": accuracy(surrogate, *data.test),
+        "examples": D.examples(data.test_split, cfg.n_examples, cfg.seed)[0],
     }
 
 
@@ -683,25 +707,40 @@ def headline_metrics(r: dict, cfg: Config) -> dict[str, float]:
 
 
 def plan(cfg: Config) -> P.StagePlan:
-    """What this stage trains under ``cfg`` and its cost (:mod:`lib.plan`)."""
+    """The stage's units under ``cfg`` (what it trains, what each builds on, how) and their cost (:mod:`lib.plan`)."""
     name = cfg.dataset
     n = P.train_size(name, cfg.n_train, cfg.n_val)
     plan = P.StagePlan("p1_conv_generator_ensemble", cfg.profile, n)
     model = P.Model(cfg.model, P.shape_of(name), P.classes_of(name))
     both = 1 + (cfg.clean_weight > 0)
-    plan.add("base (clean pre-training)", model, cfg.base_epochs, n, 1, cfg.batch_size)
-    plan.add("black-box surrogate (independent clean model)", model, cfg.base_epochs, n, 1, cfg.batch_size)
+
+    def pretrained(seed: int, desc: str):
+        return lambda u: pretrain(u.data.ds, u.data.train, cfg, seed, desc, u.data.hook(cfg))
+
+    def tuned(method: str):
+        def fit(u: U.Units) -> tuple[TrainResult, AttackSource | EnsembleSource]:
+            base = u.get(BASE).final
+            return fine_tune(base, u.data.train, cfg, method, cache_as=fine_tuned(method), validation=u.data.hook(cfg))
+
+        return fit
+
+    plan.add(BASE, model, cfg.base_epochs, n, 1, cfg.batch_size, pretrained(cfg.seed, BASE))
+    plan.add(SURROGATE, model, cfg.base_epochs, n, 1, cfg.batch_size, pretrained(cfg.seed + 100, SURROGATE))
+    # the generators' ascent + the classifier
+    plan.add(fine_tuned("proposed"), model, cfg.epochs, n, 1 + both, cfg.batch_size, tuned("proposed"), (BASE,))
     plan.add(
-        "fine-tune proposed", model, cfg.epochs, n, 1 + both, cfg.batch_size
-    )  # generators' ascent + the classifier
-    plan.add("fine-tune min-max", model, cfg.epochs, n, cfg.minmax_steps + both, cfg.batch_size)
+        fine_tuned("min-max"), model, cfg.epochs, n, cfg.minmax_steps + both, cfg.batch_size, tuned("min-max"), (BASE,)
+    )
     timed = 4 * (1 + cfg.timing_repeats) * cfg.timing_batches * cfg.batch_size  # 4 methods: a warm-up + the rounds
     plan.add(
-        "table 1 timing runs",
+        TIMING,
         model,
         1,
         timed,
         (1 + 2 * (1 + both) + cfg.timing_minmax_steps + both) / 4,
         cfg.batch_size,
+        lambda u: time_per_batch(u.get(BASE).final, u.data.train, cfg),
+        (BASE,),
+        exclusive=True,
     )
     return plan

@@ -29,6 +29,7 @@ import torch.nn as nn
 import lib.data as D
 import lib.models as M
 import lib.plan as P
+import lib.units as U
 from lib import attack_settings as S
 from lib import attacks as A
 from lib import claims as C
@@ -469,7 +470,7 @@ def time_defences(matched: dict[str, Trained], data: Data, cfg: Config) -> dict[
         return {"timing": interleaved({k: run(k) for k in timed}, cfg.timing_rounds)}
 
     modules = {k: matched[k].model for k in timed}
-    return cached(f"{data.ds.name} timing runs", modules, measure, key=(cfg, data.train))["timing"]
+    return cached(f"{data.ds.name} {TIMING}", modules, measure, key=(cfg, data.train), seeded=True)["timing"]
 
 
 @dataclass
@@ -575,32 +576,45 @@ def strength_point(param: float, model: nn.Module, x_adv: torch.Tensor, x: torch
     }
 
 
-def attack_strength(model: nn.Module, data: Data, cfg: Config) -> dict:
-    """Fig. 3 for one fixed classifier: (mean L2, accuracy) for FGM and PGD-L2 over ``attack_eps`` and for PGN attackers
-    over ``attack_c_l``; each point keeps its per-image correctness (``correct``) for the claim's interval."""
+def attack_strength(units: U.Units, name: str, kind: str) -> dict:
+    """Fig. 3 for the fixed classifier ``kind`` at ``fig3_eps``: (mean L2, accuracy) for FGM and PGD-L2 over
+    ``attack_eps`` and for PGN attackers (its units) over ``attack_c_l``; each point keeps its per-image correctness
+    (``correct``) for the claim's interval."""
+    data, cfg = units.data[name], units.cfg
+    model = units.get(unit(name, swept(kind, cfg.fig3_eps))).model
     x, y = data.test
     out: dict = {"FGM": [], "PGD": [], "PGN": [], "generators": {}}
     for eps in cfg.attack_eps:
-        for name, attack, params in (("FGM", A.fgm, {}), ("PGD", A.pgd, {"steps": cfg.attack_pgd_steps, "norm": "l2"})):
+        for attack_name, attack, params in (
+            ("FGM", A.fgm, {}),
+            ("PGD", A.pgd, {"steps": cfg.attack_pgd_steps, "norm": "l2"}),
+        ):
             x_adv = adversarial_examples(model, x, y, attack, eps=eps, **params)
-            out[name].append(strength_point(eps, model, x_adv, x, y))
-    loader = D.loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed)
+            out[attack_name].append(strength_point(eps, model, x_adv, x, y))
     for c_l in cfg.attack_c_l:
-        g = train_attacker(
-            build_generator(data, cfg, seed=cfg.seed + 1),
-            model,
-            loader,
-            c_l,
-            cfg.generator_lr,
-            cfg.attack_epochs,
-            cfg.grad_reduction,
-            cfg.max_batches,
-            desc=f"PGN attacker c_L {c_l:g}",
-        )
+        g = units.get(unit(name, attacker(kind, c_l, cfg)))
         x_adv = adversarial_examples(model, x, y, pgn_attack, generator=g, reduction=cfg.grad_reduction)
         out["PGN"].append(strength_point(c_l, model, x_adv, x, y))
         out["generators"][c_l] = g
     return out
+
+
+def train_attack_generator(units: U.Units, name: str, kind: str, c_l: float) -> PGNGenerator:
+    """A PGN attacker (Fig. 3): G alone against the fixed classifier ``kind`` at ``fig3_eps``."""
+    data, cfg = units.data[name], units.cfg
+    model = units.get(unit(name, swept(kind, cfg.fig3_eps))).model
+    return train_attacker(
+        build_generator(data, cfg, seed=cfg.seed + 1),
+        model,
+        D.loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed),
+        c_l,
+        cfg.generator_lr,
+        cfg.attack_epochs,
+        cfg.grad_reduction,
+        cfg.max_batches,
+        desc=f"PGN attacker c_L {c_l:g}",
+        seed=cfg.seed,
+    )
 
 
 def reference_variants(cfg: Config, steps_per_epoch: int) -> dict[str, dict]:
@@ -689,28 +703,35 @@ def figure_cl(r: dict, cfg: Config, subtitle: str) -> plt.Figure:
     return fig
 
 
-def reference_desc(opts: dict, c_l: str) -> str:
-    """The model-store name of PGN retrained with the reference choices ``opts`` (at c_L ``c_l``)."""
+def reference_desc(opts: dict) -> str:
+    """The unit of PGN retrained with the reference choices ``opts`` (at their c_L, else the matched PGN's)."""
+    c_l = f"{opts['c_l']:g}" if "c_l" in opts else "matched"
     return f"PGN c_L {c_l} (reference: {' '.join(k for k in sorted(opts) if k != 'ema_decay')})"
 
 
-def reference_check(matched: dict[str, Trained], data: Data, cfg: Config, transfers: dict) -> dict[str, dict]:
+def reference_check(units: U.Units, name: str, matched: dict[str, Trained], transfers: dict) -> dict[str, dict]:
     """Which reference-code difference, if any, explains PGN losing to FGM-AT: the matched PGN retrained with
-    each reference choice alone and with all of them, each under the paper's white-box FGM and MIM and
+    each reference choice alone and with all of them (its units), each under the paper's white-box FGM and MIM and
     AutoAttack-L2 (at ``fgm_eps``), per test image; the matched FGM-AT measured the same way. The
     reference-faithful PGN also gets the paper's whole protocol (its Table 3 row)."""
+    data, cfg = units.data[name], units.cfg
     pgn = matched["PGN"]
-    steps = math.ceil(len(data.train) / cfg.batch_size)
     out = {"FGM-AT": _robust(matched["FGM-AT"], data, cfg)}
-    for variant, opts in reference_variants(cfg, steps).items():
-        c_l = opts.get("c_l", pgn.value)
-        choices = replace(Choices.of(cfg), **{k: v for k, v in opts.items() if k != "c_l"})
-        t = pgn if not opts else fit("PGN", c_l, data, cfg, desc=reference_desc(opts, f"{c_l:g}"), choices=choices)
-        out[variant] = {**_robust(t, data, cfg), "c_l": c_l, "sec_per_epoch": t.result.sec_per_epoch}
+    for variant, opts in reference_variants(cfg, math.ceil(len(data.train) / cfg.batch_size)).items():
+        t = pgn if not opts else units.get(unit(name, reference_desc(opts)))
+        out[variant] = {**_robust(t, data, cfg), "c_l": t.value, "sec_per_epoch": t.result.sec_per_epoch}
         if variant.startswith("all of them"):
             out[variant]["protocol"] = protocol(t.model, data, cfg, t.cw_norms, transfers)
             out[variant]["trained"] = t
     return out
+
+
+def train_reference_variant(units: U.Units, name: str, opts: dict) -> Trained:
+    """The matched PGN retrained with the reference choices ``opts`` (at their c_L, else the matched one)."""
+    cfg = units.cfg
+    c_l = opts.get("c_l", matched_of(units, name)["PGN"].value)
+    choices = replace(Choices.of(cfg), **{k: v for k, v in opts.items() if k != "c_l"})
+    return fit("PGN", c_l, units.data[name], cfg, choices=choices)
 
 
 def _robust(t: Trained, data: Data, cfg: Config) -> dict:
@@ -735,60 +756,80 @@ def _robust(t: Trained, data: Data, cfg: Config) -> dict:
     return {"benign": t.benign, "correct": {k: v.numpy().astype(np.int8) for k, v in correct.items()}}
 
 
-def variants(main: Trained, data: Data, cfg: Config) -> tuple[dict, dict]:
+def variants(units: U.Units, name: str, main: Trained) -> tuple[dict, dict]:
     """PGN at ``main_c_l`` retrained without each input (Fig. 8's ablation) and at each extra width (Fig. 5 right)."""
+    cfg = units.cfg
     ablation = {"all inputs": main}
     if cfg.ablation:
         for drop in INPUTS:
-            ablation[f"no {drop}"] = fit(
-                "PGN",
-                cfg.main_c_l,
-                data,
-                cfg,
-                use=tuple(i for i in INPUTS if i != drop),
-                desc=f"PGN ablation: no {drop}",
-            )
+            ablation[f"no {drop}"] = units.get(unit(name, f"PGN ablation: no {drop}"))
     capacity = {cfg.width: main}
     for m in cfg.capacity:
-        capacity[cfg.width * m] = fit("PGN", cfg.main_c_l, data, cfg, width=cfg.width * m, desc=f"PGN width x{m:g}")
+        capacity[cfg.width * m] = units.get(unit(name, f"PGN width x{m:g}"))
     return ablation, capacity
 
 
-def run_dataset(name: str, cfg: Config, data_dir) -> DatasetMeasurements:
-    """Every training run and measurement of the stage on one dataset."""
-    seed_everything(cfg.seed)
-    data = load_data(name, cfg, data_dir)
-    baseline = fit("Baseline", None, data, cfg, desc="Baseline (clean)")
-    surrogate = train_defence(
-        "Baseline", None, data, cfg, seed=cfg.seed + 100, desc="independent network (black-box source)"
-    )[0].final
-    sweep = {("Baseline", None): baseline}
-    tracker = Tracker(data, cfg)
-    for eps in cfg.at_eps:
-        sweep[("FGM-AT", eps)] = fit(
-            "FGM-AT", eps, data, cfg, on_epoch_end=tracker if eps == cfg.track_eps else None, desc=f"FGM-AT eps {eps:g}"
-        )
-    for eps in cfg.pgd_eps:
-        sweep[("PGD-AT", eps)] = fit("PGD-AT", eps, data, cfg, desc=f"PGD-AT eps {eps:g}")
-    for c_l in cfg.c_l:
-        sweep[("PGN", c_l)] = fit("PGN", c_l, data, cfg, desc=f"PGN c_L {c_l:g}")
+BASELINE = "Baseline (clean)"
+SURROGATE = "independent network (black-box source)"
+TIMING = "timing runs"
+
+
+def unit(name: str, desc: str) -> str:
+    """A unit of dataset ``name``."""
+    return f"{name} {desc}"
+
+
+def swept(kind: str, value: float) -> str:
+    """The unit of defence ``kind`` at strength ``value`` (eps or c_L)."""
+    return f"{kind} eps {value:g}" if kind != "PGN" else f"PGN c_L {value:g}"
+
+
+def attacker(kind: str, c_l: float, cfg: Config) -> str:
+    """The unit of Fig. 3's PGN attacker at ``c_l`` against the fixed classifier ``kind`` at ``fig3_eps``."""
+    return f"PGN attacker c_L {c_l:g} against {swept(kind, cfg.fig3_eps)}"
+
+
+def sweep_of(units: U.Units, name: str) -> dict[tuple, Trained]:
+    """Every defence at every strength of the sweep, the Baseline first: (defence, strength) -> the trained model."""
+    cfg = units.cfg
+    sweep = {("Baseline", None): units.get(unit(name, BASELINE))}
+    for kind, values in (("FGM-AT", cfg.at_eps), ("PGD-AT", cfg.pgd_eps), ("PGN", cfg.c_l)):
+        sweep |= {(kind, v): units.get(unit(name, swept(kind, v))) for v in values}
+    return sweep
+
+
+def matched_of(units: U.Units, name: str) -> dict[str, Trained]:
+    """Per defence, the strength whose benign accuracy is closest to the Baseline's (the paper's fair comparison)."""
+    sweep = sweep_of(units, name)
+    baseline = sweep[("Baseline", None)]
     matched = {"Baseline": baseline}
     for kind in DEFENCES[1:]:
         key, _ = closest_benign({k: t.benign for k, t in sweep.items() if k[0] == kind}, baseline.benign)
         matched[kind] = sweep[key]
+    return matched
+
+
+def run_dataset(units: U.Units, name: str) -> DatasetMeasurements:
+    """Every training run (the units) and measurement of the stage on one dataset."""
+    cfg = units.cfg
+    seed_everything(cfg.seed)
+    data = units.data[name]
+    sweep = sweep_of(units, name)
+    surrogate = units.get(unit(name, SURROGATE)).final
+    matched = matched_of(units, name)
     transfers = transfer_examples(surrogate, data, cfg)
     table = {}
     for kind, t in matched.items():
         with evaluation(f"{name} {_label(t)} (FGM, MIM, DeepFool, C&W, black-box)"):
             table[kind] = protocol(t.model, data, cfg, t.cw_norms, transfers)
-    ablation, capacity = variants(sweep[("PGN", cfg.main_c_l)], data, cfg)
-    strength = {kind: attack_strength(sweep[(kind, cfg.fig3_eps)].model, data, cfg) for kind in ("FGM-AT", "PGD-AT")}
+    ablation, capacity = variants(units, name, sweep[("PGN", cfg.main_c_l)])
+    strength = {kind: attack_strength(units, name, kind) for kind in ("FGM-AT", "PGD-AT")}
     pgn = matched["PGN"]
     x_pgn = adversarial_examples(
         pgn.model, *data.test, pgn_attack, generator=pgn.source.evaluated.eval(), reduction=cfg.grad_reduction
     )
-    timing = time_defences(matched, data, cfg)
-    reference = reference_check(matched, data, cfg, transfers) if cfg.reference_check else {}
+    timing = units.get(unit(name, TIMING))
+    reference = reference_check(units, name, matched, transfers) if cfg.reference_check else {}
     curve = cl_curve({c_l: sweep[("PGN", c_l)] for c_l in cfg.c_l}, data, cfg)
     return {
         "name": name,
@@ -850,9 +891,15 @@ def samples(r: dict) -> dict[str, int]:
     }
 
 
+def prepare(cfg: Config, data_dir: str | Path) -> dict[str, Data]:
+    """Every configured dataset, subsampled as configured."""
+    return {name: load_data(name, cfg, data_dir) for name in cfg.datasets}
+
+
 def run(cfg: Config, data_dir: str | Path) -> Result[Measurements]:
-    """The stage: every configured dataset (:func:`run_dataset`)."""
-    results = {name: run_dataset(name, cfg, data_dir) for name in cfg.datasets}
+    """The stage: every configured dataset (:func:`run_dataset`), its models obtained through its units."""
+    units = U.Units("p2_pgn", plan(cfg).models, cfg, lambda: prepare(cfg, data_dir))
+    results = {name: run_dataset(units, name) for name in cfg.datasets}
     merged = {f"{name} {k}": v for name, r in results.items() for k, v in samples(r).items()}
     return Result(results, "; ".join(dataset_line(name, r) for name, r in results.items()), merged)
 
@@ -1539,55 +1586,72 @@ def headline_metrics(results: dict[str, dict]) -> dict[str, float]:
 
 
 def plan(cfg: Config) -> P.StagePlan:
-    """What this stage trains under ``cfg`` and its cost (:mod:`lib.plan`)."""
+    """The stage's units under ``cfg`` (what it trains, what each builds on, how) and their cost (:mod:`lib.plan`)."""
     names = list(cfg.datasets)
     plan = P.StagePlan("p2_pgn", cfg.profile, P.train_size(names[0], cfg.n_train, cfg.n_val))
     both = 1 + (cfg.clean_weight > 0)
     pgn = 1 + 1 + both  # gradient image, the generator's ascent, the classifier
+
+    def defence(name: str, kind: str, value: float | None, desc: str, **kw):
+        def train_unit(units: U.Units) -> Trained:
+            data = units.data[name]
+            hook = Tracker(data, cfg) if kind == "FGM-AT" and value == cfg.track_eps else None
+            return fit(kind, value, data, cfg, on_epoch_end=hook, desc=desc, **kw)
+
+        return train_unit
+
+    def surrogate(name: str):
+        return lambda u: train_defence("Baseline", None, u.data[name], cfg, seed=cfg.seed + 100, desc=SURROGATE)[0]
+
+    def add(name: str, desc: str, passes: float, train_unit, deps=(), w=None, e=None, examples=None, exclusive=False):
+        model = P.Model("convpool_cnn", P.shape_of(name), P.classes_of(name), (("width", w or cfg.width),))
+        n = examples or P.train_size(name, cfg.n_train, cfg.n_val)
+        deps = tuple(unit(name, d) for d in deps)
+        plan.add(unit(name, desc), model, e or cfg.epochs, n, passes, cfg.batch_size, train_unit, deps, exclusive)
+
     for name in names:
         n, width, epochs = P.train_size(name, cfg.n_train, cfg.n_val), cfg.width, cfg.epochs
-        runs = [("Baseline (clean)", 1, width, epochs), ("independent network (black-box source)", 1, width, epochs)]
-        runs += [(f"FGM-AT eps {eps:g}", 1 + both, width, epochs) for eps in cfg.at_eps]
-        runs += [
-            (f"PGD-AT eps {eps:g}", cfg.pgd_train_steps + both, width, cfg.epochs_of("PGD-AT")) for eps in cfg.pgd_eps
-        ]
-        runs += [(f"PGN c_L {c_l:g}", pgn, width, epochs) for c_l in cfg.c_l]
-        runs += [
-            (f"PGN ablation: no {drop}", pgn, width, epochs) for drop in ("label", "image", "gradient") if cfg.ablation
-        ]
-        runs += [(f"PGN width x{m:g}", pgn, width * m, epochs) for m in cfg.capacity]
-        if (
-            cfg.reference_check
-        ):  # the matched PGN retrained with the reference's choices (#: its c_L, matched at run time)
+        add(name, BASELINE, 1, defence(name, "Baseline", None, BASELINE))
+        add(name, SURROGATE, 1, surrogate(name))
+        sweep = [BASELINE]
+        for kind, values, passes, e in (
+            ("FGM-AT", cfg.at_eps, 1 + both, epochs),
+            ("PGD-AT", cfg.pgd_eps, cfg.pgd_train_steps + both, cfg.epochs_of("PGD-AT")),
+            ("PGN", cfg.c_l, pgn, epochs),
+        ):
+            for v in values:
+                add(name, swept(kind, v), passes, defence(name, kind, v, swept(kind, v)), e=e)
+                sweep.append(swept(kind, v))
+        for drop in INPUTS if cfg.ablation else ():
+            desc = f"PGN ablation: no {drop}"
+            add(name, desc, pgn, defence(name, "PGN", cfg.main_c_l, desc, use=tuple(i for i in INPUTS if i != drop)))
+        for m in cfg.capacity:
+            desc = f"PGN width x{m:g}"
+            add(name, desc, pgn, defence(name, "PGN", cfg.main_c_l, desc, width=cfg.width * m), w=width * m)
+        if cfg.reference_check:  # the matched PGN retrained with the reference's choices (matched: from the sweep)
             for opts in list(reference_variants(cfg, math.ceil(n / cfg.batch_size)).values())[1:]:
-                c_l = f"{opts['c_l']:g}" if "c_l" in opts else "#"
-                runs += [(reference_desc(opts, c_l), pgn, width, epochs)]
-        for desc, passes, w, e in runs:
-            plan.add(
-                f"{name} {desc}",
-                P.Model("convpool_cnn", P.shape_of(name), P.classes_of(name), (("width", w),)),
-                e,
-                n,
-                passes,
-                cfg.batch_size,
-            )
+                add(
+                    name, reference_desc(opts), pgn, lambda u, o=opts, nm=name: train_reference_variant(u, nm, o), sweep
+                )
         timed = (1 + both, pgn, cfg.pgd_train_steps + both)  # FGM-AT, PGN, PGD-AT: a warm-up + the rounds each
-        plan.add(
-            f"{name} timing runs",
-            P.Model("convpool_cnn", P.shape_of(name), P.classes_of(name), (("width", width),)),
-            1,
-            len(timed) * (1 + cfg.timing_rounds) * cfg.timing_batches * cfg.batch_size,
+        add(
+            name,
+            TIMING,
             sum(timed) / len(timed),
-            cfg.batch_size,
+            lambda u, nm=name: time_defences(matched_of(u, nm), u.data[nm], cfg),
+            sweep,
+            e=1,
+            examples=len(timed) * (1 + cfg.timing_rounds) * cfg.timing_batches * cfg.batch_size,
+            exclusive=True,
         )
-        for _kind in ("FGM-AT", "PGD-AT"):  # Fig. 3: PGN attackers against two fixed classifiers (G alone learns)
+        for kind in ("FGM-AT", "PGD-AT"):  # Fig. 3: PGN attackers against two fixed classifiers (G alone learns)
             for c_l in cfg.attack_c_l:
-                plan.add(
-                    f"PGN attacker c_L {c_l:g}",
-                    P.Model("convpool_cnn", P.shape_of(name), P.classes_of(name), (("width", width),)),
-                    cfg.attack_epochs,
-                    n,
+                add(
+                    name,
+                    attacker(kind, c_l, cfg),
                     2,
-                    cfg.batch_size,
+                    lambda u, nm=name, k=kind, c=c_l: train_attack_generator(u, nm, k, c),
+                    (swept(kind, cfg.fig3_eps),),
+                    e=cfg.attack_epochs,
                 )
     return plan

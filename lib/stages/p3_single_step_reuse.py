@@ -21,6 +21,7 @@ import torch
 import lib.data as D
 import lib.models as M
 import lib.plan as P
+import lib.units as U
 from lib import attack_settings as S
 from lib import attacks as A
 from lib import claims as C
@@ -163,32 +164,28 @@ def load_data(name: str, cfg: Config, data_dir) -> tuple[D.Dataset, D.Split, D.S
     return ds, train_split, val_split, D.subset(ds.test, cfg.n_test, cfg.seed + 1, f"{ds.name} test")
 
 
-def train_defences(
-    ds: D.Dataset, train_split: D.Split, val_split: D.Split, eps: float, cfg: Config, desc: str = ""
-) -> dict[str, TrainResult]:
-    """Train every configured defence from the same initial weights, its validation accuracy after
-    every epoch in its history; returns name -> TrainResult."""
-    out = {}
-    val = Validation(*D.tensors(val_split))
-    for defence in cfg.defences:
-        seed_everything(cfg.seed)
-        model = M.build(
-            "mnist_cnn", ds.shape, ds.num_classes, seed=cfg.seed, width=cfg.model_width, hidden=cfg.model_hidden
-        ).to(device())
-        source = make_source(defence, eps, len(train_split), ds.shape, ds.num_classes, cfg)
-        loader = D.loader(train_split, cfg.batch_size, shuffle=True, seed=cfg.seed, with_index=True)
-        hook = validation_hook(val.x_val, val.y_val, cfg.patience.get(defence))
-        out[defence] = train(
-            model,
-            loader,
-            cfg.train_config(),
-            source,
-            on_epoch_end=hook,
-            max_batches=cfg.max_batches,
-            desc=f"{desc} {defence}",
-            cache_as=f"{desc} {defence}",
-        )
-    return out
+def train_defence(
+    ds: D.Dataset, train_split: D.Split, val: Validation, eps: float, defence: str, cfg: Config
+) -> TrainResult:
+    """Train ``defence`` from the config's seed (every defence starts from the same initial weights), its
+    validation accuracy after every epoch in its history."""
+    seed_everything(cfg.seed)
+    model = M.build(
+        "mnist_cnn", ds.shape, ds.num_classes, seed=cfg.seed, width=cfg.model_width, hidden=cfg.model_hidden
+    ).to(device())
+    source = make_source(defence, eps, len(train_split), ds.shape, ds.num_classes, cfg)
+    loader = D.loader(train_split, cfg.batch_size, shuffle=True, seed=cfg.seed, with_index=True)
+    hook = validation_hook(val.x_val, val.y_val, cfg.patience.get(defence))
+    return train(
+        model,
+        loader,
+        cfg.train_config(),
+        source,
+        on_epoch_end=hook,
+        max_batches=cfg.max_batches,
+        desc=defence,
+        cache_as=defence,
+    )
 
 
 def evaluate_defences(
@@ -233,21 +230,23 @@ def extra_seeds(cfg: Config) -> list[int]:
     return [cfg.seed + 1000 * i for i in range(1, cfg.seeds)]
 
 
-def reseed(ds, train_split, val_split, test_split, eps: float, cfg: Config, name: str) -> dict[str, list[dict]]:
+def reseed(units: U.Units, name: str, eps: float, cfg: Config) -> dict[str, list[dict]]:
     """The ``seeded`` defences retrained with each extra seed (same data, other initial weights and batch
     order): per defence, per seed, its history and per-image correctness under the claims' attacks."""
-    x, y = D.tensors(test_split)
-    seeded = [d for d in cfg.seeded if d in cfg.defences]
-    out: dict[str, list[dict]] = {d: [] for d in seeded}
+    x, y = units.data[name].test
+    out: dict[str, list[dict]] = {d: [] for d in seeded(cfg)}
     for s in extra_seeds(cfg):
-        models = train_defences(
-            ds, train_split, val_split, eps, replace(cfg, seed=s, defences=seeded), f"{name} seed {s}"
-        )
+        models = {d: units.get(unit_name(name, d, s, cfg)) for d in seeded(cfg)}
         for d, tr in models.items():
             with evaluation(f"{d} seed {s} (eps {eps:g})"):
                 correct_ = attack_correct(tr.final, x, y, eps, cfg)
             out[d].append({"seed": s, "history": tr.history, "correct": correct_})
     return out
+
+
+def seeded(cfg: Config) -> list[str]:
+    """The defences trained with every seed (the two sides of the gain claims), those configured."""
+    return [d for d in cfg.seeded if d in cfg.defences]
 
 
 def time_defences(
@@ -274,7 +273,7 @@ def time_defences(
         return {"timing": interleaved({d: run(d) for d in timed}, cfg.timing_rounds)}
 
     modules = {d: models[d].final for d in timed}
-    return cached("timing runs", modules, measure, key=(cfg, train_split, eps))["timing"]
+    return cached(TIMING, modules, measure, key=(cfg, train_split, eps), seeded=True)["timing"]
 
 
 def attack_correct(m: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, cfg: Config) -> dict:
@@ -317,22 +316,56 @@ class DefenceEvaluation(TypedDict):
 Measurements = dict[str, dict[str, DefenceEvaluation]]  # dataset -> defence -> its evaluation
 
 
+@dataclass
+class Prepared:
+    """One dataset as a run reads it: the dataset, its splits, its eps and the validation hook's data."""
+
+    ds: D.Dataset
+    train: D.Split
+    val_split: D.Split
+    test_split: D.Split
+    eps: float
+
+    @property
+    def val(self) -> Validation:
+        return Validation(*D.tensors(self.val_split))
+
+    @property
+    def test(self) -> tuple:
+        return D.tensors(self.test_split)
+
+
+def prepare(cfg: Config, data_dir: str | Path) -> dict[str, Prepared]:
+    """Every configured dataset at its eps."""
+    return {name: Prepared(*load_data(name, cfg, data_dir), eps) for name, eps in cfg.datasets.items()}
+
+
+TIMING = "timing runs"
+
+
+def unit_name(dataset: str, defence: str, seed: int, cfg: Config) -> str:
+    """A defence's unit: by dataset, and by seed after the first."""
+    return f"{dataset} {defence}" if seed == cfg.seed else f"{dataset} seed {seed} {defence}"
+
+
 def run(cfg: Config, data_dir: str | Path) -> Result[Measurements]:
-    """The stage: per dataset (at its eps), every defence trained from the same initial weights, then evaluated."""
+    """The stage: per dataset (at its eps), every defence trained from the same initial weights (its units), then
+    evaluated."""
+    units = U.Units("p3_single_step_reuse", plan(cfg).models, cfg, lambda: prepare(cfg, data_dir))
     results, samples, sources = {}, {}, []
-    for name, eps in cfg.datasets.items():
-        ds, train_split, val_split, test_split = load_data(name, cfg, data_dir)
-        models = train_defences(ds, train_split, val_split, eps, cfg, desc=name)
-        evaluated = evaluate_defences(models, test_split, eps, cfg)
+    for name, data in units.data.items():
+        eps = data.eps
+        models = {d: units.get(unit_name(name, d, cfg.seed, cfg)) for d in cfg.defences}
+        evaluated = evaluate_defences(models, data.test_split, eps, cfg)
         if not results:  # the costs are read on the first dataset
-            for d, seconds in time_defences(models, ds, train_split, eps, cfg).items():
+            for d, seconds in units.get(TIMING).items():
                 evaluated[d]["timing"] = seconds
         results[name] = evaluated
-        for d, runs in reseed(ds, train_split, val_split, test_split, eps, cfg, name).items():
+        for d, runs in reseed(units, name, eps, cfg).items():
             results[name][d]["seeds"] = runs
-        sizes = {"train": len(train_split), "validation": len(val_split), "test": len(test_split)}
+        sizes = {"train": len(data.train), "validation": len(data.val_split), "test": len(data.test_split)}
         samples.update({f"{name} {split}": n for split, n in sizes.items()})
-        sources.append(f"{name} ({ds.source}, eps {eps})")
+        sources.append(f"{name} ({data.ds.source}, eps {eps})")
     return Result(results, "; ".join(sources), samples)
 
 
@@ -734,7 +767,7 @@ def headline_metrics(results: dict[str, dict]) -> dict[str, float]:
 
 
 def plan(cfg: Config) -> P.StagePlan:
-    """What this stage trains under ``cfg`` and its cost (:mod:`lib.plan`)."""
+    """The stage's units under ``cfg`` (what it trains, what each builds on, how) and their cost (:mod:`lib.plan`)."""
     names = list(cfg.datasets)
     n = P.train_size(names[0], cfg.n_train, cfg.n_val)
     plan = P.StagePlan("p3_single_step_reuse", cfg.profile, n)
@@ -747,6 +780,22 @@ def plan(cfg: Config) -> P.StagePlan:
         "bim10_adv": 10 + both,
         "bim30_adv": 30 + both,
     }
+
+    def defence(name: str, d: str, seed: int):
+        def fit(units: U.Units) -> TrainResult:
+            data = units.data[name]
+            return train_defence(data.ds, data.train, data.val, data.eps, d, replace(cfg, seed=seed))
+
+        return fit
+
+    def timing(name: str):
+        def fit(units: U.Units) -> dict[str, list[float]]:
+            data = units.data[name]
+            models = {d: units.get(unit_name(name, d, cfg.seed, cfg)) for d in TIMED if d in cfg.defences}
+            return time_defences(models, data.ds, data.train, data.eps, cfg)
+
+        return fit
+
     for name in names:
         model = P.Model(
             "mnist_cnn",
@@ -754,21 +803,14 @@ def plan(cfg: Config) -> P.StagePlan:
             P.classes_of(name),
             (("width", cfg.model_width), ("hidden", cfg.model_hidden)),
         )
-        for d in cfg.defences:
-            plan.add(
-                f"{name} {d}",
-                model,
-                cfg.epochs,
-                P.train_size(name, cfg.n_train, cfg.n_val),
-                passes[d],
-                cfg.batch_size,
-            )
-        for seed in extra_seeds(cfg):
-            for d in (d for d in cfg.seeded if d in cfg.defences):
-                n = P.train_size(name, cfg.n_train, cfg.n_val)
-                plan.add(f"{name} seed {seed} {d}", model, cfg.epochs, n, passes[d], cfg.batch_size)
+        n = P.train_size(name, cfg.n_train, cfg.n_val)
+        for seed in [cfg.seed, *extra_seeds(cfg)]:
+            for d in cfg.defences if seed == cfg.seed else seeded(cfg):
+                unit = unit_name(name, d, seed, cfg)
+                plan.add(unit, model, cfg.epochs, n, passes[d], cfg.batch_size, defence(name, d, seed))
         if name == names[0]:  # the cost claims' interleaved rounds, on the first dataset: a warm-up + the rounds
             timed = [d for d in TIMED if d in cfg.defences]
             examples = len(timed) * (1 + cfg.timing_rounds) * cfg.timing_batches * cfg.batch_size
-            plan.add("timing runs", model, 1, examples, 1 + both, cfg.batch_size)
+            deps = tuple(unit_name(name, d, cfg.seed, cfg) for d in timed)
+            plan.add(TIMING, model, 1, examples, 1 + both, cfg.batch_size, timing(name), deps, exclusive=True)
     return plan

@@ -24,6 +24,7 @@ import torch
 import lib.data as D
 import lib.models as M
 import lib.plan as P
+import lib.units as U
 from lib import attack_settings as S
 from lib import attacks as A
 from lib import claims as C
@@ -242,29 +243,65 @@ def evaluate(model: torch.nn.Module, test: tuple, cfg: Config, autoattack: bool 
     }
 
 
-def run_dataset(name: str, cfg: Config, data_dir) -> dict:
-    """All three variants of every architecture on one dataset; returns variant -> arch -> numbers."""
-    seed_everything(cfg.seed)
-    ds, train_split, val, test_split = splits(name, cfg, data_dir)
-    test = D.tensors(test_split)
-    out: dict = {"samples": {"train": len(train_split), "val": len(val), "test": len(test_split)}, "source": ds.source}
-    before = {a: fit(a, ds, train_split, val, cfg, desc=f"{name} {a} before") for a in cfg.archs}
-    scale = eps_scale(name, [m for m, _, _ in before.values()], D.tensors(val), cfg)
-    out["eps_scale"] = scale
-    augmented = adversarial_training_set(
-        before[cfg.source_arch][0], train_split, [scale * e for e in cfg.eps], cfg.seed, cfg.source_arch
-    )
-    plain = balanced(train_split, cfg)
+class Prepared:
+    """One dataset as a run reads it: its splits, and (once, from the trained "before" models) the matched
+    attack strength and the two balanced training sets the retrained models read."""
+
+    def __init__(self, name: str, cfg: Config, data_dir):
+        self.name, self.cfg = name, cfg
+        self.ds, self.train, self.val, self.test_split = splits(name, cfg, data_dir)
+        self._scale: float | None = None
+        self._augmented: D.Split | None = None
+        self._plain: D.Split | None = None
+
+    def scale(self, units: U.Units) -> float:
+        """The matched attack strength (:func:`eps_scale`), from every architecture's "before" model."""
+        if self._scale is None:
+            before = [units.get(unit_name(self.name, a, "before"))[0] for a in self.cfg.archs]
+            self._scale = eps_scale(self.name, before, D.tensors(self.val), self.cfg)
+        return self._scale
+
+    def augmented(self, units: U.Units) -> D.Split:
+        """The proposed training set: clean + the source architecture's FGSM examples at every (scaled) eps."""
+        if self._augmented is None:
+            cfg, scale = self.cfg, self.scale(units)
+            source = units.get(unit_name(self.name, cfg.source_arch, "before"))[0]
+            self._augmented = adversarial_training_set(
+                source, self.train, [scale * e for e in cfg.eps], cfg.seed, cfg.source_arch
+            )
+        return self._augmented
+
+    def plain(self) -> D.Split:
+        """The ablation's training set: clean, balanced."""
+        if self._plain is None:
+            self._plain = balanced(self.train, self.cfg)
+        return self._plain
+
+
+def prepare(cfg: Config, data_dir) -> dict[str, Prepared]:
+    return {name: Prepared(name, cfg, data_dir) for name in cfg.datasets}
+
+
+UNIT_VARIANTS = {"before": "before", "augmentation only": "aug-only", "proposed": "proposed"}  # variant -> unit word
+
+
+def unit_name(dataset: str, arch: str, variant: str) -> str:
+    return f"{dataset} {arch} {UNIT_VARIANTS.get(variant, variant)}"
+
+
+def run_dataset(units: U.Units, name: str, cfg: Config) -> dict:
+    """All three variants of every architecture on one dataset (its units); returns variant -> arch -> numbers."""
+    data = units.data[name]
+    test = D.tensors(data.test_split)
+    samples = {"train": len(data.train), "val": len(data.val), "test": len(data.test_split)}
+    out: dict = {"samples": samples, "source": data.ds.source}
+    before = {a: units.get(unit_name(name, a, "before")) for a in cfg.archs}
+    scale = out["eps_scale"] = data.scale(units)
+    augmented, plain = data.augmented(units), data.plain()
     out["samples"] |= {"train (proposed, balanced)": len(augmented), "train (augmentation only, balanced)": len(plain)}
     trained = {
         "before": before,
-        "augmentation only": {
-            a: fit(a, ds, plain, val, cfg, cfg.augmentation(), f"{name} {a} aug-only") for a in cfg.archs
-        },
-        "proposed": {
-            a: fit(a, ds, augmented, val, cfg, cfg.augmentation(), f"{name} {a} proposed", cfg.proposed_patience)
-            for a in cfg.archs
-        },
+        **{v: {a: units.get(unit_name(name, a, v)) for a in cfg.archs} for v in ("augmentation only", "proposed")},
     }
     for variant, models in trained.items():
         out[variant] = {}
@@ -330,7 +367,9 @@ Measurements = dict[str, dict]  # dataset -> {"samples", "source", and variant -
 
 def run(cfg: Config, data_dir: str | Path) -> Result[Measurements]:
     """The stage: every configured dataset (:func:`run_dataset`)."""
-    results = {name: run_dataset(name, cfg, data_dir) for name in cfg.datasets}
+    seed_everything(cfg.seed)
+    units = U.Units("p4_resnet_transfer_augmentation", plan(cfg).models, cfg, lambda: prepare(cfg, data_dir))
+    results = {name: run_dataset(units, name, cfg) for name in cfg.datasets}
     samples = {f"{name} {k}": v for name, r in results.items() for k, v in r["samples"].items()}
     return Result(results, "; ".join(f"{LABEL[n]} ({r['source']})" for n, r in results.items()), samples)
 
@@ -789,7 +828,7 @@ def headline_metrics(results: dict, cfg: Config) -> dict[str, float]:
 
 
 def plan(cfg: Config) -> P.StagePlan:
-    """What this stage trains under ``cfg`` and its cost (:mod:`lib.plan`)."""
+    """The stage's units under ``cfg`` (what it trains, what each builds on, how) and their cost (:mod:`lib.plan`)."""
     names = list(cfg.datasets)
 
     def sizes(name: str) -> tuple[int, int]:
@@ -798,13 +837,37 @@ def plan(cfg: Config) -> P.StagePlan:
         train = round(pooled * cfg.fractions[0])
         return train, train * (1 + len(cfg.eps))  # clean, and clean + the FGSM sets (before balancing)
 
+    def fit_of(name: str, arch: str, variant: str):
+        def train_unit(units: U.Units) -> tuple[torch.nn.Module, TrainResult, EarlyStopping]:
+            data = units.data[name]
+            desc = unit_name(name, arch, variant)
+            if variant == "before":
+                return fit(arch, data.ds, data.train, data.val, cfg, desc=desc)
+            if variant == "augmentation only":
+                return fit(arch, data.ds, data.plain(), data.val, cfg, cfg.augmentation(), desc)
+            augmented = data.augmented(units)
+            return fit(arch, data.ds, augmented, data.val, cfg, cfg.augmentation(), desc, cfg.proposed_patience)
+
+        return train_unit
+
     plan = P.StagePlan("p4_resnet_transfer_augmentation", cfg.profile, sizes(names[0])[0])
     for name in names:
         clean, augmented = sizes(name)
-        for variant, n in (("before", clean), ("aug-only", clean), ("proposed", augmented)):
+        befores = tuple(unit_name(name, a, "before") for a in cfg.archs)
+        for variant, n in (("before", clean), ("augmentation only", clean), ("proposed", augmented)):
             for arch in cfg.archs:
                 model = P.Model(
                     arch, P.shape_of(name), P.classes_of(name), (("small_input_stem", cfg.small_input_stem),)
                 )
-                plan.add(f"{name} {arch} {variant}", model, cfg.max_epochs, n, 1, cfg.batch_size)
+                deps = befores if variant == "proposed" else ()  # the matched strength reads every "before" model
+                plan.add(
+                    unit_name(name, arch, variant),
+                    model,
+                    cfg.max_epochs,
+                    n,
+                    1,
+                    cfg.batch_size,
+                    fit_of(name, arch, variant),
+                    deps,
+                )
     return plan

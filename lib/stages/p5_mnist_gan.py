@@ -30,6 +30,7 @@ import torch.nn as nn
 import lib.data as D
 import lib.models as M
 import lib.plan as P
+import lib.units as U
 from lib import attack_settings as S
 from lib import attacks as A
 from lib import claims as C
@@ -218,6 +219,7 @@ def train_frozen(
         return robust_correct(classifier, x_test, y_test, generator_attack, generator=G).int().tolist()
 
     def fit() -> dict:
+        seed_everything(cfg.seed)
         per_epoch = [right()]
         cap = DryRun.batches(cfg.max_batches)
         for _ in progress(range(DryRun.epochs(cfg.g_epochs)), desc=desc):
@@ -246,7 +248,9 @@ def train_frozen(
             output,
             list(cfg.g_lr_milestones),
             cfg.g_lr_gamma,
+            cfg.seed,
         ),
+        seeded=True,
     )
     return G.eval(), np.asarray(record["correct"], dtype=np.int8)
 
@@ -556,14 +560,17 @@ def budget_use(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.
 
 
 def diagnose(
-    d_clean: nn.Module, G: PerturbationGenerator, train_split: D.Split, test: tuple, eps: float, cfg: Config
+    d_clean: nn.Module,
+    G: PerturbationGenerator,
+    clamped: tuple[PerturbationGenerator, np.ndarray],
+    test: tuple,
+    eps: float,
 ) -> dict:
     """Is "G weaker than one FGSM step" the method or our G's output? One FGSM step, our G (eps·tanh) and a G
-    with the reference's clamped tanh, trained the same way, each measured by :func:`budget_use`."""
+    with the reference's clamped tanh (``clamped``: it and its per-epoch correctness), trained the same way, each
+    measured by :func:`budget_use`."""
     x, y = test
-    G_clamp, curve = train_frozen(
-        d_clean, train_split, test, eps, cfg, desc=f"diagnosis: G with clamped tanh (eps {eps:.3f})", output="clamp"
-    )
+    G_clamp, curve = clamped
     return {
         "FGSM (one step)": budget_use(d_clean, x, y, adversarial_examples(d_clean, x, y, A.fgsm, eps=eps), eps),
         "G, eps·tanh (ours)": budget_use(d_clean, x, y, generator_attack(d_clean, x, y, G), eps),
@@ -816,26 +823,66 @@ class Measurements(TypedDict):
     examples: tuple[torch.Tensor, torch.Tensor]  # test digits for the figures
 
 
-def run(cfg: Config, data_dir: str | Path) -> Result[Measurements]:
-    """The stage: the digits, all three phases and every evaluation."""
+@dataclass
+class Prepared:
+    """The digits a run reads: the dataset, its splits, the test and validation tensors, the pixel std."""
+
+    ds: D.Dataset
+    train: D.Split
+    val_split: D.Split
+    test_split: D.Split
+    test: tuple
+    val: tuple
+    std: float
+
+    def eps(self, i: float, cfg: Config) -> float:
+        """Intensity ``i`` as a pixel budget."""
+        return pixel_eps(i, self.std, cfg.intensity_units)
+
+
+def prepare(cfg: Config, data_dir: str | Path) -> Prepared:
+    """The data every unit and the evaluation read."""
     ds, train_split, val_split, test_split = load_data(cfg, data_dir)
-    r = measure(ds, train_split, val_split, test_split, cfg)
-    samples = {"train": len(train_split), "validation": len(val_split), "test": len(test_split)}
-    return Result(r, f"{cfg.dataset} ({ds.source})", samples)
+    return Prepared(
+        ds, train_split, val_split, test_split, D.tensors(test_split), D.tensors(val_split), pixel_std(train_split)
+    )
 
 
-def measure(ds: D.Dataset, train_split: D.Split, val_split: D.Split, test_split: D.Split, cfg: Config) -> Measurements:
-    """All three phases and every evaluation; returns the results the notebook reports."""
+def run(cfg: Config, data_dir: str | Path) -> Result[Measurements]:
+    """The stage: the digits, all three phases (its units) and every evaluation."""
     seed_everything(cfg.seed)
-    test, val = D.tensors(test_split), D.tensors(val_split)
-    std = pixel_std(train_split)
-    phase1 = train_classifier(ds, train_split, val, std, cfg)
+    units = U.Units("p5_mnist_gan", plan(cfg).models, cfg, lambda: prepare(cfg, data_dir))
+    r = measure(units, cfg)
+    data = units.data
+    samples = {"train": len(data.train), "validation": len(data.val_split), "test": len(data.test_split)}
+    return Result(r, f"{cfg.dataset} ({data.ds.source})", samples)
+
+
+PHASE1 = "phase 1: D"
+
+
+def phase2(i: float) -> str:
+    return f"phase 2: G at intensity {i:g}"
+
+
+def phase3(i: float) -> str:
+    return f"phase 3: D and G alternately at intensity {i:g}"
+
+
+DIAGNOSIS = f"diagnosis: G with clamped tanh at intensity {HEADLINE_INTENSITY:g}"
+
+
+def measure(units: U.Units, cfg: Config) -> Measurements:
+    """All three phases (obtained through ``units``) and every evaluation; returns the results the notebook reports."""
+    data = units.data
+    test, std = data.test, data.std
+    phase1 = units.get(PHASE1)
     d_clean = phase1.final
     clean_accuracy = accuracy(d_clean, *test)
     frozen, frozen_correct, curves, curve_correct, generators = {}, {}, {}, {}, {}
     for i in cfg.intensities:
-        eps = pixel_eps(i, std, cfg.intensity_units)
-        G, curve_correct[i] = train_frozen(d_clean, train_split, test, eps, cfg, desc=f"phase 2: G at intensity {i:g}")
+        eps = data.eps(i, cfg)
+        G, curve_correct[i] = units.get(phase2(i))
         curves[i] = [float(v) for v in curve_correct[i].mean(axis=1)]
         generators[i] = G
         frozen[i] = {
@@ -849,23 +896,14 @@ def measure(ds: D.Dataset, train_split: D.Split, val_split: D.Split, test_split:
         }
     alternating, alt_generators, models = {}, {}, {"clean D": d_clean}
     for i in cfg.alternating_intensities:
-        tr, alt_generators[i] = train_alternating(
-            d_clean, train_split, val, test, pixel_eps(i, std, cfg.intensity_units), cfg
-        )
+        tr, alt_generators[i] = units.get(phase3(i))
         alternating[i] = tr.history
         models[f"alternating D ({i:g})"] = tr.final
     per_image = evaluate_models(models, generators, alt_generators, test, std, cfg)
     clean_correct = {n: correct(m, *test).numpy().astype(np.int8) for n, m in models.items()}
     diag = (
-        diagnose(
-            d_clean,
-            generators[HEADLINE_INTENSITY],
-            train_split,
-            test,
-            pixel_eps(HEADLINE_INTENSITY, std, cfg.intensity_units),
-            cfg,
-        )
-        if cfg.diagnosis and HEADLINE_INTENSITY in generators
+        diagnose(d_clean, generators[HEADLINE_INTENSITY], units.get(DIAGNOSIS), test, data.eps(HEADLINE_INTENSITY, cfg))
+        if DIAGNOSIS in units.by_name
         else {}
     )
     return {
@@ -883,7 +921,7 @@ def measure(ds: D.Dataset, train_split: D.Split, val_split: D.Split, test_split:
         "robust": accuracies(per_image),
         "correct": {"frozen": frozen_correct, "robust": per_image, "clean": clean_correct},
         "clean": accuracies(clean_correct),
-        "examples": D.examples(test_split, cfg.n_examples, cfg.seed),
+        "examples": D.examples(data.test_split, cfg.n_examples, cfg.seed),
     }
 
 
@@ -906,21 +944,36 @@ def headline_metrics(r: dict, cfg: Config) -> dict[str, float]:
 
 
 def plan(cfg: Config) -> P.StagePlan:
-    """What this stage trains under ``cfg`` and its cost (:mod:`lib.plan`)."""
+    """The stage's units under ``cfg`` (what it trains, what each builds on, how) and their cost (:mod:`lib.plan`)."""
     name = cfg.dataset
     n = P.train_size(name, cfg.n_train, cfg.n_val)
     plan = P.StagePlan("p5_mnist_gan", cfg.profile, n)
     model = P.Model("tanh_cnn", P.shape_of(name), P.classes_of(name))
-    plan.add("phase 1: D", model, cfg.d_epochs, n, 1, cfg.d_batch_size)
+
+    def d(units: U.Units) -> TrainResult:
+        data = units.data
+        return train_classifier(data.ds, data.train, data.val, data.std, units.cfg)
+
+    def g(i: float, output: str = "scale"):
+        def fit(units: U.Units) -> tuple[PerturbationGenerator, np.ndarray]:
+            data = units.data
+            return train_frozen(units.get(PHASE1).final, data.train, data.test, data.eps(i, cfg), cfg, output=output)
+
+        return fit
+
+    def alternate(i: float):
+        def fit(units: U.Units) -> tuple[TrainResult, PerturbationGenerator]:
+            data = units.data
+            return train_alternating(units.get(PHASE1).final, data.train, data.val, data.test, data.eps(i, cfg), cfg)
+
+        return fit
+
+    plan.add(PHASE1, model, cfg.d_epochs, n, 1, cfg.d_batch_size, d)
     for i in cfg.intensities:
-        plan.add(f"phase 2: G at intensity {i:g}", model, cfg.g_epochs, n, 1, cfg.batch_size)
-    if cfg.diagnosis and 0.3 in cfg.intensities:  # the headline's diagnosis: one G with the reference's clamped output
-        plan.add(
-            "diagnosis: G with clamped tanh (eps #)", model, cfg.g_epochs, n, 1, cfg.batch_size
-        )  # #: eps in pixel units, from the data
+        plan.add(phase2(i), model, cfg.g_epochs, n, 1, cfg.batch_size, g(i), (PHASE1,))
+    if cfg.diagnosis and HEADLINE_INTENSITY in cfg.intensities:  # one G with the reference's clamped output
+        plan.add(DIAGNOSIS, model, cfg.g_epochs, n, 1, cfg.batch_size, g(HEADLINE_INTENSITY, "clamp"), (PHASE1,))
     both = 1 + (cfg.clean_weight > 0)
-    for _ in cfg.alternating_intensities:
-        plan.add(
-            "phase 3: D and G alternately, eps #", model, cfg.alt_epochs, n, 1 + both, cfg.batch_size
-        )  # #: eps in pixel units, from the data
+    for i in cfg.alternating_intensities:
+        plan.add(phase3(i), model, cfg.alt_epochs, n, 1 + both, cfg.batch_size, alternate(i), (PHASE1,))
     return plan
