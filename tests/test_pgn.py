@@ -348,7 +348,7 @@ def test_paper_profile_code_path_one_batch_on_cifar_shaped_data(synthetic, monke
         timing_rounds=2,
         timing_batches=1,
     )
-    r = pgn.run_dataset("cifar10", cfg, None)
+    r = pgn.run_dataset(pgn.units_of(cfg, None), "cifar10")
     assert set(r["matched"]) == set(pgn.DEFENCES) and len(r["ablation"]) == 4 and len(r["capacity"]) == 2
     assert {k: len(v) for k, v in r["timing"].items()} == {"FGM-AT": 2, "PGN": 2, "PGD-AT": 2}  # interleaved rounds
     assert r["sweep"][("PGN", 50.0)].source.generator.in_shape == (3, 32, 32)
@@ -399,7 +399,7 @@ def test_an_ablation_not_run_is_one_not_testable_claim(synthetic, monkeypatch):
         n_examples=2,
         reference_check=False,
     )
-    r = pgn.run_dataset("fashion_mnist", cfg, None)
+    r = pgn.run_dataset(pgn.units_of(cfg, None), "fashion_mnist")
     assert list(r["ablation"]) == ["all inputs"] and len(r["capacity"]) == 1  # nothing extra trained
     ablation = next(c for c in pgn.claims(r, cfg) if "the gradient input matters most" in c.claim)
     assert ablation.verdict == "not run" and ablation.gates == []

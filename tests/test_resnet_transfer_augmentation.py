@@ -89,7 +89,7 @@ def test_paper_profile_code_path_one_batch_per_architecture(synthetic, monkeypat
         return x.clone()
 
     monkeypatch.setattr(p4.A, "autoattack", autoattack)
-    r = p4.run_dataset(name, cfg, None)
+    r = p4.run_dataset(p4.units_of(cfg, None), name, cfg)
     assert len(calls) == len(p4.VARIANTS) * len(p4.ARCHS)
     assert all(
         c == {"eps": 0.03, "norm": "linf", "version": "standard", "iterations": 100, "targets": 9} for c in calls
@@ -108,7 +108,7 @@ def test_autoattack_runs_only_on_the_variants_asked(synthetic, monkeypatch):
     monkeypatch.setattr(p4.D, "load", lambda n, data_dir=None: synthetic("mnist5k", (1, 28, 28), 50))
     calls = []
     monkeypatch.setattr(p4.A, "autoattack", lambda model, x, y, **kw: calls.append(kw) or x.clone())
-    r = p4.run_dataset("mnist5k", cfg, None)
+    r = p4.run_dataset(p4.units_of(cfg, None), "mnist5k", cfg)
     assert len(calls) == 2 and all(v == v for v in r["before"]["resnet18"]["autoattack"].values())
     assert all(v != v for v in r["augmentation only"]["resnet18"]["autoattack"].values())  # NaN: not run
     assert p4.attack_table({"mnist5k": r}, "augmentation only", cfg)["AutoAttack 0.03 %"].isna().all()

@@ -249,7 +249,7 @@ class Trained:
     value: float | None
     result: TrainResult
     benign: float
-    source: Clean  # its training source (a generator there holds the trained weights)
+    source: Clean | None = None  # its training source (a generator there holds the trained weights)
 
     @property
     def model(self) -> nn.Module:

@@ -896,9 +896,14 @@ def prepare(cfg: Config, data_dir: str | Path) -> dict[str, Data]:
     return {name: load_data(name, cfg, data_dir) for name in cfg.datasets}
 
 
+def units_of(cfg: Config, data_dir) -> U.Units:
+    """The stage's units over the data in ``data_dir``."""
+    return U.Units("p2_pgn", plan(cfg).models, cfg, lambda: prepare(cfg, data_dir))
+
+
 def run(cfg: Config, data_dir: str | Path) -> Result[Measurements]:
     """The stage: every configured dataset (:func:`run_dataset`), its models obtained through its units."""
-    units = U.Units("p2_pgn", plan(cfg).models, cfg, lambda: prepare(cfg, data_dir))
+    units = units_of(cfg, data_dir)
     results = {name: run_dataset(units, name) for name in cfg.datasets}
     merged = {f"{name} {k}": v for name, r in results.items() for k, v in samples(r).items()}
     return Result(results, "; ".join(dataset_line(name, r) for name, r in results.items()), merged)

@@ -291,6 +291,7 @@ def unit_name(dataset: str, arch: str, variant: str) -> str:
 
 def run_dataset(units: U.Units, name: str, cfg: Config) -> dict:
     """All three variants of every architecture on one dataset (its units); returns variant -> arch -> numbers."""
+    seed_everything(cfg.seed)
     data = units.data[name]
     test = D.tensors(data.test_split)
     samples = {"train": len(data.train), "val": len(data.val), "test": len(data.test_split)}
@@ -365,10 +366,14 @@ class ModelEvaluation(TypedDict):
 Measurements = dict[str, dict]  # dataset -> {"samples", "source", and variant -> architecture -> ModelEvaluation}
 
 
+def units_of(cfg: Config, data_dir) -> U.Units:
+    """The stage's units over the data in ``data_dir``."""
+    return U.Units("p4_resnet_transfer_augmentation", plan(cfg).models, cfg, lambda: prepare(cfg, data_dir))
+
+
 def run(cfg: Config, data_dir: str | Path) -> Result[Measurements]:
     """The stage: every configured dataset (:func:`run_dataset`)."""
-    seed_everything(cfg.seed)
-    units = U.Units("p4_resnet_transfer_augmentation", plan(cfg).models, cfg, lambda: prepare(cfg, data_dir))
+    units = units_of(cfg, data_dir)
     results = {name: run_dataset(units, name, cfg) for name in cfg.datasets}
     samples = {f"{name} {k}": v for name, r in results.items() for k, v in r["samples"].items()}
     return Result(results, "; ".join(f"{LABEL[n]} ({r['source']})" for n, r in results.items()), samples)
