@@ -108,11 +108,11 @@ def test_dvc_stage_lists_only_its_own_params_and_its_outputs(path):
     outs = [o for key in ("outs", "metrics", "plots") for o in stage.get(key, [])]
     for out in outs:  # DVC deletes non-persistent outputs before a run; results must survive a failure
         ((name, flags),) = out.items()
-        if name == f"models/{path.stem}":  # the model store: DVC-cached (shared by push / pull), kept between runs
-            assert flags == {"persist": True}, name
-        else:  # results: in git
-            assert flags == {"cache": False, "persist": True}, name
-    assert {"models/" + path.stem} == {name for o in outs for name in o if name.startswith("models/")}
+        assert flags == {"cache": False, "persist": True}, name  # results: in git
+    assert not [name for o in outs for name in o if name.startswith("models/")]  # the train stage's outputs
+    assert f"models/{path.stem}" in stage["deps"]  # the notebook only loads what the train stage trained
+    train = {name: flags for o in DVC["train"]["outs"] for name, flags in o.items()}
+    assert train[f"models/{path.stem}"] == {"persist": True}  # DVC-cached (shared by push / pull), kept between runs
 
 
 def test_unknown_profile_and_stage_fail_early_and_leave_results_untouched(tmp_path):
