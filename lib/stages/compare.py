@@ -507,13 +507,19 @@ def target_of(clean: Trained, cfg: Config) -> float:
     return cfg.target_benign if cfg.target_benign is not None else clean.benign - cfg.target_drop
 
 
+def swept_of(units: U.Units) -> dict[str, dict]:
+    """Every defence at every strength of its sweep (the first seed): defence -> strength -> the trained model."""
+    cfg = units.cfg
+    return {d: {v: units.get(unit_name(d, v, cfg.seed)) for v in values} for d, values in cfg.strengths.items()}
+
+
 def chosen_of(units: U.Units) -> dict[str, Trained]:
     """Per defence, the strength of its sweep nearest the benign target (the clean model for "clean")."""
-    cfg = units.cfg
-    clean = units.get(unit_name("clean", None, cfg.seed))
-    target = target_of(clean, cfg)
-    swept = {d: {v: units.get(unit_name(d, v, cfg.seed)) for v in values} for d, values in cfg.strengths.items()}
-    return {d: runs[closest_benign({v: t.benign for v, t in runs.items()}, target)[0]] for d, runs in swept.items()}
+    target = target_of(units.get(unit_name("clean", None, units.cfg.seed)), units.cfg)
+    return {
+        d: runs[closest_benign({v: t.benign for v, t in runs.items()}, target)[0]]
+        for d, runs in swept_of(units).items()
+    }
 
 
 def measure(units: U.Units) -> Measurements:
@@ -522,8 +528,7 @@ def measure(units: U.Units) -> Measurements:
     test, clean_test = data.test, data.clean_test
     clean = units.get(unit_name("clean", None, cfg.seed))
     target = target_of(clean, cfg)
-    swept = {d: {v: units.get(unit_name(d, v, cfg.seed)) for v in values} for d, values in cfg.strengths.items()}
-    chosen = chosen_of(units)
+    swept, chosen = swept_of(units), chosen_of(units)
     surrogate = units.get(unit_name("clean", None, cfg.seed + 100)).model
     transfer = pgd(surrogate, *test, "linf", cfg.eps_linf, cfg.pgd_steps, cfg.pgd_restarts)
     perturbation_l2 = training_perturbation_l2(chosen, test) if {"p2_pgn", "fgsm_at"} <= set(chosen) else {}
